@@ -1,0 +1,352 @@
+//! One serde configuration: a TOML file for the CLI, a record for the SDKs.
+//!
+//! Every section has defaults that work; `[local] model` is the only key a local-only run needs.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The on-device model.
+    pub local: LocalConfig,
+    /// The remote tier; without it everything is local.
+    pub remote: Option<RemoteConfig>,
+    /// When to escalate.
+    pub cascade: CascadeConfig,
+    /// Remote spend caps.
+    pub budget: BudgetConfig,
+    /// Prices per tier.
+    pub prices: PriceConfig,
+    /// Where cost records go.
+    pub ledger: LedgerConfig,
+}
+
+/// What to do with a prompt longer than the local context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextPolicy {
+    /// Fail with `ContextOverflow` (the default: never truncate silently).
+    #[default]
+    Error,
+    /// Drop the oldest turns (keeping the system message) and report it in the response.
+    TruncateOldest,
+}
+
+/// The `[local]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Path to a GGUF model.
+    pub model: Option<PathBuf>,
+    /// Decode threads; default: see `LocalConfig::default_threads`.
+    pub threads: Option<u32>,
+    /// Prompt-processing threads; default: all cores.
+    pub threads_batch: Option<u32>,
+    /// Context size in tokens; default: min(4096, the model's training context).
+    pub n_ctx: Option<u32>,
+    /// Logical batch size for prompt processing.
+    pub n_batch: u32,
+    /// Layers to offload to a GPU backend (needs a GPU cargo feature).
+    pub n_gpu_layers: u32,
+    /// Contexts served in parallel; further requests queue.
+    pub parallel: u32,
+    /// What to do with an over-long prompt.
+    pub context_policy: ContextPolicy,
+    /// A llama.cpp built-in template name ("chatml", "gemma", "llama3", ...) to use when the model
+    /// has no template of its own, or to override it.
+    pub chat_template: Option<String>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            threads: None,
+            threads_batch: None,
+            n_ctx: None,
+            n_batch: 512,
+            n_gpu_layers: 0,
+            parallel: 1,
+            context_policy: ContextPolicy::Error,
+            chat_template: None,
+        }
+    }
+}
+
+impl LocalConfig {
+    /// The default decode thread count: the physical cores, minus one on machines with more
+    /// than two, so one busy neighbour (a UI thread, another app) does not stall every decode
+    /// step. README "Busy cores" has the measurement behind it.
+    pub fn default_threads() -> u32 {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
+        if n > 2 {
+            n - 1
+        } else {
+            n
+        }
+    }
+}
+
+/// The `[remote]` section: an OpenAI-compatible endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Base URL, with or without a trailing `/v1`.
+    pub base_url: String,
+    /// Model name sent to the endpoint.
+    pub model: String,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Seconds to connect.
+    pub connect_timeout_s: f64,
+    /// Seconds to the first byte of the response.
+    pub first_byte_timeout_s: f64,
+    /// Seconds allowed between stream chunks.
+    pub chunk_gap_timeout_s: f64,
+    /// Seconds for the whole request.
+    pub total_timeout_s: f64,
+    /// Retries on connection errors, 429 and 5xx.
+    pub max_retries: u32,
+    /// Extra HTTP headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Allow plain http to non-loopback hosts.
+    pub allow_insecure_http: bool,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: None,
+            connect_timeout_s: 5.0,
+            first_byte_timeout_s: 60.0,
+            chunk_gap_timeout_s: 30.0,
+            total_timeout_s: 300.0,
+            max_retries: 2,
+            headers: std::collections::BTreeMap::new(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// The `[cascade]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// Which confidence signal decides.
+    pub signal: String,
+    /// Escalate when the signal is on the unsure side of this.
+    pub threshold: f64,
+    /// Mid-stream: escalate when rolling token probability falls under this.
+    pub mid_stream_floor: f64,
+    /// Mid-stream: only after this many tokens.
+    pub mid_stream_min_tokens: u32,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self {
+            signal: "mean_logprob".into(),
+            threshold: -1.0,
+            mid_stream_floor: 0.05,
+            mid_stream_min_tokens: 8,
+        }
+    }
+}
+
+/// The `[budget]` section: remote spend caps in USD.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Per UTC day.
+    pub daily_usd: Option<f64>,
+    /// Per UTC month.
+    pub monthly_usd: Option<f64>,
+    /// Per request.
+    pub per_request_usd: Option<f64>,
+}
+
+/// The `[prices]` section, USD per 1k tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Local tier, all tokens.
+    pub local_per_1k: f64,
+    /// Remote tier, prompt tokens.
+    pub remote_input_per_1k: f64,
+    /// Remote tier, completion tokens.
+    pub remote_output_per_1k: f64,
+}
+
+impl Default for PriceConfig {
+    fn default() -> Self {
+        Self {
+            local_per_1k: 0.0002,
+            remote_input_per_1k: 0.0005,
+            remote_output_per_1k: 0.0015,
+        }
+    }
+}
+
+/// The `[ledger]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// The JSONL file.
+    pub path: Option<PathBuf>,
+    /// Store prompt and answer text (off by default).
+    pub store_prompts: bool,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            store_prompts: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file. Relative model and ledger paths are resolved against the
+    /// file's folder.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p.as_mut() {
+                if p.is_relative() && !p.exists() {
+                    *p = base.join(&*p);
+                }
+            }
+        };
+        resolve(&mut cfg.local.model);
+        resolve(&mut cfg.ledger.path);
+        Ok(cfg)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.message().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and contradictions.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.local;
+        if l.parallel == 0 {
+            return Err(ConfigError::Invalid(
+                "local.parallel must be at least 1".into(),
+            ));
+        }
+        if l.n_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "local.n_batch must be at least 1".into(),
+            ));
+        }
+        if l.threads == Some(0) || l.threads_batch == Some(0) {
+            return Err(ConfigError::Invalid(
+                "local.threads must be at least 1".into(),
+            ));
+        }
+        if l.n_ctx.is_some_and(|n| n < 16) {
+            return Err(ConfigError::Invalid(
+                "local.n_ctx must be at least 16".into(),
+            ));
+        }
+        let p = &self.prices;
+        for (name, v) in [
+            ("prices.local_per_1k", p.local_per_1k),
+            ("prices.remote_input_per_1k", p.remote_input_per_1k),
+            ("prices.remote_output_per_1k", p.remote_output_per_1k),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a non-negative number, got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_working_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.local.parallel, 1);
+        assert!(c.remote.is_none());
+        assert!(
+            c.prices.local_per_1k > 0.0,
+            "local price must never be zero silently"
+        );
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = Config::from_toml(
+            r#"
+[local]
+model = "models/smollm2-135m-instruct-q4_1.gguf"
+threads = 2
+n_ctx = 4096
+n_gpu_layers = 0
+context_policy = "truncate_oldest"
+[remote]
+base_url = "http://127.0.0.1:8081"
+model = "qwen2.5-coder-1.5b-instruct"
+api_key_env = "EDGECASCADE_API_KEY"
+[cascade]
+signal = "mean_logprob"
+threshold = -1.0
+mid_stream_floor = 0.05
+mid_stream_min_tokens = 8
+[budget]
+daily_usd = 5.0
+monthly_usd = 100.0
+per_request_usd = 0.05
+[prices]
+local_per_1k = 0.0002
+remote_input_per_1k = 0.0005
+remote_output_per_1k = 0.0015
+[ledger]
+path = "edgecascade-ledger.jsonl"
+store_prompts = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.local.context_policy, ContextPolicy::TruncateOldest);
+        assert_eq!(c.remote.unwrap().model, "qwen2.5-coder-1.5b-instruct");
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(Config::from_toml("[local]\nthreadz = 2").is_err());
+        assert!(Config::from_toml("[local]\nparallel = 0").is_err());
+        assert!(Config::from_toml("[prices]\nlocal_per_1k = -1.0").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! The one llama.cpp backend per process, and llama.cpp's log output bridged to `log`.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Mutex;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use once_cell::sync::OnceCell;
+
+use crate::error::LocalError;
+
+static BACKEND: OnceCell<LlamaBackend> = OnceCell::new();
+
+/// The process-wide backend, initialised on first use. llama-cpp-2 refuses a second
+/// `LlamaBackend::init()`, so every engine shares this one.
+pub(crate) fn backend() -> Result<&'static LlamaBackend, LocalError> {
+    BACKEND.get_or_try_init(|| {
+        // Route llama.cpp and ggml logs through `log` before anything can print.
+        // SAFETY: the callback is a plain `extern "C"` fn with no user data; it lives forever.
+        unsafe { llama_cpp_sys_2::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
+        LlamaBackend::init().map_err(|e| LocalError::Backend(e.to_string()))
+    })
+}
+
+/// llama.cpp writes a line in pieces (level CONT continues the previous one); we assemble lines.
+static LINE: Mutex<(u32, String)> = Mutex::new((0, String::new()));
+
+/// The last error line llama.cpp logged, for error messages when it returns only a null.
+static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Takes the last error llama.cpp logged since the previous call.
+pub(crate) fn take_last_error() -> Option<String> {
+    LAST_ERROR.lock().ok().and_then(|mut e| e.take())
+}
+
+unsafe extern "C" fn log_callback(
+    level: llama_cpp_sys_2::ggml_log_level,
+    text: *const c_char,
+    _: *mut c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for the call.
+    let piece = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let Ok(mut line) = LINE.lock() else { return };
+    if level != llama_cpp_sys_2::GGML_LOG_LEVEL_CONT {
+        line.0 = level;
+    }
+    line.1.push_str(&piece);
+    if line.1.ends_with('\n') {
+        let msg = line.1.trim_end();
+        if !msg.is_empty() {
+            // llama.cpp's INFO is chatty (hundreds of lines per load): it goes to debug.
+            let lvl = match line.0 {
+                llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR => log::Level::Error,
+                llama_cpp_sys_2::GGML_LOG_LEVEL_WARN => log::Level::Warn,
+                llama_cpp_sys_2::GGML_LOG_LEVEL_INFO => log::Level::Debug,
+                _ => log::Level::Trace,
+            };
+            if lvl == log::Level::Error {
+                if let Ok(mut e) = LAST_ERROR.lock() {
+                    *e = Some(msg.to_owned());
+                }
+            }
+            log::log!(target: "llama.cpp", lvl, "{msg}");
+        }
+        line.1.clear();
+    }
+}

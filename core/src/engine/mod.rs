@@ -1,0 +1,3 @@
+//! Engines: the tiers that actually produce text.
+
+pub mod local;

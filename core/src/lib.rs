@@ -1,0 +1,17 @@
+//! EdgeCascade core: an on-device LLM runtime (llama.cpp through `llama-cpp-2`) that decides per
+//! request whether the small local model is good enough or a large remote one is worth paying
+//! for, and records what each answer cost.
+//!
+//! Start with [`Runtime`]: `Runtime::new(config)?.chat(&ChatRequest::user("hi"), &NullSink)`.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod runtime;
+pub mod types;
+
+pub use config::Config;
+pub use engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent, TokenSignal};
+pub use error::{Error, LocalError, Result};
+pub use runtime::{GenerationHandle, Runtime};
+pub use types::*;

@@ -1,0 +1,389 @@
+//! Plain data of the public API: requests, responses, events.
+//!
+//! Everything here is FFI-friendly (strings, numbers, vectors, options, plain enums) so the
+//! bindings can mirror it one to one.
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The person asking.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in chat templates and the OpenAI API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// What they wrote.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling parameters. `temperature <= 0` means greedy decoding, which is deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sampling {
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 disables).
+    pub top_k: u32,
+    /// Nucleus sampling mass (1.0 disables).
+    pub top_p: f32,
+    /// Minimum probability relative to the top token (0 disables).
+    pub min_p: f32,
+    /// Repetition penalty (1.0 disables).
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_last_n: u32,
+    /// RNG seed; `None` picks one at random.
+    pub seed: Option<u32>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+/// Which tier a request must use, overriding the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyOverride {
+    /// Let the router and cascade decide.
+    #[default]
+    Auto,
+    /// Only the local model.
+    ForceLocal,
+    /// Only the remote model.
+    ForceRemote,
+}
+
+/// One chat completion request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChatRequest {
+    /// The conversation so far, ending with the user's turn.
+    pub messages: Vec<ChatMessage>,
+    /// The most tokens to generate.
+    pub max_tokens: u32,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// Stop sequences; generation ends before any of them, and they are never emitted.
+    pub stop: Vec<String>,
+    /// Tier override.
+    pub policy: PolicyOverride,
+    /// A private request never leaves the device.
+    pub private: bool,
+}
+
+impl Default for ChatRequest {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            max_tokens: 256,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            policy: PolicyOverride::Auto,
+            private: false,
+        }
+    }
+}
+
+impl ChatRequest {
+    /// A single user question with default settings.
+    pub fn user(prompt: impl Into<String>) -> Self {
+        Self {
+            messages: vec![ChatMessage::user(prompt)],
+            ..Self::default()
+        }
+    }
+}
+
+/// Which tier produced text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The on-device model.
+    Local,
+    /// The remote endpoint.
+    Remote,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// End of turn or a stop sequence.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Token counts, overall and per tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens, all tiers.
+    pub prompt_tokens: u32,
+    /// Completion tokens, all tiers.
+    pub completion_tokens: u32,
+    /// The local tier's share, if it ran.
+    pub local: Option<TokenUsage>,
+    /// The remote tier's share, if it ran.
+    pub remote: Option<TokenUsage>,
+    /// True where a server sent no usage and the counts are estimates.
+    pub estimated: bool,
+    /// Prompt tokens that were actually evaluated (the rest came from the KV cache).
+    pub prompt_tokens_evaluated: u32,
+}
+
+/// Timings of one response, in milliseconds and tokens per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Time to load the model, if this request loaded it (0 otherwise).
+    pub load_ms: f64,
+    /// From the request to the first generated token.
+    pub ttft_ms: f64,
+    /// Prompt tokens evaluated per second.
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second, after the first.
+    pub decode_tok_s: f64,
+    /// Wall time of the whole request.
+    pub total_ms: f64,
+}
+
+/// Per-response summary of the local model's token-level confidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Confidence {
+    /// Mean log-probability of the chosen tokens (natural log).
+    pub mean_logprob: f64,
+    /// Lowest probability of any chosen token.
+    pub min_prob: f64,
+    /// 10th percentile of the chosen tokens' probabilities.
+    pub p10_prob: f64,
+    /// Mean entropy (nats) of the next-token distributions.
+    pub mean_entropy: f64,
+    /// Mean gap between the top-1 and top-2 probabilities.
+    pub mean_margin: f64,
+    /// Probability of the first chosen token.
+    pub first_prob: f64,
+    /// Number of tokens summarised.
+    pub tokens: u32,
+}
+
+/// Where an answer came from, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Route {
+    /// Answered on the device.
+    Local,
+    /// Answered by the remote tier.
+    Remote,
+    /// The local answer was not good enough; the remote tier answered.
+    Escalated {
+        /// Why it escalated.
+        reason: String,
+    },
+    /// The remote tier failed after escalation; this is the local answer.
+    DegradedLocal {
+        /// What went wrong remotely.
+        remote_error: String,
+    },
+}
+
+impl Route {
+    /// The stable name used in JSON and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Remote => "remote",
+            Route::Escalated { .. } => "escalated",
+            Route::DegradedLocal { .. } => "degraded_local",
+        }
+    }
+}
+
+/// Cost of one response in USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Spent on the local tier.
+    pub local_usd: f64,
+    /// Spent on the remote tier.
+    pub remote_usd: f64,
+    /// The sum.
+    pub total_usd: f64,
+    /// What the request would have cost sent straight to the remote tier.
+    pub all_remote_usd: f64,
+}
+
+/// A finished answer, with everything known about how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The answer.
+    pub text: String,
+    /// Where it came from.
+    pub route: Route,
+    /// A stable code for the routing decision (see DESIGN.md).
+    pub reason: String,
+    /// The decision in prose.
+    pub reason_detail: String,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Timings.
+    pub timings: Timings,
+    /// Local confidence, if the local tier ran.
+    pub confidence: Option<Confidence>,
+    /// Cost.
+    pub cost: Cost,
+    /// Oldest messages dropped to fit the context (`context_policy = "truncate_oldest"`).
+    pub truncated_messages: u32,
+}
+
+/// What a streaming caller sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text, as it is generated. Always whole UTF-8 characters.
+    Token {
+        /// The text.
+        text: String,
+        /// Which tier produced it.
+        tier: Tier,
+    },
+    /// The local draft is being abandoned for the remote tier.
+    Escalating {
+        /// Why.
+        reason: String,
+    },
+    /// The final answer.
+    Done(Box<Response>),
+}
+
+/// Receives events while a request runs. Called on the generating thread.
+pub trait EventSink: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: Event);
+}
+
+/// A sink that drops every event.
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn on_event(&self, _: Event) {}
+}
+
+impl<F: Fn(Event) + Send + Sync> EventSink for F {
+    fn on_event(&self, event: Event) {
+        self(event);
+    }
+}
+
+impl Response {
+    /// The JSON object of the CLI contract (`ask --json`, DESIGN.md), also used by `serve`'s
+    /// `edgecascade` extension field.
+    pub fn to_contract_json(&self) -> serde_json::Value {
+        let tier = |u: &Option<TokenUsage>| {
+            u.map(|u| serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}))
+        };
+        let remote_error = match &self.route {
+            Route::DegradedLocal { remote_error } => Some(remote_error.clone()),
+            _ => None,
+        };
+        serde_json::json!({
+            "text": self.text,
+            "route": self.route.name(),
+            "reason": self.reason,
+            "reason_detail": self.reason_detail,
+            "remote_error": remote_error,
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "prompt_tokens_evaluated": self.usage.prompt_tokens_evaluated,
+                "estimated": self.usage.estimated,
+                "by_tier": {"local": tier(&self.usage.local), "remote": tier(&self.usage.remote)},
+            },
+            "timings": {
+                "ttft_ms": self.timings.ttft_ms,
+                "prefill_tok_s": self.timings.prefill_tok_s,
+                "decode_tok_s": self.timings.decode_tok_s,
+                "total_ms": self.timings.total_ms,
+            },
+            "confidence": self.confidence.map(|c| serde_json::json!({
+                "mean_logprob": c.mean_logprob,
+                "min_prob": c.min_prob,
+                "p10_prob": c.p10_prob,
+                "mean_entropy": c.mean_entropy,
+                "mean_margin": c.mean_margin,
+                "first_prob": c.first_prob,
+            })),
+            "cost": {
+                "local_usd": self.cost.local_usd,
+                "remote_usd": self.cost.remote_usd,
+                "total_usd": self.cost.total_usd,
+                "all_remote_usd": self.cost.all_remote_usd,
+            },
+            "truncated_messages": self.truncated_messages,
+        })
+    }
+}

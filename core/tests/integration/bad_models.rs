@@ -1,0 +1,106 @@
+//! Bad model files: every one is a clear error naming the file, and the process survives.
+
+use std::io::Write;
+
+use edgecascade::{Error, LocalError, Runtime};
+
+use crate::{config_for, smollm2};
+
+fn load_err(bytes: &[u8]) -> String {
+    let mut f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    f.flush().unwrap();
+    let err = Runtime::new(config_for(f.path().to_owned())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&f.path().display().to_string()),
+        "error must name the file: {msg}"
+    );
+    assert!(
+        matches!(
+            err,
+            Error::Local(LocalError::InvalidModel(_) | LocalError::Load { .. })
+        ),
+        "{err:?}"
+    );
+    msg
+}
+
+#[test]
+fn empty_file() {
+    assert!(load_err(b"").contains("empty"));
+}
+
+#[test]
+fn wrong_magic() {
+    assert!(load_err(b"PK\x03\x04 this is a zip, not a model").contains("not a GGUF"));
+}
+
+#[test]
+fn random_bytes() {
+    let mut x = 99u64;
+    let bytes: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    load_err(&bytes);
+    // Random bytes behind a valid magic and version.
+    let mut b = b"GGUF\x03\0\0\0".to_vec();
+    b.extend_from_slice(&bytes);
+    load_err(&b);
+}
+
+#[test]
+fn truncated_real_model_at_many_points() {
+    let real = std::fs::read(smollm2()).unwrap();
+    // Inside the header, inside the tensor infos, and inside the tensor data.
+    for cut in [
+        10,
+        100,
+        5_000,
+        500_000,
+        3_000_000,
+        real.len() / 2,
+        real.len() - 1,
+    ] {
+        let msg = load_err(&real[..cut]);
+        assert!(
+            msg.contains("truncated") || msg.contains("malformed"),
+            "cut {cut}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Runtime::new(config_for(dir.path().to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn a_missing_file() {
+    let err = Runtime::new(config_for("/nonexistent/model.gguf".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+}
+
+#[test]
+fn corrupted_metadata_types() {
+    // Flip the type of tokenizer.ggml.tokens' array from string to u8 in a real model: llama.cpp
+    // would read it through an asserting accessor.
+    let mut real = std::fs::read(smollm2()).unwrap();
+    let key = b"tokenizer.ggml.tokens";
+    let at = real.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // After the key: u32 value type (9 = array), u32 element type (8 = string).
+    assert_eq!(&real[at..at + 4], &9u32.to_le_bytes());
+    real[at + 4..at + 8].copy_from_slice(&0u32.to_le_bytes());
+    load_err(&real[..2_000_000]);
+}

@@ -1,0 +1,327 @@
+//! The local tier end to end.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgecascade::config::ContextPolicy;
+use edgecascade::{
+    ChatMessage, ChatRequest, Event, FinishReason, LocalError, NullSink, Runtime, Sampling,
+};
+
+use crate::{config_for, shared, smollm2};
+
+fn greedy(prompt: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        max_tokens,
+        ..ChatRequest::user(prompt)
+    }
+}
+
+#[test]
+fn greedy_is_deterministic() {
+    let rt = shared();
+    let req = greedy("Name three colours of the rainbow.", 24);
+    let a = rt.chat(&req, &NullSink).unwrap();
+    let b = rt.chat(&req, &NullSink).unwrap();
+    assert!(!a.text.trim().is_empty());
+    assert_eq!(a.text, b.text);
+    assert_eq!(a.usage.completion_tokens, b.usage.completion_tokens);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let rt = shared();
+    let mut req = greedy("Write a short line about the sea.", 20);
+    req.sampling = Sampling {
+        temperature: 0.9,
+        seed: Some(7),
+        ..Sampling::default()
+    };
+    let a = rt.chat(&req, &NullSink).unwrap();
+    let b = rt.chat(&req, &NullSink).unwrap();
+    assert_eq!(a.text, b.text);
+}
+
+#[test]
+fn max_tokens_is_respected() {
+    let rt = shared();
+    let r = rt
+        .chat(
+            &greedy("Count from one to one hundred in words.", 5),
+            &NullSink,
+        )
+        .unwrap();
+    assert_eq!(r.usage.completion_tokens, 5);
+    assert_eq!(r.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn stop_sequence_is_never_emitted() {
+    let rt = shared();
+    let base = rt
+        .chat(
+            &greedy("Count from 1 to 10, separated by commas.", 40),
+            &NullSink,
+        )
+        .unwrap();
+    // Pick a stop string from the middle of the real answer, spanning whatever tokens it spans.
+    let text = base.text.clone();
+    assert!(text.len() > 8, "answer too short to test stops: {text:?}");
+    let mid = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= text.len() / 2)
+        .unwrap();
+    let end = text[mid..]
+        .char_indices()
+        .nth(3)
+        .map_or(text.len(), |(i, _)| mid + i);
+    let stop = text[mid..end].to_owned();
+    let mut req = greedy("Count from 1 to 10, separated by commas.", 40);
+    req.stop = vec![stop.clone()];
+    let streamed = Mutex::new(String::new());
+    let r = rt
+        .chat(&req, &|e: Event| {
+            if let Event::Token { text, .. } = e {
+                streamed.lock().unwrap().push_str(&text);
+            }
+        })
+        .unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+    let first = text.find(&stop).unwrap();
+    assert_eq!(r.text, text[..first], "stop {stop:?}");
+    assert!(!r.text.contains(&stop));
+    assert_eq!(*streamed.lock().unwrap(), r.text);
+}
+
+#[test]
+fn cancellation_from_another_thread_stops_within_a_token() {
+    let rt = shared();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let fired_at = Arc::new(Mutex::new(None::<usize>));
+    let seen2 = Arc::clone(&seen);
+    let sink = move |e: Event| {
+        if matches!(e, Event::Token { .. }) {
+            seen2.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let handle = rt.start_chat(
+        greedy("Tell me a long story about a dragon and a knight.", 400),
+        Box::new(sink),
+    );
+    while seen.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    *fired_at.lock().unwrap() = Some(seen.load(Ordering::SeqCst));
+    let t = Instant::now();
+    handle.cancel();
+    let r = handle.wait().unwrap();
+    let at = fired_at.lock().unwrap().unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    assert!(r.usage.completion_tokens < 400);
+    // Tokens emitted after cancel(): at most the one being decoded when the flag was set.
+    assert!(
+        seen.load(Ordering::SeqCst) <= at + 2,
+        "kept going after cancel"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(!r.text.is_empty(), "returns what was generated so far");
+}
+
+#[test]
+fn dropping_the_handle_cancels() {
+    let rt = shared();
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = Arc::clone(&done);
+    let sink = move |e: Event| {
+        if let Event::Done(r) = e {
+            assert_eq!(r.finish_reason, FinishReason::Cancelled);
+            d2.store(true, Ordering::SeqCst);
+        }
+    };
+    let handle = rt.start_chat(
+        greedy("Write a long essay about rivers.", 500),
+        Box::new(sink),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    drop(handle);
+    let t = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "dropped request never finished"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn context_overflow_is_a_clear_error() {
+    let mut c = config_for(smollm2());
+    c.local.n_ctx = Some(64);
+    let rt = Runtime::new(c).unwrap();
+    let long = "word ".repeat(200);
+    let err = rt.chat(&greedy(&long, 8), &NullSink).unwrap_err();
+    match err {
+        edgecascade::Error::Local(LocalError::ContextOverflow {
+            prompt_tokens,
+            n_ctx,
+        }) => {
+            assert!(prompt_tokens > 200);
+            assert_eq!(n_ctx, 64);
+        }
+        other => panic!("expected ContextOverflow, got {other:?}"),
+    }
+    let msg = rt
+        .chat(&greedy(&long, 8), &NullSink)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("64") && msg.contains("tokens"), "{msg}");
+    // The runtime still serves a prompt that fits.
+    assert!(rt.chat(&greedy("Hi", 4), &NullSink).is_ok());
+}
+
+#[test]
+fn truncate_oldest_drops_turns_and_says_so() {
+    let mut c = config_for(smollm2());
+    c.local.n_ctx = Some(128);
+    c.local.context_policy = ContextPolicy::TruncateOldest;
+    let rt = Runtime::new(c).unwrap();
+    let mut messages = vec![ChatMessage::system("You are terse.")];
+    for i in 0..8 {
+        messages.push(ChatMessage::user(format!(
+            "Message number {i}: tell me about the weather in some city."
+        )));
+        messages.push(ChatMessage::assistant("It is sunny and warm there today."));
+    }
+    messages.push(ChatMessage::user("What is 2+2?"));
+    let req = ChatRequest {
+        messages,
+        max_tokens: 8,
+        ..ChatRequest::default()
+    };
+    let r = rt.chat(&req, &NullSink).unwrap();
+    assert!(r.truncated_messages > 0);
+    assert!(r.usage.prompt_tokens < 128);
+}
+
+#[test]
+fn prefix_reuse_evaluates_only_new_tokens_and_matches_cold() {
+    let c = config_for(smollm2());
+    let warm = Runtime::new(c.clone()).unwrap();
+    let mut messages = vec![
+        ChatMessage::system("You are a helpful assistant who answers briefly."),
+        ChatMessage::user("What is the capital of France? Please also tell me one fact about it."),
+    ];
+    let first = warm
+        .chat(
+            &ChatRequest {
+                messages: messages.clone(),
+                max_tokens: 48,
+                ..ChatRequest::default()
+            },
+            &NullSink,
+        )
+        .unwrap();
+    messages.push(ChatMessage::assistant(first.text.clone()));
+    messages.push(ChatMessage::user("And of Italy?"));
+    let req = ChatRequest {
+        messages,
+        max_tokens: 24,
+        ..ChatRequest::default()
+    };
+    let second = warm.chat(&req, &NullSink).unwrap();
+    assert!(
+        second.usage.prompt_tokens_evaluated * 3 < second.usage.prompt_tokens,
+        "evaluated {} of {}",
+        second.usage.prompt_tokens_evaluated,
+        second.usage.prompt_tokens
+    );
+    let cold = Runtime::new(c).unwrap().chat(&req, &NullSink).unwrap();
+    assert_eq!(cold.usage.prompt_tokens_evaluated, cold.usage.prompt_tokens);
+    assert_eq!(
+        second.text, cold.text,
+        "reused-prefix output must equal a cold run"
+    );
+}
+
+#[test]
+fn non_ascii_output_streams_whole_characters() {
+    let rt = shared();
+    let req = greedy("Translate to French, Japanese and Russian: 'good morning, coffee, café'. Use emoji too 😀.", 64);
+    let chunks = Mutex::new(Vec::<String>::new());
+    let r = rt
+        .chat(&req, &|e: Event| {
+            if let Event::Token { text, .. } = e {
+                chunks.lock().unwrap().push(text);
+            }
+        })
+        .unwrap();
+    let chunks = chunks.into_inner().unwrap();
+    // Strings are valid UTF-8 by type; check no chunk carries a replacement for a split char.
+    assert!(
+        !r.text.contains('\u{FFFD}'),
+        "split character in {:?}",
+        r.text
+    );
+    assert_eq!(chunks.concat(), r.text);
+    assert!(
+        r.text.chars().any(|c| !c.is_ascii()),
+        "prompt did not produce non-ASCII: {:?}",
+        r.text
+    );
+}
+
+#[test]
+fn response_carries_usage_timings_and_confidence() {
+    let rt = shared();
+    let r = rt
+        .chat(&greedy("What is the capital of France?", 16), &NullSink)
+        .unwrap();
+    assert!(r.usage.prompt_tokens > 5);
+    assert_eq!(
+        r.usage.completion_tokens as usize,
+        r.usage.local.unwrap().completion_tokens as usize
+    );
+    assert!(r.timings.ttft_ms > 0.0 && r.timings.prefill_tok_s > 0.0);
+    let c = r.confidence.unwrap();
+    assert!(
+        c.mean_logprob <= 0.0 && c.min_prob > 0.0 && c.min_prob <= c.p10_prob && c.p10_prob <= 1.0
+    );
+    assert!(c.mean_entropy >= 0.0);
+    assert!(r.cost.local_usd > 0.0 && r.cost.all_remote_usd > 0.0);
+    assert_eq!(r.route.name(), "local");
+}
+
+#[test]
+fn invalid_requests_are_rejected_before_llama_cpp() {
+    let rt = shared();
+    let mut req = greedy("hi", 4);
+    req.sampling.temperature = f32::NAN;
+    assert!(rt.chat(&req, &NullSink).is_err());
+    let req = ChatRequest {
+        messages: vec![],
+        ..ChatRequest::default()
+    };
+    assert!(rt.chat(&req, &NullSink).is_err());
+    let req = greedy("nul \0 byte", 4);
+    assert!(rt.chat(&req, &NullSink).is_err());
+}
+
+#[test]
+fn concurrent_requests_share_the_model() {
+    let rt = shared();
+    let req = greedy("Say hello.", 12);
+    let expected = rt.chat(&req, &NullSink).unwrap().text;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let rt = Arc::clone(&rt);
+            let req = req.clone();
+            std::thread::spawn(move || rt.chat(&req, &NullSink).unwrap().text)
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), expected);
+    }
+}

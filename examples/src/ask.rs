@@ -1,0 +1,137 @@
+//! `edgecascade ask`: one prompt, streamed, with a one-line summary (or one JSON object).
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+use clap::{Args as ClapArgs, ValueEnum};
+use edgecascade::{ChatRequest, Event, FinishReason, PolicyOverride, Response, Sampling};
+
+use crate::common::{load_config, load_runtime, Interrupt, ModelArgs};
+use crate::Failure;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Force {
+    Local,
+    Remote,
+}
+
+/// `ask` flags.
+#[derive(ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Sampling temperature; 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sampling seed.
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Top-k sampling.
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// Repetition penalty (1.0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Never send this request off the device.
+    #[arg(long)]
+    private: bool,
+    /// Force a tier.
+    #[arg(long, value_enum)]
+    force: Option<Force>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// The prompt.
+    prompt: String,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    if args.private && matches!(args.force, Some(Force::Remote)) {
+        return Err(Failure::Usage(
+            "--private and --force remote contradict each other".into(),
+        ));
+    }
+    let cfg = load_config(&args.model)?;
+    let policy = match args.force {
+        None => PolicyOverride::Auto,
+        Some(Force::Local) => PolicyOverride::ForceLocal,
+        Some(Force::Remote) => PolicyOverride::ForceRemote,
+    };
+    let mut messages = Vec::new();
+    if let Some(s) = args.system {
+        messages.push(edgecascade::ChatMessage::system(s));
+    }
+    messages.push(edgecascade::ChatMessage::user(args.prompt));
+    let req = ChatRequest {
+        messages,
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repeat_penalty: args.repeat_penalty,
+            seed: args.seed,
+            ..Sampling::default()
+        },
+        stop: args.stop,
+        policy,
+        private: args.private,
+    };
+    let interrupt = Interrupt::install();
+    let rt = load_runtime(cfg, args.json)?;
+    interrupt.busy.store(true, Ordering::SeqCst);
+    let json = args.json;
+    let sink = move |e: Event| {
+        if let (false, Event::Token { text, .. }) = (json, e) {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let resp = rt.chat_cancellable(&req, &sink, &interrupt.cancel)?;
+    if json {
+        println!("{}", resp.to_contract_json());
+    } else {
+        println!();
+        eprintln!("{}", summary_line(&resp));
+    }
+    if resp.finish_reason == FinishReason::Cancelled && interrupt.cancel.load(Ordering::SeqCst) {
+        return Err(Failure::Interrupted);
+    }
+    Ok(())
+}
+
+/// `[local · no_remote] 42 tokens · TTFT 85 ms · prefill 900 tok/s · decode 110 tok/s · ...`
+pub fn summary_line(r: &Response) -> String {
+    let conf = r.confidence.map_or(String::new(), |c| {
+        format!(
+            " · confidence: mean logprob {:.2}, p10 {:.2}, min {:.2}",
+            c.mean_logprob, c.p10_prob, c.min_prob
+        )
+    });
+    format!(
+        "[{} · {}] {} prompt + {} completion tokens ({}) · TTFT {:.0} ms · prefill {:.0} tok/s · decode {:.1} tok/s{} · ${:.6}",
+        r.route.name(),
+        r.reason,
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
+        serde_json::to_value(r.finish_reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        r.timings.ttft_ms,
+        r.timings.prefill_tok_s,
+        r.timings.decode_tok_s,
+        conf,
+        r.cost.total_usd
+    )
+}

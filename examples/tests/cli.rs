@@ -1,0 +1,202 @@
+//! The CLI contract (DESIGN.md): flags, JSON fields, exit codes. Runs the real binary on SmolLM2.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn model() -> PathBuf {
+    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        PathBuf::from,
+    );
+    let p = dir.join("smollm2-135m-instruct-q4_1.gguf");
+    assert!(
+        p.exists(),
+        "missing {}: run scripts/fetch_models.py smollm2",
+        p.display()
+    );
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+        .args(args)
+        .output()
+        .expect("run edgecascade")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn ask_json_has_every_contract_field() {
+    let m = model();
+    let o = run(&[
+        "ask",
+        "--model",
+        m.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "12",
+        "What is 2+2?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("stdout is one JSON object");
+    for k in [
+        "text",
+        "route",
+        "reason",
+        "reason_detail",
+        "remote_error",
+        "finish_reason",
+        "usage",
+        "timings",
+        "confidence",
+        "cost",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert_eq!(v["route"], "local");
+    assert!(["stop", "length"].contains(&v["finish_reason"].as_str().unwrap()));
+    for k in ["prompt_tokens", "completion_tokens", "by_tier", "estimated"] {
+        assert!(v["usage"].get(k).is_some(), "usage.{k}");
+    }
+    assert!(
+        v["usage"]["by_tier"]["local"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    for k in ["ttft_ms", "prefill_tok_s", "decode_tok_s"] {
+        assert!(v["timings"][k].as_f64().unwrap() >= 0.0, "timings.{k}");
+    }
+    for k in ["mean_logprob", "min_prob", "p10_prob", "mean_entropy"] {
+        assert!(v["confidence"][k].is_number(), "confidence.{k}");
+    }
+    for k in ["local_usd", "remote_usd", "total_usd", "all_remote_usd"] {
+        assert!(v["cost"][k].is_number(), "cost.{k}");
+    }
+}
+
+#[test]
+fn ask_streams_text_and_a_summary() {
+    let m = model();
+    let o = run(&[
+        "ask",
+        "--model",
+        m.to_str().unwrap(),
+        "--max-tokens",
+        "8",
+        "Say hi.",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    let e = stderr(&o);
+    assert!(
+        e.contains("local") && e.contains("TTFT") && e.contains("tok/s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let m = model();
+    let o = run(&[
+        "ask",
+        "--model",
+        m.to_str().unwrap(),
+        "--private",
+        "--force",
+        "remote",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("contradict"));
+    assert_eq!(run(&["ask"]).status.code(), Some(2));
+    assert_eq!(run(&["bogus-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn runtime_errors_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\0\0\0truncated").unwrap();
+    let o = run(&["ask", "--model", bad.to_str().unwrap(), "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("bad.gguf"), "{e}");
+}
+
+#[test]
+fn models_verify_good_and_bad() {
+    let m = model();
+    let o = run(&["models", "verify", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("valid GGUF") && out.contains("loads and generates"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["models", "verify", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn bench_json_reports_medians() {
+    let m = model();
+    let o = run(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt-tokens",
+        "32",
+        "--gen-tokens",
+        "8",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_ms",
+        "threads",
+        "prompt_tokens",
+        "gen_tokens",
+        "reps",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn config_file_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecascade.toml");
+    std::fs::write(
+        &cfg,
+        format!("[local]\nmodel = {:?}\nn_ctx = 256\n", model()),
+    )
+    .unwrap();
+    let o = run(&[
+        "ask",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "4",
+        "hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&cfg, "[local]\nthreadz = 2\n").unwrap();
+    let o = run(&["ask", "--config", cfg.to_str().unwrap(), "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("threadz"), "{}", stderr(&o));
+}
