@@ -38,6 +38,22 @@ pub enum ContextPolicy {
     TruncateOldest,
 }
 
+/// How a slot reuses its KV cache across requests that share a prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixCache {
+    /// Reuse every cached token, generated ones included: a chat turn evaluates only its new
+    /// tokens. llama.cpp's kernels round differently for different batch sizes, so the output
+    /// can differ from a cold run's in rare near-ties (as with llama-server's `cache_prompt`).
+    #[default]
+    Fast,
+    /// Reuse only tokens that a cold run would compute in identical batches (whole `n_batch`
+    /// chunks of earlier prompts): output is bit-identical to a cold run, reuse is coarser.
+    Exact,
+    /// Never reuse: every request starts cold.
+    Off,
+}
+
 /// The `[local]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,6 +74,10 @@ pub struct LocalConfig {
     pub parallel: u32,
     /// What to do with an over-long prompt.
     pub context_policy: ContextPolicy,
+    /// KV reuse across requests.
+    pub prefix_cache: PrefixCache,
+    /// How long idle worker threads spin before sleeping, 0-100 (llama.cpp's `--poll`).
+    pub poll: u32,
     /// A llama.cpp built-in template name ("chatml", "gemma", "llama3", ...) to use when the model
     /// has no template of its own, or to override it.
     pub chat_template: Option<String>,
@@ -74,6 +94,8 @@ impl Default for LocalConfig {
             n_gpu_layers: 0,
             parallel: 1,
             context_policy: ContextPolicy::Error,
+            prefix_cache: PrefixCache::Fast,
+            poll: 50,
             chat_template: None,
         }
     }
@@ -269,6 +291,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "local.threads must be at least 1".into(),
             ));
+        }
+        if l.poll > 100 {
+            return Err(ConfigError::Invalid("local.poll must be 0-100".into()));
         }
         if l.n_ctx.is_some_and(|n| n < 16) {
             return Err(ConfigError::Invalid(

@@ -23,6 +23,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Instead: measure a second chat turn's TTFT (prefix reuse) against the same turn cold,
+    /// on a history of about this many tokens.
+    #[arg(long, value_name = "HISTORY_TOKENS")]
+    prefix_reuse: Option<u32>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -50,39 +54,119 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     cfg.local.n_batch = cfg.local.n_batch.max(args.prompt_tokens);
     let rt = load_runtime(cfg, args.json)?;
+    if let Some(history) = args.prefix_reuse {
+        return prefix_reuse(&rt, history, args.reps, args.json);
+    }
     let engine = rt.local_engine();
     let info = engine.info().clone();
     engine.bench_once(args.prompt_tokens, args.gen_tokens)?; // warm-up
-    let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pp, mut tg, mut ttft, mut conf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.reps {
         let o = engine.bench_once(args.prompt_tokens, args.gen_tokens)?;
         let p = f64::from(o.prompt_tokens_evaluated) / (o.prefill_ms / 1e3);
         let d = f64::from(o.completion_tokens - 1) / (o.decode_ms / 1e3);
         if !args.json {
             eprintln!(
-                "rep {}: prefill {p:.1} tok/s, decode {d:.1} tok/s, TTFT {:.1} ms",
+                "rep {}: prefill {p:.1} tok/s, decode {d:.1} tok/s, TTFT {:.1} ms (per token: llama_decode {:.3} ms, sampling {:.3} ms, confidence {:.3} ms)",
                 i + 1,
-                o.ttft_ms
+                o.ttft_ms,
+                o.decode_call_ms / f64::from(o.completion_tokens - 1),
+                o.sample_ms / f64::from(o.completion_tokens),
+                o.confidence_ms / f64::from(o.completion_tokens)
             );
         }
         pp.push(p);
         tg.push(d);
         ttft.push(o.ttft_ms);
+        conf.push(100.0 * o.confidence_ms / o.decode_ms);
     }
-    let (pp, tg, ttft) = (median(pp), median(tg), median(ttft));
+    let (pp, tg, ttft, conf) = (median(pp), median(tg), median(ttft), median(conf));
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "model": info.path, "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": ttft,
                 "threads": info.threads, "threads_batch": info.threads_batch,
+                "confidence_pct_of_decode": conf, "n_vocab": info.n_vocab,
                 "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "reps": args.reps,
             })
         );
     } else {
         println!(
-            "{}: pp{} {pp:.1} tok/s · tg{} {tg:.1} tok/s · TTFT {ttft:.1} ms (median of {}, {} threads)",
+            "{}: pp{} {pp:.1} tok/s · tg{} {tg:.1} tok/s · TTFT {ttft:.1} ms · confidence {conf:.2}% of decode (median of {}, {} threads)",
             info.name, args.prompt_tokens, args.gen_tokens, args.reps, info.threads
+        );
+    }
+    Ok(())
+}
+
+/// Cold against warm TTFT for the next turn of a conversation of about `history` tokens.
+fn prefix_reuse(
+    rt: &edgecascade::Runtime,
+    history: u32,
+    reps: u32,
+    json: bool,
+) -> Result<(), Failure> {
+    use edgecascade::{ChatMessage, ChatRequest, NullSink};
+    let engine = rt.local_engine();
+    let filler = "The river runs past the old mill, and the miller counts the sacks of grain. ";
+    let mut messages = vec![ChatMessage::system(
+        "You are a helpful assistant. Answer briefly.",
+    )];
+    let mut body = String::new();
+    while engine.count_prompt_tokens(&[
+        messages[0].clone(),
+        ChatMessage::user(body.clone()),
+        ChatMessage::assistant("Noted."),
+    ])? < history
+    {
+        body.push_str(filler);
+    }
+    messages.push(ChatMessage::user(body));
+    messages.push(ChatMessage::assistant("Noted."));
+    messages.push(ChatMessage::user("How many sacks are there?"));
+    let turn = ChatRequest {
+        messages: messages.clone(),
+        max_tokens: 8,
+        ..ChatRequest::default()
+    };
+    let first = ChatRequest {
+        messages: messages[..3].to_vec(),
+        max_tokens: 8,
+        ..ChatRequest::default()
+    };
+    let (mut cold, mut warm, mut evaluated) = (Vec::new(), Vec::new(), 0);
+    let mut prompt_tokens = 0;
+    for _ in 0..=reps {
+        engine.clear_cache();
+        let c = rt.chat(&turn, &NullSink)?;
+        engine.clear_cache();
+        rt.chat(&first, &NullSink)?; // the earlier turn fills the cache
+        let w = rt.chat(&turn, &NullSink)?;
+        if c.text != w.text {
+            return Err(Failure::Runtime(format!(
+                "warm and cold outputs differ: {:?} vs {:?}",
+                w.text, c.text
+            )));
+        }
+        cold.push(c.timings.ttft_ms);
+        warm.push(w.timings.ttft_ms);
+        evaluated = w.usage.prompt_tokens_evaluated;
+        prompt_tokens = w.usage.prompt_tokens;
+    }
+    // The first pair is a warm-up.
+    let (cold, warm) = (median(cold[1..].to_vec()), median(warm[1..].to_vec()));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"prompt_tokens": prompt_tokens, "warm_evaluated_tokens": evaluated,
+                "cold_ttft_ms": cold, "warm_ttft_ms": warm, "ratio": warm / cold, "reps": reps})
+        );
+    } else {
+        println!(
+            "second turn of a {prompt_tokens}-token conversation: cold TTFT {cold:.1} ms, with prefix reuse {warm:.1} ms \
+             ({evaluated} tokens evaluated), ratio {:.3} (median of {reps})",
+            warm / cold
         );
     }
     Ok(())

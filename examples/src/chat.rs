@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         if input == "/reset" {
             messages.truncate(1);
+            rt.local_engine().clear_cache();
             continue;
         }
         messages.push(ChatMessage::user(input));

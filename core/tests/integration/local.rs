@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgecascade::config::ContextPolicy;
+use edgecascade::config::{ContextPolicy, PrefixCache};
 use edgecascade::{
     ChatMessage, ChatRequest, Event, FinishReason, LocalError, NullSink, Runtime, Sampling,
 };
@@ -206,44 +206,81 @@ fn truncate_oldest_drops_turns_and_says_so() {
     assert!(r.usage.prompt_tokens < 128);
 }
 
-#[test]
-fn prefix_reuse_evaluates_only_new_tokens_and_matches_cold() {
-    let c = config_for(smollm2());
+/// A three-turn conversation; returns each turn's warm response and a cold run of the same turn.
+fn conversation(mut c: edgecascade::Config) -> Vec<(edgecascade::Response, edgecascade::Response)> {
     let warm = Runtime::new(c.clone()).unwrap();
-    let mut messages = vec![
-        ChatMessage::system("You are a helpful assistant who answers briefly."),
-        ChatMessage::user("What is the capital of France? Please also tell me one fact about it."),
-    ];
-    let first = warm
-        .chat(
-            &ChatRequest {
-                messages: messages.clone(),
-                max_tokens: 48,
-                ..ChatRequest::default()
-            },
-            &NullSink,
-        )
-        .unwrap();
-    messages.push(ChatMessage::assistant(first.text.clone()));
-    messages.push(ChatMessage::user("And of Italy?"));
-    let req = ChatRequest {
-        messages,
-        max_tokens: 24,
-        ..ChatRequest::default()
-    };
-    let second = warm.chat(&req, &NullSink).unwrap();
+    c.local.prefix_cache = PrefixCache::Off;
+    let cold = Runtime::new(c).unwrap();
+    let mut messages = vec![ChatMessage::system(
+        "You are a helpful assistant who answers briefly.",
+    )];
+    let mut out = Vec::new();
+    for q in [
+        "What is the capital of France? Please also tell me one fact about it.",
+        "And of Italy?",
+        "Which of the two cities is older?",
+    ] {
+        messages.push(ChatMessage::user(q));
+        let req = ChatRequest {
+            messages: messages.clone(),
+            max_tokens: 40,
+            ..ChatRequest::default()
+        };
+        let w = warm.chat(&req, &NullSink).unwrap();
+        let c = cold.chat(&req, &NullSink).unwrap();
+        messages.push(ChatMessage::assistant(w.text.clone()));
+        out.push((w, c));
+    }
+    out
+}
+
+#[test]
+fn prefix_cache_exact_is_bit_identical_to_cold() {
+    let mut c = config_for(smollm2());
+    c.local.prefix_cache = PrefixCache::Exact;
+    c.local.n_batch = 32; // small chunks, so whole chunks of earlier prompts get reused
+    let turns = conversation(c);
+    for (i, (w, c)) in turns.iter().enumerate() {
+        assert_eq!(w.text, c.text, "turn {i}");
+        assert_eq!(
+            w.confidence, c.confidence,
+            "turn {i}: logprobs must match bit for bit"
+        );
+        assert_eq!(c.usage.prompt_tokens_evaluated, c.usage.prompt_tokens);
+    }
+    let (w, _) = &turns[2];
     assert!(
-        second.usage.prompt_tokens_evaluated * 3 < second.usage.prompt_tokens,
-        "evaluated {} of {}",
-        second.usage.prompt_tokens_evaluated,
-        second.usage.prompt_tokens
+        w.usage.prompt_tokens_evaluated < w.usage.prompt_tokens,
+        "turn 3 reused nothing"
     );
-    let cold = Runtime::new(c).unwrap().chat(&req, &NullSink).unwrap();
-    assert_eq!(cold.usage.prompt_tokens_evaluated, cold.usage.prompt_tokens);
-    assert_eq!(
-        second.text, cold.text,
-        "reused-prefix output must equal a cold run"
-    );
+}
+
+#[test]
+fn prefix_cache_fast_evaluates_only_new_tokens() {
+    let turns = conversation(config_for(smollm2()));
+    for (i, (w, c)) in turns.iter().enumerate().skip(1) {
+        // Only the new user turn (plus template tokens) is evaluated...
+        assert!(
+            w.usage.prompt_tokens_evaluated * 3 < w.usage.prompt_tokens,
+            "turn {i}: evaluated {} of {}",
+            w.usage.prompt_tokens_evaluated,
+            w.usage.prompt_tokens
+        );
+        // ...and the reused cache is the right one: the first token's probability matches a cold
+        // run's to within the drift of llama.cpp's batch-size-dependent kernels (seen: 0.02;
+        // see PrefixCache::Fast). A wrong cache (positions, stale rows) is off by far more.
+        let (wc, cc) = (w.confidence.unwrap(), c.confidence.unwrap());
+        assert!(
+            (wc.first_prob - cc.first_prob).abs() < 0.1,
+            "turn {i}: {wc:?} vs {cc:?}"
+        );
+        if w.text == c.text {
+            assert!(
+                (wc.mean_logprob - cc.mean_logprob).abs() < 0.2,
+                "turn {i}: {wc:?} vs {cc:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //!
 //! One token costs two passes over the vocabulary: a max pass (tracking the top two logits) and
 //! an exp pass accumulating the partition function Z and sum(z * e^z) for the entropy. Both run on
-//! eight f32 lanes with a branch-free polynomial exp, so LLVM vectorises them; on x86-64 an AVX2
-//! copy is picked at run time. The chosen token's probability comes out of the same numbers.
+//! eight f32 lanes with a branch-free polynomial exp: explicit AVX2/FMA on x86-64 (picked at run
+//! time), and a lane-array form elsewhere that LLVM vectorises in part. The chosen token's
+//! probability comes out of the same numbers.
 
 use crate::types::Confidence;
 
@@ -27,32 +28,38 @@ impl TokenSignal {
 
 const LANES: usize = 8;
 
-/// e^x for x <= 0, relative error about 2e-7; branch-free so it vectorises.
+/// e^x for x <= 0, relative error about 2e-7. Branch-free and integer-only for the exponent
+/// (a saturating float-to-int cast would stop LLVM from vectorising the loop).
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0; // round to nearest
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
     let r = n.mul_add(-0.693_145_75, x);
     let r = n.mul_add(-1.428_606_8e-6, r);
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67 + r * (0.041_666_52 + r * (0.008_333_45 + r * 0.001_395_4)))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // t's bit pattern is 0x4B40_0000 + n for n in [-126, 0]: build 2^n from it directly.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     p * scale
 }
 
 #[inline(always)]
-fn signal_impl(logits: &[f32], chosen: usize) -> TokenSignal {
+fn stats_impl(logits: &[f32]) -> Stats {
     let chunks = logits.chunks_exact(LANES);
     let rest = chunks.remainder();
     let mut t1 = [f32::NEG_INFINITY; LANES];
     let mut t2 = [f32::NEG_INFINITY; LANES];
     for c in chunks.clone() {
+        let c: &[f32; LANES] = c.try_into().expect("chunk of LANES");
         for l in 0..LANES {
             let x = c[l];
-            t2[l] = t2[l].max(t1[l].min(x));
-            t1[l] = t1[l].max(x);
+            let lo = if x < t1[l] { x } else { t1[l] };
+            t2[l] = if lo > t2[l] { lo } else { t2[l] };
+            t1[l] = if x > t1[l] { x } else { t1[l] };
         }
     }
     let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
@@ -67,6 +74,7 @@ fn signal_impl(logits: &[f32], chosen: usize) -> TokenSignal {
     let mut z = [0f32; LANES];
     let mut ze = [0f32; LANES];
     for c in chunks {
+        let c: &[f32; LANES] = c.try_into().expect("chunk of LANES");
         for l in 0..LANES {
             let d = c[l] - m1;
             let e = exp_neg(d);
@@ -81,27 +89,153 @@ fn signal_impl(logits: &[f32], chosen: usize) -> TokenSignal {
         zs += e;
         zes += d * e;
     }
+    finish(m1, m2, zs, zes)
+}
+
+/// The stats from the max, runner-up, Z = sum e^(x - max) and sum (x - max) e^(x - max).
+fn finish(m1: f32, m2: f32, zs: f32, zes: f32) -> Stats {
     let log_z = zs.ln();
-    let logprob = logits
-        .get(chosen)
-        .map_or(f32::NEG_INFINITY, |&x| x - m1 - log_z);
-    let entropy = (log_z - zes / zs).max(0.0);
-    let margin = (1.0 - exp_neg(m2 - m1)) / zs;
-    TokenSignal {
-        logprob,
-        entropy,
-        margin,
+    Stats {
+        max: m1,
+        log_z,
+        entropy: (log_z - zes / zs).max(0.0),
+        margin: (1.0 - exp_neg(m2 - m1)) / zs,
+    }
+}
+
+/// One next-token distribution, summarised: enough to score any token, and to find the greedy one.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// The largest logit.
+    pub max: f32,
+    /// ln Z, with Z = sum e^(x - max).
+    pub log_z: f32,
+    /// Entropy in nats.
+    pub entropy: f32,
+    /// p(top-1) - p(top-2).
+    pub margin: f32,
+}
+
+impl Stats {
+    /// The signals of `chosen`.
+    pub fn signal(&self, logits: &[f32], chosen: usize) -> TokenSignal {
+        let logprob = logits
+            .get(chosen)
+            .map_or(f32::NEG_INFINITY, |&x| x - self.max - self.log_z);
+        TokenSignal {
+            logprob,
+            entropy: self.entropy,
+            margin: self.margin,
+        }
+    }
+
+    /// The greedy token: the first index holding the largest logit (llama.cpp's tie rule).
+    pub fn argmax(&self, logits: &[f32]) -> usize {
+        logits.iter().position(|&x| x == self.max).unwrap_or(0)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn signal_avx2(logits: &[f32], chosen: usize) -> TokenSignal {
-    signal_impl(logits, chosen)
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256, _mm256_add_epi32, _mm256_add_ps, _mm256_castps_si256, _mm256_castsi256_ps,
+        _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps,
+        _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32,
+        _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps,
+    };
+
+    use super::{exp_neg, finish, LANES};
+
+    /// Eight lanes of `exp_neg`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let shift = _mm256_set1_ps(12_582_912.0);
+        let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), shift);
+        let n = _mm256_sub_ps(t, shift);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(0.001_395_4);
+        for c in [0.008_333_45, 0.041_666_52, 0.166_666_67, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let bits = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            bits,
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_mul_ps(p, scale)
+    }
+
+    fn lanes(v: __m256) -> [f32; LANES] {
+        let mut out = [0f32; LANES];
+        // SAFETY: `out` has room for eight f32; unaligned store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn stats(logits: &[f32]) -> super::Stats {
+        let n = logits.len() / LANES * LANES;
+        let p = logits.as_ptr();
+        let mut t1 = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut t2 = t1;
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 8 <= logits.len().
+            let x = unsafe { _mm256_loadu_ps(p.add(i)) };
+            t2 = _mm256_max_ps(t2, _mm256_min_ps(t1, x));
+            t1 = _mm256_max_ps(t1, x);
+            i += LANES;
+        }
+        let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &x in lanes(t1).iter().chain(lanes(t2).iter()).chain(&logits[n..]) {
+            if x > m1 {
+                m2 = m1;
+                m1 = x;
+            } else if x > m2 {
+                m2 = x;
+            }
+        }
+        let vm = _mm256_set1_ps(m1);
+        let (mut z0, mut z1, mut ze0, mut ze1) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        i = 0;
+        while i + 2 * LANES <= n {
+            // SAFETY: i + 16 <= logits.len().
+            let (a, b) = unsafe { (_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(p.add(i + LANES))) };
+            let (da, db) = (_mm256_sub_ps(a, vm), _mm256_sub_ps(b, vm));
+            let (ea, eb) = (exp8(da), exp8(db));
+            z0 = _mm256_add_ps(z0, ea);
+            z1 = _mm256_add_ps(z1, eb);
+            ze0 = _mm256_fmadd_ps(da, ea, ze0);
+            ze1 = _mm256_fmadd_ps(db, eb, ze1);
+            i += 2 * LANES;
+        }
+        let mut zs: f32 = lanes(_mm256_add_ps(z0, z1)).iter().sum();
+        let mut zes: f32 = lanes(_mm256_add_ps(ze0, ze1)).iter().sum();
+        for &x in &logits[i..] {
+            let d = x - m1;
+            let e = exp_neg(d);
+            zs += e;
+            zes += d * e;
+        }
+        finish(m1, m2, zs, zes)
+    }
 }
 
 /// Confidence signals of `chosen` under the softmax of `logits`.
 pub fn token_signal(logits: &[f32], chosen: usize) -> TokenSignal {
+    stats(logits).signal(logits, chosen)
+}
+
+/// Summary of the softmax of `logits`.
+pub fn stats(logits: &[f32]) -> Stats {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -109,10 +243,10 @@ pub fn token_signal(logits: &[f32], chosen: usize) -> TokenSignal {
         if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked above.
-            return unsafe { signal_avx2(logits, chosen) };
+            return unsafe { avx2::stats(logits) };
         }
     }
-    signal_impl(logits, chosen)
+    stats_impl(logits)
 }
 
 /// Summarises a response's token signals.

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod confidence;
 pub mod gguf;
 pub mod text;
+mod threadpool;
 
 use std::num::NonZeroU32;
 use std::ops::ControlFlow;
@@ -24,7 +25,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::config::{ContextPolicy, LocalConfig};
+use crate::config::{ContextPolicy, LocalConfig, PrefixCache};
 use crate::error::LocalError;
 use crate::types::{ChatMessage, ChatRequest, FinishReason, Role, Sampling};
 
@@ -66,6 +67,12 @@ pub struct LocalOutput {
     pub decode_ms: f64,
     /// Milliseconds for the whole call.
     pub total_ms: f64,
+    /// Milliseconds spent computing confidence signals (part of `decode_ms`).
+    pub confidence_ms: f64,
+    /// Milliseconds spent in the sampler chain (part of `decode_ms`).
+    pub sample_ms: f64,
+    /// Milliseconds spent inside llama.cpp's decode for generated tokens (part of `decode_ms`).
+    pub decode_call_ms: f64,
     /// Oldest messages dropped to fit (with `truncate_oldest`).
     pub truncated_messages: u32,
 }
@@ -101,9 +108,14 @@ pub struct ModelInfo {
 
 /// An inference context and the tokens its KV cache holds for sequence 0.
 struct Slot {
-    // Declared before anything it borrows from: see `LocalEngine`'s field order.
+    // Declared before anything it borrows from: see `LocalEngine`'s field order. The context
+    // also drops before its threadpools.
     ctx: LlamaContext<'static>,
     tokens: Vec<LlamaToken>,
+    /// Leading cached tokens that were computed exactly as a cold run computes them: whole
+    /// `n_batch`-aligned chunks of prompt evaluation (see `PrefixCache::Exact`).
+    exact_rows: usize,
+    _pools: Vec<threadpool::Threadpool>,
 }
 
 /// A pool of slots; requests beyond `max` wait.
@@ -246,6 +258,18 @@ impl LocalEngine {
         self.info.n_ctx
     }
 
+    /// Forgets every idle slot's cached prefix (the next request starts cold). Slots in use are
+    /// untouched.
+    pub fn clear_cache(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            for slot in &mut pool.free {
+                slot.ctx.clear_kv_cache();
+                slot.tokens.clear();
+                slot.exact_rows = 0;
+            }
+        }
+    }
+
     /// Tokens the chat template turns `messages` into (with the assistant prefix).
     pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError> {
         Ok(self.render(messages)?.len() as u32)
@@ -335,9 +359,25 @@ impl LocalEngine {
         // leave the engine (see `SlotGuard`).
         let ctx: LlamaContext<'static> =
             unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+        let (threads, threads_batch, poll) =
+            (self.info.threads, self.info.threads_batch, self.cfg.poll);
+        let mut pools = Vec::new();
+        if let Some(decode) = threadpool::Threadpool::new(threads, poll) {
+            let batch = if threads_batch == threads {
+                None
+            } else {
+                threadpool::Threadpool::new(threads_batch, poll)
+            };
+            if threadpool::Threadpool::attach(&ctx, &decode, batch.as_ref()) {
+                pools.push(decode);
+                pools.extend(batch);
+            }
+        }
         Ok(Slot {
             ctx,
             tokens: Vec::new(),
+            exact_rows: 0,
+            _pools: pools,
         })
     }
 
@@ -453,55 +493,63 @@ impl LocalEngine {
         let mut guard = self.acquire(&tokens)?;
         let slot = guard.slot.as_mut().expect("slot present");
 
-        // Reuse the cached prefix; at least the last prompt token is evaluated, for its logits.
-        let mut keep = if opts.cold {
-            0
+        // Prompts are evaluated in chunks aligned to multiples of n_batch, so a warm request
+        // splits its new tokens exactly where a cold run would.
+        let n_batch = slot.ctx.n_batch() as usize;
+        let lcp = common_prefix(&slot.tokens, &tokens);
+        let mode = if opts.cold {
+            PrefixCache::Off
         } else {
-            common_prefix(&slot.tokens, &tokens).min(tokens.len() - 1)
+            self.cfg.prefix_cache
         };
-        if keep < slot.tokens.len() {
-            let removed = slot
-                .ctx
-                .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
-                .unwrap_or(false);
-            if !removed {
-                slot.ctx.clear_kv_cache();
-                keep = 0;
+        let mut keep = match mode {
+            PrefixCache::Off => 0,
+            // At least the last prompt token is evaluated, for its logits.
+            PrefixCache::Fast => lcp.min(tokens.len() - 1),
+            PrefixCache::Exact => {
+                lcp.min(slot.exact_rows).min(tokens.len() - 1) / n_batch * n_batch
             }
-            slot.tokens.truncate(keep);
+        };
+        let removed = slot
+            .ctx
+            .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
+            .unwrap_or(false);
+        if !removed {
+            slot.ctx.clear_kv_cache();
+            keep = 0;
         }
+        let exact_before = slot.exact_rows;
         // From here until success the slot's cache is in flux: mark it empty, so an error leaves
         // nothing stale behind.
         let mut cached = std::mem::take(&mut slot.tokens);
         cached.truncate(keep);
+        slot.exact_rows = 0;
 
-        let n_batch = slot.ctx.n_batch() as usize;
         let mut batch = LlamaBatch::new(n_batch.max(1), 1);
         let t_prefill = Instant::now();
         let to_eval = &tokens[keep..];
         let mut pos = keep;
-        for (ci, chunk) in to_eval.chunks(n_batch).enumerate() {
+        while pos < tokens.len() {
             if cancel.load(Ordering::Relaxed) {
                 slot.ctx.clear_kv_cache();
                 return Ok(empty_output(
                     &tokens,
-                    ci * n_batch,
+                    pos - keep,
                     truncated,
                     t0,
                     FinishReason::Cancelled,
                 ));
             }
+            let end = ((pos / n_batch + 1) * n_batch).min(tokens.len());
             batch.clear();
-            let last_chunk = (ci + 1) * n_batch >= to_eval.len();
-            for (i, &tok) in chunk.iter().enumerate() {
-                let want_logits = last_chunk && i == chunk.len() - 1;
+            for (i, &tok) in tokens[pos..end].iter().enumerate() {
+                let want_logits = pos + i == tokens.len() - 1;
                 batch
-                    .add(tok, pos as i32, &[0], want_logits)
+                    .add(tok, (pos + i) as i32, &[0], want_logits)
                     .map_err(|e| LocalError::Decode {
-                        pos: pos as u32,
+                        pos: (pos + i) as u32,
                         detail: e.to_string(),
                     })?;
-                pos += 1;
             }
             if let Err(e) = slot.ctx.decode(&mut batch) {
                 slot.ctx.clear_kv_cache();
@@ -510,8 +558,15 @@ impl LocalEngine {
                     detail: e.to_string(),
                 });
             }
+            pos = end;
         }
         cached.extend_from_slice(to_eval);
+        // Rows in whole aligned chunks are exact if everything before them was.
+        let exact_rows = if keep <= exact_before && keep % n_batch == 0 {
+            tokens.len() / n_batch * n_batch
+        } else {
+            exact_before.min(keep) / n_batch * n_batch
+        };
         let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
 
         let mut sampler = build_sampler(sampling, self.info.n_vocab as i32);
@@ -527,10 +582,23 @@ impl LocalEngine {
         let mut t_first = None;
         let mut finish = FinishReason::Length;
         let mut generated = 0u32;
+        let mut confidence_ms = 0.0;
+        let mut sample_ms = 0.0;
+        let mut decode_call_ms = 0.0;
         while (generated as usize) < limit {
-            let token = sampler.sample(&slot.ctx, logits_idx);
-            let signal =
-                confidence::token_signal(slot.ctx.get_logits_ith(logits_idx), token.0 as usize);
+            // Greedy without penalties: the confidence pass already found the max logit, so skip
+            // llama.cpp's sampler (it rebuilds an n_vocab candidate array every token).
+            let t_sig = Instant::now();
+            let logits = slot.ctx.get_logits_ith(logits_idx);
+            let stats = confidence::stats(logits);
+            let t_sample = Instant::now();
+            confidence_ms += (t_sample - t_sig).as_secs_f64() * 1e3;
+            let token = match sampler.as_mut() {
+                None => LlamaToken(stats.argmax(logits) as i32),
+                Some(s) => s.sample(&slot.ctx, logits_idx),
+            };
+            sample_ms += t_sample.elapsed().as_secs_f64() * 1e3;
+            let signal = stats.signal(slot.ctx.get_logits_ith(logits_idx), token.0 as usize);
             if t_first.is_none() {
                 ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
                 t_first = Some(Instant::now());
@@ -571,7 +639,10 @@ impl LocalEngine {
                     pos: pos as u32,
                     detail: e.to_string(),
                 })?;
-            if let Err(e) = slot.ctx.decode(&mut batch) {
+            let t_dec = Instant::now();
+            let decoded = slot.ctx.decode(&mut batch);
+            decode_call_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+            if let Err(e) = decoded {
                 slot.ctx.clear_kv_cache();
                 return Err(LocalError::Decode {
                     pos: pos as u32,
@@ -594,6 +665,7 @@ impl LocalEngine {
             }
         }
         slot.tokens = cached;
+        slot.exact_rows = exact_rows;
         let decode_ms = t_first.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
         Ok(LocalOutput {
             text,
@@ -606,6 +678,9 @@ impl LocalEngine {
             prefill_ms,
             decode_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            confidence_ms,
+            sample_ms,
+            decode_call_ms,
             truncated_messages: truncated,
         })
     }
@@ -640,6 +715,9 @@ fn empty_output(
         prefill_ms: 0.0,
         decode_ms: 0.0,
         total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        confidence_ms: 0.0,
+        sample_ms: 0.0,
+        decode_call_ms: 0.0,
         truncated_messages: truncated,
     }
 }
@@ -700,9 +778,15 @@ fn choose_template(
     }
 }
 
-fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
+/// The llama.cpp sampler chain, or `None` for plain greedy decoding, which the engine does itself
+/// from the confidence pass (same rule as llama.cpp's greedy sampler: the first largest logit).
+fn build_sampler(s: &Sampling, n_vocab: i32) -> Option<LlamaSampler> {
+    let penalised = (s.repeat_penalty - 1.0).abs() > f32::EPSILON;
+    if s.temperature <= 0.0 && !penalised {
+        return None;
+    }
     let mut chain = Vec::new();
-    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
+    if penalised {
         chain.push(LlamaSampler::penalties(
             n_vocab,
             s.repeat_last_n as i32,
@@ -731,7 +815,7 @@ fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
         });
         chain.push(LlamaSampler::dist(seed));
     }
-    LlamaSampler::chain_simple(chain)
+    Some(LlamaSampler::chain_simple(chain))
 }
 
 /// Rejects requests llama.cpp would misbehave on.
