@@ -60,8 +60,11 @@ pub enum PrefixCache {
 pub struct LocalConfig {
     /// Path to a GGUF model.
     pub model: Option<PathBuf>,
-    /// Decode threads; default: see `LocalConfig::default_threads`.
+    /// Decode threads (the most the adaptive policy uses); default: all cores.
     pub threads: Option<u32>,
+    /// Adapt the decode thread count to contention from other processes (see
+    /// `engine::local::governor`); off pins it at `threads`.
+    pub adaptive_threads: bool,
     /// Prompt-processing threads; default: all cores.
     pub threads_batch: Option<u32>,
     /// Context size in tokens; default: min(4096, the model's training context).
@@ -88,6 +91,7 @@ impl Default for LocalConfig {
         Self {
             model: None,
             threads: None,
+            adaptive_threads: true,
             threads_batch: None,
             n_ctx: None,
             n_batch: 512,
@@ -102,16 +106,10 @@ impl Default for LocalConfig {
 }
 
 impl LocalConfig {
-    /// The default decode thread count: the physical cores, minus one on machines with more
-    /// than two, so one busy neighbour (a UI thread, another app) does not stall every decode
-    /// step. README "Busy cores" has the measurement behind it.
+    /// The default decode thread count: every core. The adaptive policy steps down under
+    /// contention (README, "Busy cores").
     pub fn default_threads() -> u32 {
-        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
-        if n > 2 {
-            n - 1
-        } else {
-            n
-        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32
     }
 }
 
@@ -220,20 +218,12 @@ impl Default for PriceConfig {
 /// The `[ledger]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct LedgerConfig {
     /// The JSONL file.
     pub path: Option<PathBuf>,
     /// Store prompt and answer text (off by default).
     pub store_prompts: bool,
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        Self {
-            path: None,
-            store_prompts: false,
-        }
-    }
 }
 
 impl Config {

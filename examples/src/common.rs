@@ -27,12 +27,15 @@ pub struct ModelArgs {
     /// Decode threads; overrides [local] threads.
     #[arg(long)]
     pub threads: Option<u32>,
-    /// Context size in tokens; overrides [local] n_ctx.
+    /// Context size in tokens; overrides [local] `n_ctx`.
     #[arg(long)]
     pub n_ctx: Option<u32>,
+    /// KV reuse across turns: fast, exact or off; overrides [local] `prefix_cache`.
+    #[arg(long, value_parser = ["fast", "exact", "off"])]
+    pub prefix_cache: Option<String>,
 }
 
-/// Where models are cached: $EDGECASCADE_MODELS, else ./models.
+/// Where models are cached: $`EDGECASCADE_MODELS`, else ./models.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("EDGECASCADE_MODELS").map_or_else(|| PathBuf::from("models"), PathBuf::from)
 }
@@ -54,6 +57,13 @@ pub fn load_config(args: &ModelArgs) -> Result<Config, Failure> {
     }
     if let Some(n) = args.n_ctx {
         cfg.local.n_ctx = Some(n);
+    }
+    if let Some(p) = &args.prefix_cache {
+        cfg.local.prefix_cache = match p.as_str() {
+            "exact" => edgecascade::config::PrefixCache::Exact,
+            "off" => edgecascade::config::PrefixCache::Off,
+            _ => edgecascade::config::PrefixCache::Fast,
+        };
     }
     if cfg.local.model.is_none() {
         let default = models_dir().join(DEFAULT_MODEL);

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 runtime error (one line on stderr), 2 usage error, 130 interrupted.
 
+#![allow(clippy::needless_pass_by_value, clippy::unnecessary_wraps)] // clap hands each command its args
+
 mod ask;
 mod bench;
 mod chat;

@@ -6,6 +6,9 @@
 //! time), and a lane-array form elsewhere that LLVM vectorises in part. The chosen token's
 //! probability comes out of the same numbers.
 
+// Math kernels read best with math names.
+#![allow(clippy::many_single_char_names)]
+
 use crate::types::Confidence;
 
 /// Signals for one generated token.
@@ -47,7 +50,8 @@ fn exp_neg(x: f32) -> f32 {
     p * scale
 }
 
-#[inline(always)]
+#[inline(always)] // inlined into the target-feature wrapper, so it gets its codegen
+#[allow(clippy::inline_always)]
 fn stats_impl(logits: &[f32]) -> Stats {
     let chunks = logits.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -131,6 +135,7 @@ impl Stats {
 
     /// The greedy token: the first index holding the largest logit (llama.cpp's tie rule).
     pub fn argmax(&self, logits: &[f32]) -> usize {
+        #[allow(clippy::float_cmp)] // the max is one of these values, bit for bit
         logits.iter().position(|&x| x == self.max).unwrap_or(0)
     }
 }

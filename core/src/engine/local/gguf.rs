@@ -165,7 +165,7 @@ enum Kept {
     Str(String),
     Uint(u64),
     Array { elem: u32, len: u64 },
-    Other(u32),
+    Other,
 }
 
 struct Reader<'p> {
@@ -260,6 +260,7 @@ impl Reader<'_> {
 }
 
 /// Validates the GGUF file at `path` without loading it.
+#[allow(clippy::too_many_lines)] // one linear walk over the format, in file order
 pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
     let io = |source| GgufError::Io {
         path: path.to_owned(),
@@ -336,7 +337,7 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
                 let keep = key.starts_with("general.") || key == "tokenizer.ggml.model";
                 match r.string(&what, keep)? {
                     Some(s) => Kept::Str(s),
-                    None => Kept::Other(T_STRING),
+                    None => Kept::Other,
                 }
             }
             T_ARRAY => {
@@ -372,7 +373,7 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
                     Kept::Uint(r.u64(&what)?)
                 } else {
                     r.skip(sz, &what)?;
-                    Kept::Other(t)
+                    Kept::Other
                 }
             }
         };
@@ -412,14 +413,14 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
         match get(key) {
             None => {}
             Some(Kept::Array { elem, len })
-                if *elem == want || (key.ends_with("scores") && *elem == T_I32) =>
+                if (*elem == want || (key.ends_with("scores") && *elem == T_I32))
+                    && key != "tokenizer.ggml.merges"
+                    && tokens_len.is_some_and(|t| *len < t) =>
             {
-                if key != "tokenizer.ggml.merges" && tokens_len.is_some_and(|t| *len < t) {
-                    return Err(r.malformed(format!(
-                        "{key} has {len} entries but there are {} tokens",
-                        tokens_len.unwrap_or(0)
-                    )));
-                }
+                return Err(r.malformed(format!(
+                    "{key} has {len} entries but there are {} tokens",
+                    tokens_len.unwrap_or(0)
+                )));
             }
             Some(_) => return Err(r.malformed(format!("{key} must be an array of {name}"))),
         }
@@ -474,7 +475,7 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
         let nelements = ne
             .iter()
             .try_fold(1u64, |acc, &d| {
-                acc.checked_mul(d).filter(|n| *n <= i64::MAX as u64)
+                acc.checked_mul(d).filter(|n| i64::try_from(*n).is_ok())
             })
             .ok_or_else(|| r.malformed(format!("tensor '{name}' shape {ne:?} overflows")))?;
         let ty = r.u32(&what)?;

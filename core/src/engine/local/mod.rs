@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod confidence;
 pub mod gguf;
+mod governor;
 pub mod text;
 mod threadpool;
 
@@ -115,6 +116,8 @@ struct Slot {
     /// Leading cached tokens that were computed exactly as a cold run computes them: whole
     /// `n_batch`-aligned chunks of prompt evaluation (see `PrefixCache::Exact`).
     exact_rows: usize,
+    /// Adapts the decode thread count to contention (when the context pointer is usable).
+    governor: Option<(governor::Governor, threadpool::RawContext)>,
     _pools: Vec<threadpool::Threadpool>,
 }
 
@@ -373,10 +376,16 @@ impl LocalEngine {
                 pools.extend(batch);
             }
         }
+        let governor = if self.cfg.adaptive_threads && threads > 1 && !pools.is_empty() {
+            threadpool::RawContext::of(&ctx).map(|raw| (governor::Governor::new(threads), raw))
+        } else {
+            None
+        };
         Ok(Slot {
             ctx,
             tokens: Vec::new(),
             exact_rows: 0,
+            governor,
             _pools: pools,
         })
     }
@@ -519,6 +528,7 @@ impl LocalEngine {
             keep = 0;
         }
         let exact_before = slot.exact_rows;
+        log::debug!("prefix cache {mode:?}: reusing {keep} of {} prompt tokens (common prefix {lcp}, exact rows {exact_before}, n_batch {n_batch})", tokens.len());
         // From here until success the slot's cache is in flux: mark it empty, so an error leaves
         // nothing stale behind.
         let mut cached = std::mem::take(&mut slot.tokens);
@@ -641,7 +651,14 @@ impl LocalEngine {
                 })?;
             let t_dec = Instant::now();
             let decoded = slot.ctx.decode(&mut batch);
-            decode_call_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+            let step_ms = t_dec.elapsed().as_secs_f64() * 1e3;
+            decode_call_ms += step_ms;
+            if let Some((gov, raw)) = slot.governor.as_mut() {
+                if let Some(n) = gov.record(step_ms) {
+                    log::debug!("decode threads now {n}");
+                    raw.set_threads(n, self.info.threads_batch);
+                }
+            }
             if let Err(e) = decoded {
                 slot.ctx.clear_kv_cache();
                 return Err(LocalError::Decode {
@@ -653,7 +670,7 @@ impl LocalEngine {
             pos += 1;
             logits_idx = 0;
         }
-        if finish != FinishReason::Stop || stream_has_tail(&stream) {
+        {
             let tail = stream.finish();
             if !tail.is_empty() {
                 text.push_str(&tail);
@@ -691,11 +708,6 @@ const ZERO_SIGNAL: TokenSignal = TokenSignal {
     entropy: 0.0,
     margin: 0.0,
 };
-
-/// After a stop sequence nothing is held; at the end of a turn the held tail is real text.
-fn stream_has_tail(_: &text::TextStream) -> bool {
-    true
-}
 
 fn empty_output(
     tokens: &[LlamaToken],

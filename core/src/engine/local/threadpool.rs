@@ -2,7 +2,7 @@
 //!
 //! Without OpenMP, a llama.cpp context that has no threadpool attached creates and joins a
 //! fresh set of threads for every graph it computes, which is every generated token (ggml-cpu.c,
-//! "disposable_threadpool"). On SmolLM2 that cost about 1.3 ms per token, 16% of decode time.
+//! "`disposable_threadpool`"). On `SmolLM2` that cost about 1.3 ms per token, 16% of decode time.
 //! llama-bench attaches a persistent pool; so do we.
 //!
 //! llama-cpp-2 (0.1.160) does not expose the raw `llama_context` pointer that
@@ -61,6 +61,24 @@ impl Drop for Threadpool {
     fn drop(&mut self) {
         // SAFETY: we own the pool; its context has already been freed or detached.
         unsafe { llama_cpp_sys_2::ggml_threadpool_free(self.0.as_ptr()) }
+    }
+}
+
+/// A verified raw context pointer, for the two llama.cpp calls the safe API lacks.
+pub(crate) struct RawContext(*mut llama_cpp_sys_2::llama_context);
+
+// SAFETY: used only by the thread that currently owns the slot holding the context.
+unsafe impl Send for RawContext {}
+
+impl RawContext {
+    pub(crate) fn of(ctx: &LlamaContext<'_>) -> Option<Self> {
+        raw_context(ctx).map(Self)
+    }
+
+    /// Sets the decode and prompt thread counts (at most the attached pool's size).
+    pub(crate) fn set_threads(&self, decode: u32, batch: u32) {
+        // SAFETY: verified pointer to a live context owned by the caller's slot.
+        unsafe { llama_cpp_sys_2::llama_set_n_threads(self.0, decode as i32, batch as i32) }
     }
 }
 
