@@ -1,4 +1,4 @@
-//! `EdgeCascade`'s FFI: `UniFFI` wrappers over the `edgecascade` core, and the one native library
+//! EdgeCascade's FFI: UniFFI wrappers over the `edgecascade` core, and the one native library
 //! (`cdylib`/`staticlib`) the Kotlin and Swift SDKs load. Thin by rule: no logic here beyond
 //! error mapping. The full surface arrives with the mobile SDK issue.
 

@@ -1,4 +1,4 @@
-//! `EdgeCascade` core: an on-device LLM runtime (llama.cpp through `llama-cpp-2`) that decides per
+//! EdgeCascade core: an on-device LLM runtime (llama.cpp through `llama-cpp-2`) that decides per
 //! request whether the small local model is good enough or a large remote one is worth paying
 //! for, and records what each answer cost.
 //!

@@ -18,7 +18,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// The role's name in chat templates and the `OpenAI` API.
+    /// The role's name in chat templates and the OpenAI API.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",

@@ -410,19 +410,20 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
         ("tokenizer.ggml.token_type", T_I32, "i32"),
         ("tokenizer.ggml.merges", T_STRING, "string"),
     ] {
-        match get(key) {
-            None => {}
-            Some(Kept::Array { elem, len })
-                if (*elem == want || (key.ends_with("scores") && *elem == T_I32))
-                    && key != "tokenizer.ggml.merges"
-                    && tokens_len.is_some_and(|t| *len < t) =>
-            {
-                return Err(r.malformed(format!(
-                    "{key} has {len} entries but there are {} tokens",
-                    tokens_len.unwrap_or(0)
-                )));
-            }
-            Some(_) => return Err(r.malformed(format!("{key} must be an array of {name}"))),
+        let Some(value) = get(key) else { continue };
+        let Kept::Array { elem, len } = value else {
+            return Err(r.malformed(format!("{key} must be an array of {name}")));
+        };
+        let type_ok = *elem == want || (key.ends_with("scores") && *elem == T_I32);
+        if !type_ok {
+            return Err(r.malformed(format!("{key} must be an array of {name}")));
+        }
+        // llama.cpp indexes these by token id.
+        if key != "tokenizer.ggml.merges" && tokens_len.is_some_and(|t| *len < t) {
+            return Err(r.malformed(format!(
+                "{key} has {len} entries but there are {} tokens",
+                tokens_len.unwrap_or(0)
+            )));
         }
     }
     let string_of = |k: &str| match get(k) {
@@ -514,7 +515,8 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
     }
     // The last tensor need not be padded at the end of the file.
     let data_bytes = tensors.last().map_or(0, |(_, off, nbytes)| off + nbytes);
-    let needed = data_start.saturating_add(data_bytes);
+    // With no tensor data there is no data section to pad to (gguf.cpp only seeks there).
+    let needed = if data_bytes == 0 { r.pos } else { data_start.saturating_add(data_bytes) };
     if needed > len {
         return Err(GgufError::TruncatedData {
             path: path.to_owned(),
@@ -643,6 +645,48 @@ mod tests {
         b[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
         let err = validate(write(&b).path()).unwrap_err();
         assert!(err.to_string().contains("string length"), "{err}");
+    }
+
+    /// A GGUF with one tokenizer array of `elem` type and `len` entries, beside `n_tokens` tokens.
+    fn with_token_arrays(n_tokens: u64, key: &str, elem: u32, len: u64) -> Vec<u8> {
+        fn s(out: &mut Vec<u8>, v: &str) {
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        s(&mut b, "tokenizer.ggml.tokens");
+        b.extend_from_slice(&T_ARRAY.to_le_bytes());
+        b.extend_from_slice(&T_STRING.to_le_bytes());
+        b.extend_from_slice(&n_tokens.to_le_bytes());
+        for _ in 0..n_tokens {
+            s(&mut b, "t");
+        }
+        s(&mut b, key);
+        b.extend_from_slice(&T_ARRAY.to_le_bytes());
+        b.extend_from_slice(&elem.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend(std::iter::repeat_n(
+            0u8,
+            (len * scalar_size(elem).unwrap_or(0)) as usize,
+        ));
+        b
+    }
+
+    #[test]
+    fn tokenizer_arrays_are_type_and_length_checked() {
+        let ok = with_token_arrays(3, "tokenizer.ggml.token_type", T_I32, 3);
+        assert!(validate(write(&ok).path()).is_ok());
+        let ok = with_token_arrays(3, "tokenizer.ggml.scores", T_F32, 3);
+        assert!(validate(write(&ok).path()).is_ok());
+        let wrong_type = with_token_arrays(3, "tokenizer.ggml.token_type", T_U8, 3);
+        let err = validate(write(&wrong_type).path()).unwrap_err().to_string();
+        assert!(err.contains("must be an array of i32"), "{err}");
+        let short = with_token_arrays(3, "tokenizer.ggml.scores", T_F32, 2);
+        let err = validate(write(&short).path()).unwrap_err().to_string();
+        assert!(err.contains("2 entries but there are 3 tokens"), "{err}");
     }
 
     #[test]
