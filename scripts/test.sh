@@ -5,6 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. scripts/native-env.sh
 scripts/setup.sh
 python3 scripts/fetch_models.py smollm2
 export EDGECASCADE_MODELS=${EDGECASCADE_MODELS:-$root/models}

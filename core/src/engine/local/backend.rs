@@ -14,6 +14,16 @@ static BACKEND: OnceCell<LlamaBackend> = OnceCell::new();
 /// `LlamaBackend::init()`, so every engine shares this one.
 pub(crate) fn backend() -> Result<&'static LlamaBackend, LocalError> {
     BACKEND.get_or_try_init(|| {
+        check_cpu()?;
+        // With runtime CPU-variant selection, ggml's backends are shared libraries: load them
+        // (from $EDGECASCADE_BACKENDS_DIR, else the build's own folder) before init.
+        #[cfg(feature = "cpu-variants")]
+        match std::env::var_os("EDGECASCADE_BACKENDS_DIR") {
+            Some(dir) => {
+                llama_cpp_2::llama_backend::load_backends_from_path(std::path::Path::new(&dir))
+            }
+            None => llama_cpp_2::llama_backend::load_backends(),
+        }
         // Route llama.cpp and ggml logs through `log` before anything can print.
         // SAFETY: the callback is a plain `extern "C"` fn with no user data; it lives forever.
         unsafe { llama_cpp_sys_2::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
@@ -66,4 +76,31 @@ unsafe extern "C" fn log_callback(
         }
         line.1.clear();
     }
+}
+
+/// llama-cpp-sys-2's default x86-64 build compiles ggml for AVX, AVX2, FMA, F16C and BMI2 (its
+/// CMake defaults when GGML_NATIVE is off). On a CPU without them ggml would die with SIGILL on
+/// the first matrix multiply; refuse with a clear error instead, before any ggml code runs.
+fn check_cpu() -> Result<(), LocalError> {
+    #[cfg(all(target_arch = "x86_64", not(feature = "cpu-variants")))]
+    {
+        let missing: Vec<&str> = [
+            ("avx", is_x86_feature_detected!("avx")),
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("f16c", is_x86_feature_detected!("f16c")),
+            ("bmi2", is_x86_feature_detected!("bmi2")),
+        ]
+        .into_iter()
+        .filter_map(|(name, ok)| (!ok).then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            return Err(LocalError::Backend(format!(
+                "this CPU lacks {} which this build of llama.cpp requires; rebuild on this machine \
+                 (RUSTFLAGS=-Ctarget-cpu=native) or with the cpu-variants feature",
+                missing.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }

@@ -516,7 +516,11 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
     // The last tensor need not be padded at the end of the file.
     let data_bytes = tensors.last().map_or(0, |(_, off, nbytes)| off + nbytes);
     // With no tensor data there is no data section to pad to (gguf.cpp only seeks there).
-    let needed = if data_bytes == 0 { r.pos } else { data_start.saturating_add(data_bytes) };
+    let needed = if data_bytes == 0 {
+        r.pos
+    } else {
+        data_start.saturating_add(data_bytes)
+    };
     if needed > len {
         return Err(GgufError::TruncatedData {
             path: path.to_owned(),

@@ -192,7 +192,11 @@ impl LocalEngine {
             })?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
 
-        let (template, template_source) = choose_template(&model, cfg.chat_template.as_deref())?;
+        let (template, template_source) = choose_template(
+            &model,
+            cfg.chat_template.as_deref(),
+            gguf.architecture.as_deref(),
+        )?;
         let n_ctx_train = model.n_ctx_train();
         let n_ctx = cfg.n_ctx.unwrap_or_else(|| n_ctx_train.clamp(16, 4096));
         if n_ctx > n_ctx_train && n_ctx_train > 0 {
@@ -755,9 +759,22 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The built-in llama.cpp template for a model without a usable one of its own: the family's
+/// own format where llama.cpp knows it, chatml otherwise.
+fn fallback_template_name(architecture: Option<&str>) -> &'static str {
+    match architecture.unwrap_or_default() {
+        a if a.starts_with("gemma") => "gemma",
+        a if a.starts_with("phi3") => "phi3",
+        "llama4" => "llama4",
+        "deepseek2" | "deepseek3" => "deepseek3",
+        _ => "chatml",
+    }
+}
+
 fn choose_template(
     model: &LlamaModel,
     configured: Option<&str>,
+    architecture: Option<&str>,
 ) -> Result<(LlamaChatTemplate, String), LocalError> {
     let probe = [
         LlamaChatMessage::new("system".into(), "s".into()),
@@ -777,15 +794,16 @@ fn choose_template(
         })?;
         return Ok((t, format!("config:{name}")));
     }
+    let fallback = fallback_template_name(architecture);
     match model.chat_template(None) {
         Ok(t) if model.apply_chat_template(&t, &probe, true).is_ok() => Ok((t, "model".into())),
         Ok(_) => {
-            log::warn!("the model's chat template is not one llama.cpp's built-in engine supports; falling back to chatml");
-            Ok((named("chatml")?, "fallback:chatml".into()))
+            log::warn!("the model's chat template is not one llama.cpp's built-in engine supports; using {fallback}");
+            Ok((named(fallback)?, format!("fallback:{fallback}")))
         }
         Err(_) => {
-            log::warn!("the model has no chat template; falling back to chatml (set [local] chat_template to choose)");
-            Ok((named("chatml")?, "fallback:chatml".into()))
+            log::warn!("the model has no chat template; using {fallback} (set [local] chat_template to choose)");
+            Ok((named(fallback)?, format!("fallback:{fallback}")))
         }
     }
 }
