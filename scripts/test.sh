@@ -9,4 +9,11 @@ cd "$root"
 scripts/setup.sh
 python3 scripts/fetch_models.py smollm2
 export EDGECASCADE_MODELS=${EDGECASCADE_MODELS:-$root/models}
+# The official OpenAI Python client (pinned), in a venv, for the serve tests.
+venv=${EDGECASCADE_VENV:-$root/.cache/venv}
+if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q openai==3.54.0
+fi
+export EDGECASCADE_PYTHON="$venv/bin/python"
 cargo test --release --workspace "$@"

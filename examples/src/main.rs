@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod common;
 mod models;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::Args),
     /// List configured models, or verify a model file.
     Models(models::Args),
+    /// Serve the runtime over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
 }
 
 /// A failure with its exit code.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Models(a) => models::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

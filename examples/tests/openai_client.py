@@ -1,0 +1,54 @@
+"""The official `openai` Python client against `edgecascade serve` (run by examples/tests/serve.rs).
+
+    python openai_client.py http://127.0.0.1:PORT
+"""
+import sys
+
+import openai
+
+base = sys.argv[1]
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+full = client.chat.completions.create(model="local", messages=messages, max_tokens=24, temperature=0)
+choice = full.choices[0]
+assert choice.message.role == "assistant", choice
+assert choice.message.content.strip(), "empty answer"
+assert choice.finish_reason in ("stop", "length"), choice.finish_reason
+assert full.usage.prompt_tokens > 0 and full.usage.completion_tokens > 0, full.usage
+assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
+ext = full.model_extra["edgecascade"]
+assert ext["route"] == "local" and "confidence" in ext and "cost" in ext, ext
+
+text, finish, usage, chunks = "", None, None, 0
+stream = client.chat.completions.create(
+    model="local", messages=messages, max_tokens=24, temperature=0,
+    stream=True, stream_options={"include_usage": True},
+)
+for chunk in stream:
+    chunks += 1
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+assert chunks > 3, chunks
+assert text == choice.message.content, (text, choice.message.content)
+assert finish == choice.finish_reason, (finish, choice.finish_reason)
+assert usage is not None and usage.completion_tokens == full.usage.completion_tokens, usage
+
+stopped = client.chat.completions.create(
+    model="local", messages=messages, max_tokens=24, temperature=0, stop=[choice.message.content[3:6]],
+)
+assert choice.message.content[3:6] not in stopped.choices[0].message.content
+
+models = client.models.list()
+assert len(models.data) == 1, models
+
+try:
+    client.chat.completions.create(model="local", messages=[], max_tokens=4)
+    raise AssertionError("empty messages must be rejected")
+except openai.BadRequestError as e:
+    assert "messages" in str(e), e
+
+print("openai client: ok")

@@ -1,0 +1,404 @@
+//! `edgecascade serve` over real HTTP on 127.0.0.1: the official OpenAI client, malformed input,
+//! admission control under load, client disconnects, auth, metrics and graceful shutdown.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn model() -> PathBuf {
+    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        PathBuf::from,
+    );
+    let p = dir.join("smollm2-135m-instruct-q4_1.gguf");
+    assert!(
+        p.exists(),
+        "missing {}: run scripts/fetch_models.py smollm2",
+        p.display()
+    );
+    p
+}
+
+/// A running server, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let m = model();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+            .args([
+                "serve",
+                "--model",
+                m.to_str().unwrap(),
+                "--port",
+                "0",
+                "--n-ctx",
+                "1024",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("bad start line {line:?}"))
+            .to_owned();
+        Self { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn post(addr: &str, json: &str) -> Reply {
+    http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        json.as_bytes(),
+    )
+}
+
+fn chat_json(prompt: &str, max_tokens: u32, stream: bool) -> String {
+    serde_json::json!({"model": "x", "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens, "temperature": 0, "stream": stream, "future_field": {"ignored": true}})
+    .to_string()
+}
+
+/// Joins the content deltas of an SSE body (chunked transfer framing is tolerated).
+fn sse_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(c);
+        }
+    }
+    (text, done)
+}
+
+#[test]
+fn official_openai_client() {
+    let python = std::env::var("EDGECASCADE_PYTHON")
+        .expect("EDGECASCADE_PYTHON must name a python with openai==3.54.0 installed; scripts/test.sh sets it up");
+    let server = Server::start(&[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(server.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn streamed_text_equals_non_streamed_and_bad_input_is_4xx() {
+    let server = Server::start(&["--max-body-bytes", "4096"]);
+    let a = &server.addr;
+    let full = post(a, &chat_json("Name three fruits.", 20, false));
+    assert_eq!(full.status, 200, "{}", full.body);
+    let v: serde_json::Value = serde_json::from_str(&full.body).unwrap();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!text.is_empty());
+    assert_eq!(v["edgecascade"]["route"], "local");
+    let streamed = post(a, &chat_json("Name three fruits.", 20, true));
+    assert_eq!(streamed.status, 200);
+    assert!(streamed
+        .headers
+        .to_ascii_lowercase()
+        .contains("text/event-stream"));
+    let (s, done) = sse_text(&streamed.body);
+    assert!(done, "stream must end with [DONE]");
+    assert_eq!(s, text);
+
+    for (body, want) in [
+        (b"{not json".to_vec(), 400),
+        (br#"{"model":"x"}"#.to_vec(), 400),
+        (br#"{"messages":[]}"#.to_vec(), 400),
+        (
+            br#"{"messages":[{"role":"user","content":"hi"}],"temperature":9}"#.to_vec(),
+            400,
+        ),
+        (
+            format!(
+                r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+                "x".repeat(10_000)
+            )
+            .into_bytes(),
+            413,
+        ),
+    ] {
+        let r = http(
+            a,
+            "POST",
+            "/v1/chat/completions",
+            &["Content-Type: application/json"],
+            &body,
+        );
+        assert_eq!(r.status, want, "{}", r.body);
+        let e: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|_| panic!("error body must be JSON: {}", r.body));
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
+    }
+    assert_eq!(http(a, "GET", "/nope", &[], b"").status, 404);
+    // Still serving.
+    assert_eq!(post(a, &chat_json("Hi", 4, false)).status, 200);
+    let health = http(a, "GET", "/health", &[], b"");
+    assert_eq!(health.status, 200);
+    let models = http(a, "GET", "/v1/models", &[], b"");
+    assert!(
+        models.body.contains("\"object\":\"list\""),
+        "{}",
+        models.body
+    );
+    let m = http(a, "GET", "/metrics", &[], b"").body;
+    assert!(
+        m.contains("edgecascade_requests_total{route=\"local\",status=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("edgecascade_requests_total{route=\"none\",status=\"400\"}"),
+        "{m}"
+    );
+    assert!(m.contains("edgecascade_ttft_seconds_bucket"), "{m}");
+}
+
+#[test]
+fn api_key_is_enforced() {
+    let server = Server::start(&["--api-key", "s3cret"]);
+    let body = chat_json("Hi", 2, false);
+    let no = http(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    );
+    assert_eq!(no.status, 401);
+    let wrong = http(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &["Authorization: Bearer nope"],
+        body.as_bytes(),
+    );
+    assert_eq!(wrong.status, 401);
+    let ok = http(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &["Authorization: Bearer s3cret"],
+        body.as_bytes(),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn overload_is_refused_not_queued_and_memory_stays_flat() {
+    let server = Server::start(&["--parallel", "1", "--queue", "2"]);
+    let addr = server.addr.clone();
+    for _ in 0..3 {
+        assert_eq!(post(&addr, &chat_json("Warm up.", 16, false)).status, 200);
+    }
+    let rss_warm = server.rss_kb();
+    let t = Instant::now();
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let r = post(
+                    &addr,
+                    &chat_json(
+                        &format!("Tell me a fact about the number {i}."),
+                        24,
+                        i % 2 == 0,
+                    ),
+                );
+                (r.status, r.headers, r.body)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(t.elapsed() < Duration::from_secs(120), "clients hung");
+    let refused = results.iter().filter(|r| r.0 == 503).count();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(
+        refused + ok,
+        10,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(refused > 0, "10 clients against 1+2 slots must see 503s");
+    assert!(ok >= 3, "admitted requests must complete");
+    for r in results.iter().filter(|r| r.0 == 503) {
+        assert!(r.1.to_ascii_lowercase().contains("retry-after"), "{}", r.1);
+    }
+    for r in results.iter().filter(|r| r.0 == 200) {
+        assert!(
+            r.2.contains("[DONE]") || r.2.contains("chat.completion"),
+            "{}",
+            r.2
+        );
+    }
+    let rss_after = server.rss_kb();
+    assert!(
+        (rss_after as f64) < rss_warm as f64 * 1.10,
+        "RSS grew from {rss_warm} kB to {rss_after} kB after the burst"
+    );
+}
+
+#[test]
+fn disconnect_mid_stream_frees_the_slot() {
+    let server = Server::start(&["--parallel", "1", "--queue", "0"]);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let body = chat_json("Write a very long story about the sea.", 2000, true);
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = 0;
+    while seen < 2000 {
+        seen += s.read(&mut buf).unwrap();
+    }
+    // The only slot is busy: a second request is refused...
+    assert_eq!(post(&server.addr, &chat_json("Hi", 2, false)).status, 503);
+    drop(s);
+    // ...until the disconnect cancels the first, within a token or so.
+    let t = Instant::now();
+    loop {
+        let r = post(&server.addr, &chat_json("Hi", 2, false));
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "slot not freed after disconnect: {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_cancels_in_flight_and_exits_cleanly() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr.clone();
+    let stream = std::thread::spawn(move || {
+        post(
+            &addr,
+            &chat_json("Write a very long story about mountains.", 2000, true),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let r = stream.join().unwrap();
+    let (_, done) = sse_text(&r.body);
+    assert!(
+        done,
+        "the in-flight stream is finished, not cut: {}",
+        &r.body[r.body.len().saturating_sub(300)..]
+    );
+}

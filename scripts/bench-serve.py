@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""`edgecascade serve` against llama.cpp's `llama-server`: same model, threads, prompts.
+
+For each server and each concurrency (1 and 4 clients), streams greedy completions and measures
+client-side TTFT (request sent to first content chunk) and requests/s. For our server it also
+takes the engine's own TTFT from the `edgecascade` extension of the same response, so the
+difference is exactly what the HTTP layer adds.
+
+    scripts/bench-serve.py [--model PATH] [--requests 16] [--max-tokens 32]
+"""
+import argparse, http.client, json, os, statistics, subprocess, sys, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = [f"In two sentences, tell me something interesting about the number {i}." for i in range(64)]
+
+
+def start(cmd, ready):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        line = p.stdout.readline()
+        if not line:
+            break
+        addr = ready(line)
+        if addr:
+            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+            return p, addr
+    p.kill()
+    sys.exit(f"server did not start: {' '.join(cmd)}")
+
+
+def one(addr, prompt, max_tokens):
+    host, port = addr.split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=300)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                       "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    ttft, engine_ttft, tokens = None, None, 0
+    for raw in r:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        d = json.loads(line[6:])
+        ch = d.get("choices") or []
+        if ch and ch[0].get("delta", {}).get("content"):
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+        if "edgecascade" in d:
+            engine_ttft = d["edgecascade"]["timings"]["ttft_ms"] / 1e3
+        if d.get("usage"):
+            tokens = d["usage"]["completion_tokens"]
+    c.close()
+    return ttft, engine_ttft, tokens
+
+
+def run(addr, clients, n, max_tokens):
+    results, lock, idx = [], threading.Lock(), [0]
+
+    def worker():
+        while True:
+            with lock:
+                i = idx[0]
+                idx[0] += 1
+            if i >= n:
+                return
+            res = one(addr, PROMPTS[i % len(PROMPTS)], max_tokens)
+            with lock:
+                results.append(res)
+
+    one(addr, PROMPTS[0], 4)  # warm-up
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    wall = time.perf_counter() - t0
+    ttfts = [r[0] for r in results if r[0] is not None]
+    over = [(r[0] - r[1]) * 1e3 for r in results if r[0] is not None and r[1] is not None]
+    return {"req_s": n / wall, "ttft_ms": statistics.median(ttfts) * 1e3,
+            "tok_s": sum(r[2] for r in results) / wall,
+            "http_overhead_ms": statistics.median(over) if over else None}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    models = os.environ.get("EDGECASCADE_MODELS", os.path.join(ROOT, "models"))
+    ap.add_argument("--model", default=os.path.join(models, "smollm2-135m-instruct-q4_1.gguf"))
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-bin", default=None)
+    a = ap.parse_args()
+    bindir = a.llama_bin or subprocess.run([os.path.join(ROOT, "scripts/build-llama-tools.sh")], check=True,
+                                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "edgecascade"], check=True, cwd=ROOT)
+    ours = os.path.join(target, "release", "edgecascade")
+    out = {}
+    for clients in (1, 4):
+        servers = {
+            "edgecascade": ([ours, "serve", "--model", a.model, "--port", "0", "--threads", str(a.threads),
+                             "--parallel", str(clients), "--queue", "64", "--n-ctx", "1024"],
+                            lambda l: l.strip().split("http://")[1] if l.startswith("listening on http://") else None),
+            "llama-server": ([os.path.join(bindir, "llama-server"), "-m", a.model, "--port", "18099", "-t", str(a.threads),
+                              "-np", str(clients), "-c", str(1024 * clients), "--no-webui"],
+                             lambda l: "127.0.0.1:18099" if "server is listening" in l else None),
+        }
+        for name, (cmd, ready) in servers.items():
+            p, addr = start(cmd, ready)
+            try:
+                out[f"{name}@{clients}"] = run(addr, clients, a.requests, a.max_tokens)
+            finally:
+                p.terminate()
+                p.wait()
+            r = out[f"{name}@{clients}"]
+            extra = f", HTTP layer adds {r['http_overhead_ms']:.2f} ms to TTFT" if r["http_overhead_ms"] is not None else ""
+            print(f"{name:13} {clients} client(s): {r['req_s']:.2f} req/s, {r['tok_s']:.1f} tok/s, "
+                  f"TTFT {r['ttft_ms']:.1f} ms{extra}", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
