@@ -173,7 +173,7 @@ fn official_openai_client() {
 
 #[test]
 fn streamed_text_equals_non_streamed_and_bad_input_is_4xx() {
-    let server = Server::start(&["--max-body-bytes", "4096"]);
+    let server = Server::start(&["--max-body-bytes", "16384"]);
     let a = &server.addr;
     let full = post(a, &chat_json("Name three fruits.", 20, false));
     assert_eq!(full.status, 200, "{}", full.body);
@@ -205,7 +205,7 @@ fn streamed_text_equals_non_streamed_and_bad_input_is_4xx() {
         (
             format!(
                 r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
-                "x".repeat(10_000)
+                "x".repeat(20_000)
             )
             .into_bytes(),
             413,
@@ -227,6 +227,12 @@ fn streamed_text_equals_non_streamed_and_bad_input_is_4xx() {
                 .is_some_and(|m| !m.is_empty()),
             "{e}"
         );
+    }
+    // Too long for the 1024-token context: a 400 with OpenAI's code, streaming or not.
+    for stream in [false, true] {
+        let r = post(a, &chat_json(&"word ".repeat(1500), 8, stream));
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("context_length_exceeded"), "{}", r.body);
     }
     assert_eq!(http(a, "GET", "/nope", &[], b"").status, 404);
     // Still serving.

@@ -348,9 +348,26 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         out
     });
     if stream {
+        // Hold the headers until the first event, so an error before any token (an over-long
+        // prompt, say) is a proper HTTP error rather than a 200 with an in-band error.
+        let mut rx = rx;
+        let guard = CancelOnDrop(Arc::clone(&cancel));
+        let Some(first) = rx.recv().await else {
+            let result = worker
+                .await
+                .map_err(|e| internal(format!("generation task failed: {e}")))?;
+            std::mem::forget(guard);
+            return Err(result.err().map_or_else(
+                || internal("generation ended without a result".into()),
+                |e| runtime_error(&e),
+            ));
+        };
+        std::mem::forget(guard);
         Ok(stream_response(
             Arc::clone(state),
+            first,
             rx,
+            worker,
             cancel,
             id,
             created,
@@ -373,9 +390,12 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
     state: Arc<AppState>,
+    first: Event,
     mut rx: mpsc::UnboundedReceiver<Event>,
+    worker: tokio::task::JoinHandle<edgecascade::Result<edgecascade::Response>>,
     cancel: Arc<AtomicBool>,
     id: String,
     created: u64,
@@ -388,7 +408,8 @@ fn stream_response(
         let data = |v: serde_json::Value| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string()));
         yield data(openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None));
         let mut done = None;
-        while let Some(ev) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(ev) = match next.take() { Some(ev) => Some(ev), None => rx.recv().await } {
             match ev {
                 Event::Token { text, .. } => yield data(openai::chunk(&id, created, &model, json!({"content": text}), None)),
                 Event::Escalating { .. } => {}
@@ -410,9 +431,14 @@ fn stream_response(
                 yield data(u);
             }
         } else {
-            // The generation failed before finishing: report it in-band, as OpenAI does.
+            // The generation failed mid-stream: report it in-band, as OpenAI does.
             state.metrics.request("local", 500);
-            yield data(json!({"error": {"message": "generation failed", "type": "server_error", "param": null, "code": null}}));
+            let message = match worker.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "generation ended without a result".to_owned(),
+                Err(e) => format!("generation task failed: {e}"),
+            };
+            yield data(json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     };
