@@ -90,6 +90,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-bin", default=None)
+    ap.add_argument("--our-parallel", type=int, default=None, help="contexts for edgecascade (default: = clients)")
+    ap.add_argument("--our-threads", type=int, default=None, help="threads per context (default: cores / parallel)")
+    ap.add_argument("--only-ours", action="store_true")
     a = ap.parse_args()
     bindir = a.llama_bin or subprocess.run([os.path.join(ROOT, "scripts/build-llama-tools.sh")], check=True,
                                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -99,14 +102,17 @@ def main():
     out = {}
     for clients in (1, 4):
         servers = {
-            "edgecascade": ([ours, "serve", "--model", a.model, "--port", "0", "--threads", str(a.threads),
-                             "--parallel", str(clients), "--queue", "64", "--n-ctx", "1024"],
+            "edgecascade": ([ours, "serve", "--model", a.model, "--port", "0",
+                             "--parallel", str(a.our_parallel or clients), "--queue", "64", "--n-ctx", "1024"]
+                            + (["--threads", str(a.our_threads)] if a.our_threads else []),
                             lambda l: l.strip().split("http://")[1] if l.startswith("listening on http://") else None),
             "llama-server": ([os.path.join(bindir, "llama-server"), "-m", a.model, "--port", "18099", "-t", str(a.threads),
                               "-np", str(clients), "-c", str(1024 * clients), "--no-webui"],
-                             lambda l: "127.0.0.1:18099" if "server is listening" in l else None),
+                             lambda l: "127.0.0.1:18099" if "listening on http" in l else None),
         }
         for name, (cmd, ready) in servers.items():
+            if a.only_ours and name != "edgecascade":
+                continue
             p, addr = start(cmd, ready)
             try:
                 out[f"{name}@{clients}"] = run(addr, clients, a.requests, a.max_tokens)
