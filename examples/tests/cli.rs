@@ -200,3 +200,50 @@ fn config_file_and_flags() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("threadz"), "{}", stderr(&o));
 }
+
+#[test]
+fn chat_ctrl_c_cancels_the_answer_not_the_program() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let m = model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+        .args([
+            "chat",
+            "--model",
+            m.to_str().unwrap(),
+            "--max-tokens",
+            "400",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "Write a very long story about a dragon.").unwrap();
+    // Wait for the answer to start streaming, then press Ctrl-C.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    let n = stdout.read(&mut first).unwrap();
+    assert!(n > 0, "no answer streamed");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    writeln!(stdin, "What is 2+2?").unwrap();
+    drop(stdin); // Ctrl-D after the second turn
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("[cancelled]"), "{err}");
+    assert_eq!(
+        err.matches("completion tokens").count(),
+        2,
+        "both turns must finish: {err}"
+    );
+}

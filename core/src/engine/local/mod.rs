@@ -205,7 +205,9 @@ impl LocalEngine {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
         // Parallel contexts share the cores: by default each gets its share, so they never
         // oversubscribe the CPU (4 contexts x 2 threads on 2 cores ran at a third of the speed).
-        let threads = cfg.threads.unwrap_or_else(|| (LocalConfig::default_threads() / cfg.parallel).max(1));
+        let threads = cfg
+            .threads
+            .unwrap_or_else(|| (LocalConfig::default_threads() / cfg.parallel).max(1));
         let threads_batch = cfg.threads_batch.unwrap_or(cores);
         let name = gguf.name.clone().unwrap_or_else(|| {
             path.file_stem()
