@@ -1,3 +1,4 @@
 //! Engines: the tiers that actually produce text.
 
 pub mod local;
+pub mod remote;

@@ -6,7 +6,9 @@
 #![allow(missing_docs)]
 
 mod bad_models;
+mod fault_server;
 mod local;
+mod remote;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

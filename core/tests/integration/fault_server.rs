@@ -1,0 +1,138 @@
+//! A real HTTP server on 127.0.0.1 that answers each connection with the next scripted
+//! behaviour: the faults a remote tier meets in the wild.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// A proper stream of these text pieces, then usage (if given), then [DONE].
+    Stream {
+        pieces: Vec<&'static str>,
+        usage: Option<(u32, u32)>,
+    },
+    /// An HTTP error status with an OpenAI-shaped body and optional Retry-After.
+    Status(u16, Option<u32>),
+    /// One good chunk, then a chunk that is not JSON.
+    Malformed,
+    /// One good chunk, then half an event, then the connection closes.
+    CutMidEvent,
+    /// One good chunk, then silence for this long.
+    Stall(Duration),
+    /// Accept, read the request, then close without answering.
+    Hangup,
+}
+
+pub struct FaultServer {
+    pub url: String,
+    pub connections: Arc<AtomicUsize>,
+    pub bodies: Arc<Mutex<Vec<String>>>,
+}
+
+fn chunk(content: &str, finish: Option<&str>) -> String {
+    let v = serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
+    format!("data: {v}\n\n")
+}
+
+fn read_request(stream: &mut TcpStream) -> String {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn serve(mut s: TcpStream, b: &Behavior) {
+    let sse_head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+    match b {
+        Behavior::Stream { pieces, usage } => {
+            let _ = s.write_all(sse_head.as_bytes());
+            for (i, p) in pieces.iter().enumerate() {
+                let finish = (i + 1 == pieces.len()).then_some("stop");
+                let _ = s.write_all(chunk(p, finish).as_bytes());
+                let _ = s.flush();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some((p, c)) = usage {
+                let u = serde_json::json!({"id": "x", "object": "chat.completion.chunk", "choices": [],
+                    "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+                let _ = s.write_all(format!("data: {u}\n\n").as_bytes());
+            }
+            let _ = s.write_all(b"data: [DONE]\n\n");
+        }
+        Behavior::Status(code, retry_after) => {
+            let body = r#"{"error":{"message":"scripted failure","type":"server_error"}}"#;
+            let ra = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\n{ra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+        Behavior::Malformed => {
+            let _ = s.write_all(sse_head.as_bytes());
+            let _ = s.write_all(chunk("Hello", None).as_bytes());
+            let _ = s.write_all(b"data: {\"choices\": [ this is not json\n\n");
+        }
+        Behavior::CutMidEvent => {
+            let _ = s.write_all(sse_head.as_bytes());
+            let _ = s.write_all(chunk("Hello", None).as_bytes());
+            let _ = s.write_all(b"data: {\"choices\": [{\"delta\": {\"cont");
+        }
+        Behavior::Stall(d) => {
+            let _ = s.write_all(sse_head.as_bytes());
+            let _ = s.write_all(chunk("Hello", None).as_bytes());
+            let _ = s.flush();
+            std::thread::sleep(*d);
+        }
+        Behavior::Hangup => {}
+    }
+}
+
+impl FaultServer {
+    /// Connection i gets `script[i]`, or the last entry once the script runs out.
+    pub fn start(script: Vec<Behavior>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (c, bs) = (Arc::clone(&connections), Arc::clone(&bodies));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let i = c.fetch_add(1, Ordering::SeqCst);
+                let b = script[i.min(script.len() - 1)].clone();
+                let (bs, b) = (Arc::clone(&bs), b);
+                std::thread::spawn(move || {
+                    let body = read_request(&mut s);
+                    bs.lock().unwrap().push(body);
+                    serve(s, &b);
+                });
+            }
+        });
+        Self {
+            url,
+            connections,
+            bodies,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}

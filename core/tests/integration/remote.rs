@@ -1,0 +1,143 @@
+//! The remote tier against a fault-injecting HTTP server on 127.0.0.1.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use edgecascade::config::RemoteConfig;
+use edgecascade::engine::remote::{RemoteEngine, RemoteError};
+use edgecascade::{ChatRequest, FinishReason};
+
+use crate::fault_server::{Behavior, FaultServer};
+
+fn engine(server: &FaultServer, retries: u32) -> RemoteEngine {
+    RemoteEngine::new(&RemoteConfig {
+        base_url: server.url.clone(),
+        model: "remote-model".into(),
+        max_retries: retries,
+        chunk_gap_timeout_s: 0.5,
+        first_byte_timeout_s: 2.0,
+        total_timeout_s: 20.0,
+        ..RemoteConfig::default()
+    })
+    .unwrap()
+}
+
+fn ask(
+    e: &RemoteEngine,
+) -> (
+    Result<edgecascade::engine::remote::RemoteOutput, RemoteError>,
+    String,
+) {
+    let mut streamed = String::new();
+    let r = e.generate(
+        &ChatRequest::user("hi"),
+        &AtomicBool::new(false),
+        &mut |t| streamed.push_str(t),
+    );
+    (r, streamed)
+}
+
+fn ok_stream(usage: Option<(u32, u32)>) -> Behavior {
+    Behavior::Stream {
+        pieces: vec!["Hel", "lo ", "world"],
+        usage,
+    }
+}
+
+#[test]
+fn streams_text_and_server_usage() {
+    let s = FaultServer::start(vec![ok_stream(Some((11, 3)))]);
+    let (r, streamed) = ask(&engine(&s, 0));
+    let r = r.unwrap();
+    assert_eq!(r.text, "Hello world");
+    assert_eq!(streamed, "Hello world");
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.usage_estimated),
+        (11, 3, false)
+    );
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+    let body: serde_json::Value = serde_json::from_str(&s.bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(body["model"], "remote-model");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+}
+
+#[test]
+fn missing_usage_is_estimated_and_marked() {
+    let s = FaultServer::start(vec![ok_stream(None)]);
+    let r = ask(&engine(&s, 0)).0.unwrap();
+    assert!(r.usage_estimated);
+    assert!(r.completion_tokens > 0 && r.prompt_tokens > 0);
+}
+
+#[test]
+fn malformed_cut_and_stalled_streams_are_clear_errors_without_retry_after_text() {
+    for (b, want) in [
+        (Behavior::Malformed, "malformed"),
+        (Behavior::CutMidEvent, "cut off"),
+        (Behavior::Stall(Duration::from_secs(3)), "chunk gap timeout"),
+    ] {
+        let s = FaultServer::start(vec![b.clone(), ok_stream(None)]);
+        let t = Instant::now();
+        let (r, streamed) = ask(&engine(&s, 2));
+        let e = r.expect_err("must fail").to_string();
+        assert!(e.contains(want), "{b:?}: {e}");
+        assert_eq!(streamed, "Hello", "{b:?}");
+        assert_eq!(s.count(), 1, "{b:?}: no retry once text reached the caller");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{b:?} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn retries_429_with_retry_after_and_5xx_with_backoff() {
+    let s = FaultServer::start(vec![
+        Behavior::Status(429, Some(1)),
+        Behavior::Status(503, None),
+        ok_stream(Some((5, 3))),
+    ]);
+    let t = Instant::now();
+    let r = ask(&engine(&s, 2)).0.unwrap();
+    assert_eq!(r.attempts, 3);
+    assert_eq!(s.count(), 3);
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 must be honoured"
+    );
+}
+
+#[test]
+fn no_retry_on_other_4xx() {
+    let s = FaultServer::start(vec![Behavior::Status(401, None), ok_stream(None)]);
+    let e = ask(&engine(&s, 3)).0.unwrap_err();
+    assert!(matches!(e, RemoteError::Status { status: 401, .. }), "{e}");
+    assert!(e.to_string().contains("scripted failure"), "{e}");
+    assert_eq!(s.count(), 1);
+}
+
+#[test]
+fn connection_refused_and_hangups_retry_then_fail_and_open_the_breaker() {
+    let s = FaultServer::start(vec![Behavior::Hangup]);
+    let e = engine(&s, 1);
+    for _ in 0..3 {
+        assert!(ask(&e).0.is_err());
+    }
+    let n = s.count();
+    let open = ask(&e).0.unwrap_err();
+    assert!(matches!(open, RemoteError::CircuitOpen { .. }), "{open}");
+    assert_eq!(s.count(), n, "an open breaker sends nothing");
+    assert!(e.check_available().is_err());
+    // Nothing listening at all.
+    let dead = RemoteEngine::new(&RemoteConfig {
+        base_url: "http://127.0.0.1:9".into(),
+        model: "m".into(),
+        max_retries: 0,
+        ..RemoteConfig::default()
+    })
+    .unwrap();
+    let err = ask(&dead).0.unwrap_err();
+    assert!(matches!(err, RemoteError::Connect { .. }), "{err}");
+}
