@@ -5,6 +5,7 @@
 //! Start with [`Runtime`]: `Runtime::new(config)?.chat(&ChatRequest::user("hi"), &NullSink)`.
 
 pub mod config;
+pub mod cost;
 pub mod engine;
 pub mod error;
 pub mod runtime;

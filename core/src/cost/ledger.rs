@@ -1,0 +1,368 @@
+//! The cost ledger: one JSON line per request, appended under an exclusive file lock (std's
+//! `File::lock`: flock on Unix, LockFileEx on Windows), so several
+//! processes (`serve` and `ask`, say) can share one file. Budget reservations live in the same
+//! file under the same lock, so concurrent requests can never overshoot a cap.
+//!
+//! Durability: each record is one `write` of a whole line, then `fsync`. A crash mid-write leaves
+//! a torn last line; readers skip it, and the next append first terminates it, so it never
+//! corrupts the record after it. A full disk is an error for the caller, never a lost answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{now_s, utc_day_month};
+use crate::config::BudgetConfig;
+
+/// Ledger failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The file could not be opened, locked, read or written.
+    #[error("cost ledger {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// One line of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A finished request.
+    Request(CostRecord),
+    /// Worst-case remote spend held for a request in flight.
+    Reserve {
+        /// Request id.
+        id: String,
+        /// Unix seconds.
+        ts: f64,
+        /// USD held.
+        usd: f64,
+    },
+}
+
+/// The cost record of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostRecord {
+    /// Request id.
+    pub id: String,
+    /// Unix seconds.
+    pub ts: f64,
+    /// "local", "remote", "escalated" or "degraded_local".
+    pub route: String,
+    /// Stable reason code.
+    pub reason: String,
+    /// Local prompt and completion tokens.
+    pub local_tokens: [u32; 2],
+    /// Remote prompt and completion tokens.
+    pub remote_tokens: [u32; 2],
+    /// USD on the local tier.
+    pub local_usd: f64,
+    /// USD on the remote tier.
+    pub remote_usd: f64,
+    /// What it would have cost all-remote.
+    pub all_remote_usd: f64,
+    /// Time to first token, ms.
+    pub ttft_ms: f64,
+    /// Whole request, ms.
+    pub total_ms: f64,
+    /// Prompt text, only with `store_prompts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Answer text, only with `store_prompts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// Totals over a period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CostReport {
+    /// Requests.
+    pub requests: u64,
+    /// Requests per route.
+    pub by_route: BTreeMap<String, u64>,
+    /// Share of requests escalated.
+    pub escalation_rate: f64,
+    /// USD on the local tier.
+    pub local_usd: f64,
+    /// USD on the remote tier.
+    pub remote_usd: f64,
+    /// Sum.
+    pub total_usd: f64,
+    /// What all of it would have cost all-remote.
+    pub all_remote_usd: f64,
+    /// `all_remote_usd - total_usd`.
+    pub savings_usd: f64,
+    /// Lines skipped as torn or unreadable.
+    pub skipped_lines: u64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    /// Which cap: "per_request", "daily" or "monthly".
+    pub cap: &'static str,
+    /// The cap in USD.
+    pub limit_usd: f64,
+    /// Spent and held in the window.
+    pub used_usd: f64,
+    /// The worst case asked for.
+    pub asked_usd: f64,
+}
+
+impl std::fmt::Display for BudgetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} remote budget of ${:.4} would be exceeded (${:.4} used, ${:.4} more asked)",
+            self.cap, self.limit_usd, self.used_usd, self.asked_usd
+        )
+    }
+}
+
+/// Reservations older than this are treated as abandoned (a crashed process).
+const RESERVATION_TTL_S: f64 = 900.0;
+
+/// The ledger file.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// A ledger at `path`; the file and its folder are created on first write.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> LedgerError {
+        LedgerError::Io { path: self.path.clone(), source }
+    }
+
+    /// Runs `f` on the open file under an exclusive lock.
+    fn locked<T>(&self, f: impl FnOnce(&mut File) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&self.path).map_err(|e| self.io(e))?;
+        file.lock().map_err(|e| self.io(e))?;
+        let out = f(&mut file);
+        let _ = file.unlock();
+        out
+    }
+
+    fn read_all(&self, file: &mut File) -> Result<(Vec<Entry>, u64), LedgerError> {
+        let mut text = String::new();
+        file.seek(SeekFrom::Start(0)).map_err(|e| self.io(e))?;
+        file.read_to_string(&mut text).map_err(|e| self.io(e))?;
+        let mut skipped = 0;
+        let entries = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| match serde_json::from_str::<Entry>(l) {
+                Ok(e) => Some(e),
+                Err(_) => {
+                    skipped += 1;
+                    None
+                }
+            })
+            .collect();
+        if skipped > 0 {
+            log::warn!("{}: skipped {skipped} torn or unreadable line(s)", self.path.display());
+        }
+        Ok((entries, skipped))
+    }
+
+    fn write_line(&self, file: &mut File, entry: &Entry) -> Result<(), LedgerError> {
+        // Terminate a torn last line left by a crash, so it cannot swallow this record.
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        let mut line = String::new();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1)).map_err(|e| self.io(e))?;
+            file.read_exact(&mut last).map_err(|e| self.io(e))?;
+            if last[0] != b'\n' {
+                line.push('\n');
+            }
+        }
+        line.push_str(&serde_json::to_string(entry).expect("ledger entries serialise"));
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(|e| self.io(e))?;
+        file.sync_data().map_err(|e| self.io(e))
+    }
+
+    /// Appends a finished request's record (and so settles its reservation, if any).
+    pub fn record(&self, rec: &CostRecord) -> Result<(), LedgerError> {
+        self.locked(|f| self.write_line(f, &Entry::Request(rec.clone())))
+    }
+
+    /// Holds `usd` of remote spend for request `id` if every cap allows it. Spend in the window
+    /// is settled remote cost plus live reservations not yet settled.
+    pub fn reserve(&self, budget: &BudgetConfig, id: &str, usd: f64) -> Result<Result<(), BudgetRefusal>, LedgerError> {
+        if let Some(limit) = budget.per_request_usd {
+            if usd > limit {
+                return Ok(Err(BudgetRefusal { cap: "per_request", limit_usd: limit, used_usd: 0.0, asked_usd: usd }));
+            }
+        }
+        if budget.daily_usd.is_none() && budget.monthly_usd.is_none() {
+            return Ok(Ok(()));
+        }
+        self.locked(|f| {
+            let (entries, _) = self.read_all(f)?;
+            let now = now_s();
+            let (today, month) = utc_day_month(now);
+            let settled: std::collections::HashSet<&str> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Request(r) => Some(r.id.as_str()),
+                    Entry::Reserve { .. } => None,
+                })
+                .collect();
+            let (mut day_used, mut month_used) = (0.0, 0.0);
+            for e in &entries {
+                let (ts, usd) = match e {
+                    Entry::Request(r) => (r.ts, r.remote_usd),
+                    Entry::Reserve { id, ts, usd } if !settled.contains(id.as_str()) && now - ts < RESERVATION_TTL_S => (*ts, *usd),
+                    Entry::Reserve { .. } => continue,
+                };
+                let (d, m) = utc_day_month(ts);
+                if d == today {
+                    day_used += usd;
+                }
+                if m == month {
+                    month_used += usd;
+                }
+            }
+            for (cap, limit, used) in [("daily", budget.daily_usd, day_used), ("monthly", budget.monthly_usd, month_used)] {
+                if let Some(limit) = limit {
+                    if used + usd > limit {
+                        return Ok(Err(BudgetRefusal { cap, limit_usd: limit, used_usd: used, asked_usd: usd }));
+                    }
+                }
+            }
+            self.write_line(f, &Entry::Reserve { id: id.to_owned(), ts: now, usd })?;
+            Ok(Ok(()))
+        })
+    }
+
+    /// Totals of requests at or after `since` (unix seconds; `None` for all).
+    pub fn report(&self, since: Option<f64>) -> Result<CostReport, LedgerError> {
+        if !self.path.exists() {
+            return Ok(CostReport::default());
+        }
+        let (entries, skipped) = self.locked(|f| self.read_all(f))?;
+        let mut r = CostReport { skipped_lines: skipped, ..CostReport::default() };
+        let mut per_id: HashMap<&str, &CostRecord> = HashMap::new();
+        for e in &entries {
+            if let Entry::Request(rec) = e {
+                if since.is_none_or(|s| rec.ts >= s) {
+                    per_id.insert(rec.id.as_str(), rec);
+                }
+            }
+        }
+        for rec in per_id.values() {
+            r.requests += 1;
+            *r.by_route.entry(rec.route.clone()).or_default() += 1;
+            r.local_usd += rec.local_usd;
+            r.remote_usd += rec.remote_usd;
+            r.all_remote_usd += rec.all_remote_usd;
+        }
+        r.total_usd = r.local_usd + r.remote_usd;
+        r.savings_usd = r.all_remote_usd - r.total_usd;
+        let escalated = r.by_route.get("escalated").copied().unwrap_or(0) + r.by_route.get("degraded_local").copied().unwrap_or(0);
+        r.escalation_rate = if r.requests == 0 { 0.0 } else { escalated as f64 / r.requests as f64 };
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, route: &str, remote_usd: f64) -> CostRecord {
+        CostRecord {
+            id: id.into(),
+            ts: now_s(),
+            route: route.into(),
+            reason: "accepted".into(),
+            local_tokens: [10, 5],
+            remote_tokens: [0, 0],
+            local_usd: 0.001,
+            remote_usd,
+            all_remote_usd: 0.01,
+            ttft_ms: 1.0,
+            total_ms: 2.0,
+            prompt: None,
+            answer: None,
+        }
+    }
+
+    #[test]
+    fn report_sums_routes_costs_and_savings() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path().join("sub/ledger.jsonl"));
+        l.record(&rec("a", "local", 0.0)).unwrap();
+        l.record(&rec("b", "escalated", 0.004)).unwrap();
+        let r = l.report(None).unwrap();
+        assert_eq!(r.requests, 2);
+        assert_eq!(r.by_route["escalated"], 1);
+        assert!((r.escalation_rate - 0.5).abs() < 1e-12);
+        assert!((r.total_usd - 0.006).abs() < 1e-12);
+        assert!((r.savings_usd - 0.014).abs() < 1e-12);
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped_and_never_glued_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let l = Ledger::new(&path);
+        l.record(&rec("a", "local", 0.0)).unwrap();
+        // A crash mid-write.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"kind":"request","id":"torn","ts":1"#).unwrap();
+        drop(f);
+        l.record(&rec("b", "local", 0.0)).unwrap();
+        let r = l.report(None).unwrap();
+        assert_eq!(r.requests, 2);
+        assert_eq!(r.skipped_lines, 1);
+    }
+
+    #[test]
+    fn reservations_enforce_caps_across_concurrent_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path().join("ledger.jsonl"));
+        let budget = BudgetConfig { daily_usd: Some(1.0), monthly_usd: Some(10.0), per_request_usd: Some(0.5) };
+        assert!(l.reserve(&budget, "big", 0.6).unwrap().is_err(), "per-request cap");
+        let granted: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..16)
+                .map(|i| {
+                    let (l, b) = (l.clone(), budget.clone());
+                    s.spawn(move || l.reserve(&b, &format!("r{i}"), 0.3).unwrap().is_ok().then(|| format!("r{i}")))
+                })
+                .collect();
+            hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(granted.len(), 3, "0.3 x 3 = 0.9 fits a $1 day; a fourth would not");
+        assert!(l.reserve(&budget, "more", 0.3).unwrap().is_err());
+        // Settling one to its real (smaller) cost frees budget.
+        l.record(&rec(&granted[0], "escalated", 0.01)).unwrap();
+        assert!(l.reserve(&budget, "next", 0.3).unwrap().is_ok());
+    }
+
+    #[test]
+    fn unwritable_path_is_an_error() {
+        let l = Ledger::new("/proc/edgecascade-cannot-write/ledger.jsonl");
+        assert!(l.record(&rec("a", "local", 0.0)).is_err());
+    }
+}
