@@ -89,6 +89,10 @@ pub enum Error {
     /// A request contradicts itself or the configuration.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// From the remote tier, where no local answer can stand in (forced remote, or a prompt too
+    /// long for the local context).
+    #[error(transparent)]
+    Remote(#[from] crate::engine::remote::RemoteError),
 }
 
 impl From<GgufError> for Error {

@@ -1,35 +1,58 @@
-//! The runtime: one entry point for apps. It owns the engines and turns each request into a
-//! [`Response`] with its route, usage, timings, confidence and cost.
+//! The runtime: one entry point for apps. It owns the engines, routes each request, runs the
+//! cascade, records the cost, and returns a [`Response`] with route, usage, timings, confidence
+//! and cost.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::config::Config;
-use crate::engine::local::{LocalEngine, LocalOutput, ModelInfo};
-use crate::error::{Error, Result};
+use crate::config::{Config, ContextPolicy};
+use crate::cost::{self, CostRecord, Ledger};
+use crate::engine::local::{confidence, LocalEngine, LocalOutput, ModelInfo, TokenSignal};
+use crate::engine::remote::{RemoteEngine, RemoteOutput};
+use crate::error::{ConfigError, Error, LocalError, Result};
+use crate::policy::{self, Cascade, Plan, RouteInput};
 use crate::types::{
-    ChatRequest, Cost, Event, EventSink, PolicyOverride, Response, Route, Tier, Timings,
-    TokenUsage, Usage,
+    ChatRequest, Cost, Event, EventSink, FinishReason, PolicyOverride, Response, Route, Tier,
+    Timings, TokenUsage, Usage,
 };
 
 /// The runtime. `Send + Sync`: share it across threads (for example in an `Arc`).
 pub struct Runtime {
     config: Config,
     local: LocalEngine,
+    remote: Option<RemoteEngine>,
+    cascade: Cascade,
+    ledger: Option<Ledger>,
+    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("local", &self.local)
+            .field("remote", &self.remote)
             .finish_non_exhaustive()
     }
 }
 
+/// Largest completion assumed when reserving budget for a request without `max_tokens`.
+const WORST_CASE_COMPLETION: u32 = 4096;
+
+/// What one request has produced so far, per tier.
+#[derive(Default)]
+struct Work {
+    local: Option<LocalOutput>,
+    /// Local tokens generated before a continuation (the cut draft).
+    local_extra: Option<LocalOutput>,
+    remote: Option<RemoteOutput>,
+    first_token: Option<f64>,
+}
+
 impl Runtime {
-    /// Validates the config and loads the local model.
+    /// Validates the config, loads the local model and prepares the remote tier.
     pub fn new(config: Config) -> Result<Self> {
         Self::with_progress(config, None)
     }
@@ -40,8 +63,18 @@ impl Runtime {
         progress: Option<Box<dyn FnMut(f32) + Send>>,
     ) -> Result<Self> {
         config.validate()?;
+        let cascade = Cascade::new(&config.cascade).map_err(ConfigError::Invalid)?;
+        let remote = config.remote.as_ref().map(RemoteEngine::new).transpose()?;
         let local = LocalEngine::load(&config.local, progress)?;
-        Ok(Self { config, local })
+        let ledger = config.ledger.path.clone().map(Ledger::new);
+        Ok(Self {
+            config,
+            local,
+            remote,
+            cascade,
+            ledger,
+            next_id: AtomicU64::new(0),
+        })
     }
 
     /// The configuration in force.
@@ -57,6 +90,16 @@ impl Runtime {
     /// The local engine, for benchmarks and tools.
     pub fn local_engine(&self) -> &LocalEngine {
         &self.local
+    }
+
+    /// The remote engine, if configured.
+    pub fn remote_engine(&self) -> Option<&RemoteEngine> {
+        self.remote.as_ref()
+    }
+
+    /// The ledger, if configured.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
     }
 
     /// Answers `req`, streaming events to `sink`. Blocking: call it from a worker thread.
@@ -76,28 +119,382 @@ impl Runtime {
                 "a private request cannot be forced to the remote tier".into(),
             ));
         }
-        if req.policy == PolicyOverride::ForceRemote {
-            return Err(Error::InvalidRequest("no remote tier is configured".into()));
+        if req.policy == PolicyOverride::ForceRemote && self.remote.is_none() {
+            return Err(Error::InvalidRequest(
+                "the request forces the remote tier, but none is configured".into(),
+            ));
         }
-        let out = self.local.generate(req, cancel, &mut |t| {
-            if !t.text.is_empty() {
+        crate::engine::local::validate_request(req)?;
+        let t0 = Instant::now();
+        let id = format!(
+            "{:x}-{:x}-{}",
+            (cost::now_s() * 1e3) as u64,
+            std::process::id(),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+
+        // Facts for the router.
+        let prompt_tokens = self.local.count_prompt_tokens(&req.messages)?;
+        let n_ctx = self.local.n_ctx();
+        let overflow = (prompt_tokens >= n_ctx
+            && self.config.local.context_policy == ContextPolicy::Error)
+            .then_some((prompt_tokens, n_ctx));
+        let unavailable = self
+            .remote
+            .as_ref()
+            .and_then(|r| r.check_available().err())
+            .map(|e| e.to_string());
+        let worst = cost::remote_usd(
+            &self.config.prices,
+            prompt_tokens,
+            req.max_tokens.min(WORST_CASE_COMPLETION),
+        );
+        let refusal =
+            if self.remote.is_some() && !req.private && req.policy != PolicyOverride::ForceLocal {
+                self.budget_check(&id, worst, true)?.err()
+            } else {
+                None
+            };
+        let decision = policy::route(&RouteInput {
+            policy: req.policy,
+            private: req.private,
+            remote_configured: self.remote.is_some(),
+            remote_unavailable: unavailable.as_deref(),
+            budget_refusal: refusal.as_deref(),
+            overflow,
+        });
+        log::debug!("request {id}: {:?} ({})", decision.plan, decision.detail);
+
+        let work = Mutex::new(Work::default());
+        let emit = |text: &str, tier: Tier| {
+            if !text.is_empty() {
+                if let Ok(mut w) = work.lock() {
+                    w.first_token
+                        .get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
+                }
                 sink.on_event(Event::Token {
-                    text: t.text.to_owned(),
-                    tier: Tier::Local,
+                    text: text.to_owned(),
+                    tier,
                 });
             }
-            ControlFlow::Continue(())
-        })?;
-        let (reason, detail) = match req.policy {
-            PolicyOverride::ForceLocal => {
-                ("forced", "the request forced the local tier".to_owned())
-            }
-            _ if req.private => ("private", "the request is private".to_owned()),
-            _ => ("no_remote", "no remote tier is configured".to_owned()),
         };
-        let response = self.local_response(out, reason, detail);
+
+        let (route, reason, detail) = match decision.plan {
+            Plan::Local => {
+                if let Some((p, n)) = overflow {
+                    return Err(LocalError::ContextOverflow {
+                        prompt_tokens: p,
+                        n_ctx: n,
+                    }
+                    .into());
+                }
+                let out = self.local.generate(req, cancel, &mut |t| {
+                    emit(t.text, Tier::Local);
+                    ControlFlow::Continue(())
+                })?;
+                work.lock().expect("work").local = Some(out);
+                (Route::Local, decision.reason.to_owned(), decision.detail)
+            }
+            Plan::Remote => {
+                let remote = self.remote.as_ref().expect("remote configured");
+                if let Ok(Err(why)) = self.budget_check(&id, worst, false) {
+                    return Err(Error::InvalidRequest(format!("remote budget: {why}")));
+                }
+                let out = remote.generate(req, cancel, &mut |t| emit(t, Tier::Remote))?;
+                work.lock().expect("work").remote = Some(out);
+                (Route::Remote, decision.reason.to_owned(), decision.detail)
+            }
+            Plan::Cascade => self.cascade(req, &id, worst, cancel, sink, &emit, &work)?,
+        };
+
+        let work = work.into_inner().expect("work");
+        let mut response = self.respond(&id, route, reason, detail, work, t0);
+        if let Some(ledger) = &self.ledger {
+            if let Err(e) = ledger.record(&self.record(&response, req)) {
+                log::warn!("answer produced, but its cost record was not written: {e}");
+                response.ledger_error = Some(e.to_string());
+            }
+        }
         sink.on_event(Event::Done(Box::new(response.clone())));
         Ok(response)
+    }
+
+    /// Reserves (or, with `dry_run`, only checks) `usd` of remote budget for request `id`.
+    /// The outer error is the ledger failing; the inner one is a refusal, in prose.
+    fn budget_check(
+        &self,
+        id: &str,
+        usd: f64,
+        dry_run: bool,
+    ) -> Result<std::result::Result<(), String>> {
+        let b = &self.config.budget;
+        if b.per_request_usd.is_none() && b.daily_usd.is_none() && b.monthly_usd.is_none() {
+            return Ok(Ok(()));
+        }
+        let Some(ledger) = &self.ledger else {
+            // Without a ledger only the per-request cap can be enforced.
+            return Ok(match b.per_request_usd {
+                Some(limit) if usd > limit => Err(format!(
+                    "per_request remote budget of ${limit:.4} is below the worst case ${usd:.4}"
+                )),
+                _ => Ok(()),
+            });
+        };
+        let result = if dry_run {
+            ledger.check(b, usd)
+        } else {
+            ledger.reserve(b, id, usd)
+        };
+        match result {
+            Ok(r) => Ok(r.map_err(|refusal| refusal.to_string())),
+            Err(e) => {
+                // A ledger we cannot read cannot prove budget is left: stay local.
+                log::warn!("{e}");
+                Ok(Err(format!("budget unknown: {e}")))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cascade(
+        &self,
+        req: &ChatRequest,
+        id: &str,
+        worst: f64,
+        cancel: &AtomicBool,
+        sink: &dyn EventSink,
+        emit: &dyn Fn(&str, Tier),
+        work: &Mutex<Work>,
+    ) -> Result<(Route, String, String)> {
+        let mut signals: Vec<TokenSignal> = Vec::new();
+        let mut mid: Option<String> = None;
+        let local = self.local.generate(req, cancel, &mut |t| {
+            emit(t.text, Tier::Local);
+            signals.push(t.signal);
+            mid = self.cascade.mid_stream(&signals);
+            if mid.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        let cut_short = mid.is_some();
+        let escalation = if cancel.load(Ordering::Relaxed) {
+            None
+        } else if let Some(m) = mid {
+            Some(("mid_stream_low_confidence", m))
+        } else {
+            self.cascade
+                .after(&confidence::summarize(&local.signals))
+                .map(|d| ("low_confidence", d))
+        };
+        let draft = local.text.clone();
+        work.lock().expect("work").local = Some(local);
+        let Some((reason, detail)) = escalation else {
+            return Ok((
+                Route::Local,
+                "accepted".into(),
+                "local confidence is above the threshold".into(),
+            ));
+        };
+
+        // Escalate: reserve the worst case, then ask the remote tier with the original messages.
+        sink.on_event(Event::Escalating {
+            reason: reason.to_owned(),
+        });
+        let remote = self.remote.as_ref().expect("cascade implies a remote tier");
+        let result = match self.budget_check(id, worst, false)? {
+            Err(why) => Err(format!("budget_exhausted: {why}")),
+            Ok(()) => remote
+                .generate(req, cancel, &mut |t| emit(t, Tier::Remote))
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(out) => {
+                work.lock().expect("work").remote = Some(out);
+                Ok((
+                    Route::Escalated {
+                        reason: reason.into(),
+                    },
+                    reason.into(),
+                    detail,
+                ))
+            }
+            Err(remote_error) => {
+                // Never lose an answer: finish a cut draft locally, from the KV cache.
+                if cut_short && !cancel.load(Ordering::Relaxed) {
+                    let more = self.local.continue_answer(req, &draft, cancel, &mut |t| {
+                        emit(t.text, Tier::Local);
+                        ControlFlow::Continue(())
+                    })?;
+                    work.lock().expect("work").local_extra = Some(more);
+                }
+                if let Some(why) = remote_error.strip_prefix("budget_exhausted: ") {
+                    return Ok((Route::Local, "budget_exhausted".into(), why.to_owned()));
+                }
+                Ok((
+                    Route::DegradedLocal {
+                        remote_error: remote_error.clone(),
+                    },
+                    reason.into(),
+                    format!("{detail}; remote failed: {remote_error}"),
+                ))
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        id: &str,
+        route: Route,
+        reason: String,
+        reason_detail: String,
+        w: Work,
+        t0: Instant,
+    ) -> Response {
+        let p = &self.config.prices;
+        let local_text = match (&w.local, &w.local_extra) {
+            (Some(a), Some(b)) => format!("{}{}", a.text, b.text),
+            (Some(a), None) => a.text.clone(),
+            _ => String::new(),
+        };
+        let local_usage = w.local.as_ref().map(|l| TokenUsage {
+            prompt_tokens: l.prompt_tokens,
+            completion_tokens: l.completion_tokens
+                + w.local_extra.as_ref().map_or(0, |e| e.completion_tokens),
+        });
+        let remote_usage = w.remote.as_ref().map(|r| TokenUsage {
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+        });
+        let answered_remotely = matches!(route, Route::Remote | Route::Escalated { .. });
+        let (text, finish_reason) = match (&w.remote, answered_remotely) {
+            (Some(r), true) => (r.text.clone(), r.finish_reason),
+            _ => {
+                let finish = w
+                    .local_extra
+                    .as_ref()
+                    .or(w.local.as_ref())
+                    .map_or(FinishReason::Stop, |l| l.finish_reason);
+                // A draft cut for escalation is not "cancelled" from the caller's point of view.
+                let finish = if finish == FinishReason::Cancelled
+                    && w.local_extra.is_none()
+                    && matches!(route, Route::DegradedLocal { .. })
+                {
+                    FinishReason::Length
+                } else {
+                    finish
+                };
+                (local_text, finish)
+            }
+        };
+        let local_usd = local_usage.map_or(0.0, |u| {
+            cost::local_usd(p, u.prompt_tokens + u.completion_tokens)
+        });
+        let remote_usd = remote_usage.map_or(0.0, |u| {
+            cost::remote_usd(p, u.prompt_tokens, u.completion_tokens)
+        });
+        let all_remote_usd = match (remote_usage, local_usage) {
+            (Some(r), _) => cost::remote_usd(p, r.prompt_tokens, r.completion_tokens),
+            (None, Some(l)) => cost::remote_usd(p, l.prompt_tokens, l.completion_tokens),
+            (None, None) => 0.0,
+        };
+        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let (prefill_tok_s, decode_tok_s) = match (&w.remote, answered_remotely, &w.local) {
+            (Some(r), true, _) => {
+                let gen_ms = r.total_ms - r.ttft_ms;
+                (
+                    0.0,
+                    if r.completion_tokens > 1 && gen_ms > 0.0 {
+                        f64::from(r.completion_tokens - 1) / (gen_ms / 1e3)
+                    } else {
+                        0.0
+                    },
+                )
+            }
+            (_, _, Some(l)) => (
+                if l.prefill_ms > 0.0 {
+                    f64::from(l.prompt_tokens_evaluated) / (l.prefill_ms / 1e3)
+                } else {
+                    0.0
+                },
+                if l.completion_tokens > 1 && l.decode_ms > 0.0 {
+                    f64::from(l.completion_tokens - 1) / (l.decode_ms / 1e3)
+                } else {
+                    0.0
+                },
+            ),
+            _ => (0.0, 0.0),
+        };
+        let mut signals = w
+            .local
+            .as_ref()
+            .map(|l| l.signals.clone())
+            .unwrap_or_default();
+        if let Some(e) = &w.local_extra {
+            signals.extend_from_slice(&e.signals);
+        }
+        let sum = |f: fn(&TokenUsage) -> u32| {
+            local_usage.as_ref().map_or(0, f) + remote_usage.as_ref().map_or(0, f)
+        };
+        Response {
+            text,
+            route,
+            reason,
+            reason_detail,
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: sum(|u| u.prompt_tokens),
+                completion_tokens: sum(|u| u.completion_tokens),
+                local: local_usage,
+                remote: remote_usage,
+                estimated: w.remote.as_ref().is_some_and(|r| r.usage_estimated),
+                prompt_tokens_evaluated: w.local.as_ref().map_or(0, |l| l.prompt_tokens_evaluated),
+            },
+            timings: Timings {
+                load_ms: 0.0,
+                ttft_ms: w.first_token.unwrap_or(total_ms),
+                prefill_tok_s,
+                decode_tok_s,
+                total_ms,
+            },
+            confidence: w.local.as_ref().map(|_| confidence::summarize(&signals)),
+            cost: Cost {
+                local_usd,
+                remote_usd,
+                total_usd: local_usd + remote_usd,
+                all_remote_usd,
+            },
+            truncated_messages: w.local.as_ref().map_or(0, |l| l.truncated_messages),
+            id: id.to_owned(),
+            ledger_error: None,
+        }
+    }
+
+    fn record(&self, r: &Response, req: &ChatRequest) -> CostRecord {
+        let pair =
+            |u: Option<TokenUsage>| u.map_or([0, 0], |u| [u.prompt_tokens, u.completion_tokens]);
+        let store = self.config.ledger.store_prompts;
+        CostRecord {
+            id: r.id.clone(),
+            ts: cost::now_s(),
+            route: r.route.name().to_owned(),
+            reason: r.reason.clone(),
+            local_tokens: pair(r.usage.local),
+            remote_tokens: pair(r.usage.remote),
+            local_usd: r.cost.local_usd,
+            remote_usd: r.cost.remote_usd,
+            all_remote_usd: r.cost.all_remote_usd,
+            ttft_ms: r.timings.ttft_ms,
+            total_ms: r.timings.total_ms,
+            prompt: store.then(|| {
+                req.messages
+                    .last()
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default()
+            }),
+            answer: store.then(|| r.text.clone()),
+        }
     }
 
     /// Starts `req` on a new thread; events go to `sink`. The handle cancels on `cancel()` or drop.
@@ -116,57 +513,6 @@ impl Runtime {
         GenerationHandle {
             cancel,
             thread: Some(thread),
-        }
-    }
-
-    fn local_response(&self, out: LocalOutput, reason: &str, reason_detail: String) -> Response {
-        let p = &self.config.prices;
-        let tokens = f64::from(out.prompt_tokens + out.completion_tokens);
-        let local_usd = tokens / 1000.0 * p.local_per_1k;
-        let all_remote_usd = f64::from(out.prompt_tokens) / 1000.0 * p.remote_input_per_1k
-            + f64::from(out.completion_tokens) / 1000.0 * p.remote_output_per_1k;
-        let decode_tok_s = if out.completion_tokens > 1 && out.decode_ms > 0.0 {
-            f64::from(out.completion_tokens - 1) / (out.decode_ms / 1e3)
-        } else {
-            0.0
-        };
-        let prefill_tok_s = if out.prefill_ms > 0.0 {
-            f64::from(out.prompt_tokens_evaluated) / (out.prefill_ms / 1e3)
-        } else {
-            0.0
-        };
-        Response {
-            text: out.text,
-            route: Route::Local,
-            reason: reason.to_owned(),
-            reason_detail,
-            finish_reason: out.finish_reason,
-            usage: Usage {
-                prompt_tokens: out.prompt_tokens,
-                completion_tokens: out.completion_tokens,
-                local: Some(TokenUsage {
-                    prompt_tokens: out.prompt_tokens,
-                    completion_tokens: out.completion_tokens,
-                }),
-                remote: None,
-                estimated: false,
-                prompt_tokens_evaluated: out.prompt_tokens_evaluated,
-            },
-            timings: Timings {
-                load_ms: 0.0,
-                ttft_ms: out.ttft_ms,
-                prefill_tok_s,
-                decode_tok_s,
-                total_ms: out.total_ms,
-            },
-            confidence: Some(crate::engine::local::confidence::summarize(&out.signals)),
-            cost: Cost {
-                local_usd,
-                remote_usd: 0.0,
-                total_usd: local_usd,
-                all_remote_usd,
-            },
-            truncated_messages: out.truncated_messages,
         }
     }
 }

@@ -298,6 +298,10 @@ pub struct Response {
     pub cost: Cost,
     /// Oldest messages dropped to fit the context (`context_policy = "truncate_oldest"`).
     pub truncated_messages: u32,
+    /// Request id (also the ledger record's id).
+    pub id: String,
+    /// Set when the answer was produced but its cost record could not be written.
+    pub ledger_error: Option<String>,
 }
 
 /// What a streaming caller sees.
@@ -384,6 +388,8 @@ impl Response {
                 "all_remote_usd": self.cost.all_remote_usd,
             },
             "truncated_messages": self.truncated_messages,
+            "id": self.id,
+            "ledger_error": self.ledger_error,
         })
     }
 }

@@ -147,15 +147,26 @@ impl Ledger {
     }
 
     fn io(&self, source: std::io::Error) -> LedgerError {
-        LedgerError::Io { path: self.path.clone(), source }
+        LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Runs `f` on the open file under an exclusive lock.
-    fn locked<T>(&self, f: impl FnOnce(&mut File) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&mut File) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         }
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&self.path).map_err(|e| self.io(e))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(|e| self.io(e))?;
         file.lock().map_err(|e| self.io(e))?;
         let out = f(&mut file);
         let _ = file.unlock();
@@ -179,7 +190,10 @@ impl Ledger {
             })
             .collect();
         if skipped > 0 {
-            log::warn!("{}: skipped {skipped} torn or unreadable line(s)", self.path.display());
+            log::warn!(
+                "{}: skipped {skipped} torn or unreadable line(s)",
+                self.path.display()
+            );
         }
         Ok((entries, skipped))
     }
@@ -190,7 +204,8 @@ impl Ledger {
         let mut line = String::new();
         if len > 0 {
             let mut last = [0u8; 1];
-            file.seek(SeekFrom::Start(len - 1)).map_err(|e| self.io(e))?;
+            file.seek(SeekFrom::Start(len - 1))
+                .map_err(|e| self.io(e))?;
             file.read_exact(&mut last).map_err(|e| self.io(e))?;
             if last[0] != b'\n' {
                 line.push('\n');
@@ -207,12 +222,40 @@ impl Ledger {
         self.locked(|f| self.write_line(f, &Entry::Request(rec.clone())))
     }
 
+    /// Whether `usd` more would fit every cap, without holding it.
+    pub fn check(
+        &self,
+        budget: &BudgetConfig,
+        usd: f64,
+    ) -> Result<Result<(), BudgetRefusal>, LedgerError> {
+        self.reserve_inner(budget, None, usd)
+    }
+
     /// Holds `usd` of remote spend for request `id` if every cap allows it. Spend in the window
     /// is settled remote cost plus live reservations not yet settled.
-    pub fn reserve(&self, budget: &BudgetConfig, id: &str, usd: f64) -> Result<Result<(), BudgetRefusal>, LedgerError> {
+    pub fn reserve(
+        &self,
+        budget: &BudgetConfig,
+        id: &str,
+        usd: f64,
+    ) -> Result<Result<(), BudgetRefusal>, LedgerError> {
+        self.reserve_inner(budget, Some(id), usd)
+    }
+
+    fn reserve_inner(
+        &self,
+        budget: &BudgetConfig,
+        id: Option<&str>,
+        usd: f64,
+    ) -> Result<Result<(), BudgetRefusal>, LedgerError> {
         if let Some(limit) = budget.per_request_usd {
             if usd > limit {
-                return Ok(Err(BudgetRefusal { cap: "per_request", limit_usd: limit, used_usd: 0.0, asked_usd: usd }));
+                return Ok(Err(BudgetRefusal {
+                    cap: "per_request",
+                    limit_usd: limit,
+                    used_usd: 0.0,
+                    asked_usd: usd,
+                }));
             }
         }
         if budget.daily_usd.is_none() && budget.monthly_usd.is_none() {
@@ -233,7 +276,11 @@ impl Ledger {
             for e in &entries {
                 let (ts, usd) = match e {
                     Entry::Request(r) => (r.ts, r.remote_usd),
-                    Entry::Reserve { id, ts, usd } if !settled.contains(id.as_str()) && now - ts < RESERVATION_TTL_S => (*ts, *usd),
+                    Entry::Reserve { id, ts, usd }
+                        if !settled.contains(id.as_str()) && now - ts < RESERVATION_TTL_S =>
+                    {
+                        (*ts, *usd)
+                    }
                     Entry::Reserve { .. } => continue,
                 };
                 let (d, m) = utc_day_month(ts);
@@ -244,14 +291,31 @@ impl Ledger {
                     month_used += usd;
                 }
             }
-            for (cap, limit, used) in [("daily", budget.daily_usd, day_used), ("monthly", budget.monthly_usd, month_used)] {
+            for (cap, limit, used) in [
+                ("daily", budget.daily_usd, day_used),
+                ("monthly", budget.monthly_usd, month_used),
+            ] {
                 if let Some(limit) = limit {
                     if used + usd > limit {
-                        return Ok(Err(BudgetRefusal { cap, limit_usd: limit, used_usd: used, asked_usd: usd }));
+                        return Ok(Err(BudgetRefusal {
+                            cap,
+                            limit_usd: limit,
+                            used_usd: used,
+                            asked_usd: usd,
+                        }));
                     }
                 }
             }
-            self.write_line(f, &Entry::Reserve { id: id.to_owned(), ts: now, usd })?;
+            if let Some(id) = id {
+                self.write_line(
+                    f,
+                    &Entry::Reserve {
+                        id: id.to_owned(),
+                        ts: now,
+                        usd,
+                    },
+                )?;
+            }
             Ok(Ok(()))
         })
     }
@@ -262,7 +326,10 @@ impl Ledger {
             return Ok(CostReport::default());
         }
         let (entries, skipped) = self.locked(|f| self.read_all(f))?;
-        let mut r = CostReport { skipped_lines: skipped, ..CostReport::default() };
+        let mut r = CostReport {
+            skipped_lines: skipped,
+            ..CostReport::default()
+        };
         let mut per_id: HashMap<&str, &CostRecord> = HashMap::new();
         for e in &entries {
             if let Entry::Request(rec) = e {
@@ -280,8 +347,13 @@ impl Ledger {
         }
         r.total_usd = r.local_usd + r.remote_usd;
         r.savings_usd = r.all_remote_usd - r.total_usd;
-        let escalated = r.by_route.get("escalated").copied().unwrap_or(0) + r.by_route.get("degraded_local").copied().unwrap_or(0);
-        r.escalation_rate = if r.requests == 0 { 0.0 } else { escalated as f64 / r.requests as f64 };
+        let escalated = r.by_route.get("escalated").copied().unwrap_or(0)
+            + r.by_route.get("degraded_local").copied().unwrap_or(0);
+        r.escalation_rate = if r.requests == 0 {
+            0.0
+        } else {
+            escalated as f64 / r.requests as f64
+        };
         Ok(r)
     }
 }
@@ -330,7 +402,8 @@ mod tests {
         l.record(&rec("a", "local", 0.0)).unwrap();
         // A crash mid-write.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"kind":"request","id":"torn","ts":1"#).unwrap();
+        f.write_all(br#"{"kind":"request","id":"torn","ts":1"#)
+            .unwrap();
         drop(f);
         l.record(&rec("b", "local", 0.0)).unwrap();
         let r = l.report(None).unwrap();
@@ -342,18 +415,34 @@ mod tests {
     fn reservations_enforce_caps_across_concurrent_callers() {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::new(dir.path().join("ledger.jsonl"));
-        let budget = BudgetConfig { daily_usd: Some(1.0), monthly_usd: Some(10.0), per_request_usd: Some(0.5) };
-        assert!(l.reserve(&budget, "big", 0.6).unwrap().is_err(), "per-request cap");
+        let budget = BudgetConfig {
+            daily_usd: Some(1.0),
+            monthly_usd: Some(10.0),
+            per_request_usd: Some(0.5),
+        };
+        assert!(
+            l.reserve(&budget, "big", 0.6).unwrap().is_err(),
+            "per-request cap"
+        );
         let granted: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..16)
                 .map(|i| {
                     let (l, b) = (l.clone(), budget.clone());
-                    s.spawn(move || l.reserve(&b, &format!("r{i}"), 0.3).unwrap().is_ok().then(|| format!("r{i}")))
+                    s.spawn(move || {
+                        l.reserve(&b, &format!("r{i}"), 0.3)
+                            .unwrap()
+                            .is_ok()
+                            .then(|| format!("r{i}"))
+                    })
                 })
                 .collect();
             hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(granted.len(), 3, "0.3 x 3 = 0.9 fits a $1 day; a fourth would not");
+        assert_eq!(
+            granted.len(),
+            3,
+            "0.3 x 3 = 0.9 fits a $1 day; a fourth would not"
+        );
         assert!(l.reserve(&budget, "more", 0.3).unwrap().is_err());
         // Settling one to its real (smaller) cost frees budget.
         l.record(&rec(&granted[0], "escalated", 0.01)).unwrap();

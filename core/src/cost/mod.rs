@@ -8,7 +8,8 @@ use crate::config::PriceConfig;
 
 /// USD for `prompt` + `completion` tokens on the remote tier.
 pub fn remote_usd(p: &PriceConfig, prompt: u32, completion: u32) -> f64 {
-    f64::from(prompt) / 1000.0 * p.remote_input_per_1k + f64::from(completion) / 1000.0 * p.remote_output_per_1k
+    f64::from(prompt) / 1000.0 * p.remote_input_per_1k
+        + f64::from(completion) / 1000.0 * p.remote_output_per_1k
 }
 
 /// USD for `tokens` on the local tier.
@@ -33,7 +34,9 @@ pub fn utc_day_month(unix_s: f64) -> (i64, i64) {
 
 /// Seconds since the Unix epoch.
 pub fn now_s() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -158,6 +158,8 @@ pub(crate) struct RunOptions {
 
 enum Prompt<'a> {
     Chat(&'a [ChatMessage]),
+    /// A conversation plus the start of the assistant's answer, to continue from.
+    Continue(&'a [ChatMessage], &'a str),
     Tokens(Vec<LlamaToken>),
 }
 
@@ -298,6 +300,28 @@ impl LocalEngine {
         validate_request(req)?;
         self.run(
             Prompt::Chat(&req.messages),
+            req.max_tokens,
+            &req.sampling,
+            &req.stop,
+            RunOptions::default(),
+            cancel,
+            on_token,
+        )
+    }
+
+    /// Continues an assistant answer that stopped at `draft` (after a mid-stream escalation
+    /// whose remote call failed). The draft's tokens are normally still in the slot's cache, so
+    /// only new tokens are computed. The output text holds only the continuation.
+    pub fn continue_answer(
+        &self,
+        req: &ChatRequest,
+        draft: &str,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        validate_request(req)?;
+        self.run(
+            Prompt::Continue(&req.messages, draft),
             req.max_tokens,
             &req.sampling,
             &req.stop,
@@ -492,6 +516,17 @@ impl LocalEngine {
         let n_ctx = self.info.n_ctx;
         let (tokens, truncated) = match prompt {
             Prompt::Chat(messages) => self.fit_prompt(messages)?,
+            Prompt::Continue(messages, draft) => {
+                let (mut t, n) = self.fit_prompt(messages)?;
+                t.extend(self.model.vocab().tokenize(draft.as_bytes(), false, false));
+                if t.len() as u32 >= n_ctx {
+                    return Err(LocalError::ContextOverflow {
+                        prompt_tokens: t.len() as u32,
+                        n_ctx,
+                    });
+                }
+                (t, n)
+            }
             Prompt::Tokens(t) => {
                 if t.len() as u32 >= n_ctx {
                     return Err(LocalError::ContextOverflow {

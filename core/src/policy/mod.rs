@@ -1,0 +1,340 @@
+//! Policy: the router decides before generation, the cascade during and after it. Both are pure
+//! functions of plain inputs, so every decision is testable and carries a stable reason code.
+
+use crate::config::CascadeConfig;
+use crate::engine::local::TokenSignal;
+use crate::types::{Confidence, PolicyOverride};
+
+/// Where a request goes before generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Local only.
+    Local,
+    /// Remote only.
+    Remote,
+    /// Local first; escalate if unsure.
+    Cascade,
+}
+
+/// A routing decision and its reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Where to go.
+    pub plan: Plan,
+    /// Stable code: private, forced, no_remote, remote_unavailable, budget_exhausted,
+    /// context_too_long, or cascade.
+    pub reason: &'static str,
+    /// The same in prose.
+    pub detail: String,
+}
+
+/// What the router knows about a request and the tiers.
+#[derive(Debug, Clone)]
+pub struct RouteInput<'a> {
+    /// The request's override.
+    pub policy: PolicyOverride,
+    /// The request is private.
+    pub private: bool,
+    /// A remote tier is configured.
+    pub remote_configured: bool,
+    /// Why the remote tier cannot be used now (breaker open), if so.
+    pub remote_unavailable: Option<&'a str>,
+    /// Why the budget refuses the worst case, if so.
+    pub budget_refusal: Option<&'a str>,
+    /// Prompt tokens and the local context, when the prompt does not fit.
+    pub overflow: Option<(u32, u32)>,
+}
+
+/// The router: plain rules, evaluated in order.
+pub fn route(i: &RouteInput<'_>) -> Decision {
+    let d = |plan, reason, detail: String| Decision {
+        plan,
+        reason,
+        detail,
+    };
+    if i.private {
+        return d(
+            Plan::Local,
+            "private",
+            "the request is private: it never leaves the device".into(),
+        );
+    }
+    if i.policy == PolicyOverride::ForceLocal {
+        return d(
+            Plan::Local,
+            "forced",
+            "the request forced the local tier".into(),
+        );
+    }
+    if !i.remote_configured {
+        return d(
+            Plan::Local,
+            "no_remote",
+            "no remote tier is configured".into(),
+        );
+    }
+    if let Some(why) = i.remote_unavailable {
+        return d(
+            Plan::Local,
+            "remote_unavailable",
+            format!("remote tier unavailable: {why}"),
+        );
+    }
+    if let Some(why) = i.budget_refusal {
+        return d(Plan::Local, "budget_exhausted", why.to_owned());
+    }
+    if i.policy == PolicyOverride::ForceRemote {
+        return d(
+            Plan::Remote,
+            "forced",
+            "the request forced the remote tier".into(),
+        );
+    }
+    if let Some((prompt, n_ctx)) = i.overflow {
+        return d(
+            Plan::Remote,
+            "context_too_long",
+            format!("prompt of {prompt} tokens does not fit the local context of {n_ctx}"),
+        );
+    }
+    d(
+        Plan::Cascade,
+        "cascade",
+        "local first, escalating if unsure".into(),
+    )
+}
+
+/// The confidence signals a threshold can be set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Mean token log-probability (escalate below).
+    MeanLogprob,
+    /// Lowest token probability (escalate below).
+    MinProb,
+    /// 10th-percentile token probability (escalate below).
+    P10Prob,
+    /// Mean entropy (escalate above).
+    MeanEntropy,
+}
+
+impl Signal {
+    /// Parses a config name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "mean_logprob" => Signal::MeanLogprob,
+            "min_prob" => Signal::MinProb,
+            "p10_prob" => Signal::P10Prob,
+            "mean_entropy" => Signal::MeanEntropy,
+            _ => return None,
+        })
+    }
+
+    /// The signal's value in a summary.
+    pub fn value(self, c: &Confidence) -> f64 {
+        match self {
+            Signal::MeanLogprob => c.mean_logprob,
+            Signal::MinProb => c.min_prob,
+            Signal::P10Prob => c.p10_prob,
+            Signal::MeanEntropy => c.mean_entropy,
+        }
+    }
+
+    /// Whether `value` is on the unsure side of `threshold`.
+    pub fn unsure(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Signal::MeanEntropy => value > threshold,
+            _ => value < threshold,
+        }
+    }
+}
+
+/// The cascade's decisions.
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    signal: Signal,
+    threshold: f64,
+    floor: f64,
+    min_tokens: u32,
+}
+
+/// Tokens in the rolling window of the mid-stream check.
+const WINDOW: usize = 8;
+
+impl Cascade {
+    /// From the `[cascade]` section.
+    pub fn new(c: &CascadeConfig) -> Result<Self, String> {
+        let signal = Signal::parse(&c.signal).ok_or_else(|| {
+            format!(
+                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy",
+                c.signal
+            )
+        })?;
+        Ok(Self {
+            signal,
+            threshold: c.threshold,
+            floor: c.mid_stream_floor,
+            min_tokens: c.mid_stream_min_tokens,
+        })
+    }
+
+    /// After the local answer: `Some(detail)` to escalate.
+    pub fn after(&self, c: &Confidence) -> Option<String> {
+        if c.tokens == 0 {
+            return Some("the local answer is empty".into());
+        }
+        let v = self.signal.value(c);
+        self.signal.unsure(v, self.threshold).then(|| {
+            format!(
+                "{:?} {v:.3} is past the threshold {}",
+                self.signal, self.threshold
+            )
+        })
+    }
+
+    /// During the local answer, after each token: `Some(detail)` to stop and escalate now, when
+    /// the mean probability of the last few tokens falls under the floor.
+    pub fn mid_stream(&self, signals: &[TokenSignal]) -> Option<String> {
+        if self.floor <= 0.0 || (signals.len() as u32) < self.min_tokens.max(WINDOW as u32) {
+            return None;
+        }
+        let recent = &signals[signals.len() - WINDOW..];
+        let mean = recent.iter().map(|s| f64::from(s.prob())).sum::<f64>() / WINDOW as f64;
+        (mean < self.floor).then(|| {
+            format!(
+                "mean probability of the last {WINDOW} tokens {mean:.3} fell under the floor {}",
+                self.floor
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> RouteInput<'static> {
+        RouteInput {
+            policy: PolicyOverride::Auto,
+            private: false,
+            remote_configured: true,
+            remote_unavailable: None,
+            budget_refusal: None,
+            overflow: None,
+        }
+    }
+
+    #[test]
+    fn router_rules_in_order() {
+        assert_eq!(route(&input()).plan, Plan::Cascade);
+        assert_eq!(
+            route(&RouteInput {
+                private: true,
+                ..input()
+            })
+            .reason,
+            "private"
+        );
+        assert_eq!(
+            route(&RouteInput {
+                policy: PolicyOverride::ForceLocal,
+                ..input()
+            })
+            .reason,
+            "forced"
+        );
+        let r = route(&RouteInput {
+            policy: PolicyOverride::ForceRemote,
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Remote, "forced"));
+        assert_eq!(
+            route(&RouteInput {
+                remote_configured: false,
+                ..input()
+            })
+            .reason,
+            "no_remote"
+        );
+        assert_eq!(
+            route(&RouteInput {
+                remote_unavailable: Some("breaker open"),
+                ..input()
+            })
+            .reason,
+            "remote_unavailable"
+        );
+        assert_eq!(
+            route(&RouteInput {
+                budget_refusal: Some("daily cap"),
+                ..input()
+            })
+            .reason,
+            "budget_exhausted"
+        );
+        let r = route(&RouteInput {
+            overflow: Some((5000, 4096)),
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Remote, "context_too_long"));
+        // Private beats everything, even an overflow.
+        assert_eq!(
+            route(&RouteInput {
+                private: true,
+                overflow: Some((5000, 4096)),
+                ..input()
+            })
+            .plan,
+            Plan::Local
+        );
+    }
+
+    #[test]
+    fn thresholds_have_directions() {
+        let c = |signal: &str, threshold| {
+            Cascade::new(&CascadeConfig {
+                signal: signal.into(),
+                threshold,
+                ..CascadeConfig::default()
+            })
+            .unwrap()
+        };
+        let conf = Confidence {
+            mean_logprob: -0.5,
+            min_prob: 0.2,
+            p10_prob: 0.3,
+            mean_entropy: 1.5,
+            tokens: 10,
+            ..Confidence::default()
+        };
+        assert!(c("mean_logprob", -1.0).after(&conf).is_none());
+        assert!(c("mean_logprob", -0.2).after(&conf).is_some());
+        assert!(c("mean_entropy", 1.0).after(&conf).is_some());
+        assert!(c("mean_entropy", 2.0).after(&conf).is_none());
+        assert!(Cascade::new(&CascadeConfig {
+            signal: "vibes".into(),
+            ..CascadeConfig::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn mid_stream_floor_needs_enough_tokens() {
+        let c = Cascade::new(&CascadeConfig::default()).unwrap();
+        let low = TokenSignal {
+            logprob: (0.01f32).ln(),
+            entropy: 3.0,
+            margin: 0.0,
+        };
+        let high = TokenSignal {
+            logprob: (0.9f32).ln(),
+            entropy: 0.1,
+            margin: 0.8,
+        };
+        assert!(c.mid_stream(&[low; 7]).is_none());
+        assert!(c.mid_stream(&[low; 8]).is_some());
+        assert!(c.mid_stream(&[high; 20]).is_none());
+        let mut mixed = vec![high; 12];
+        mixed.extend([low; 8]);
+        assert!(c.mid_stream(&mixed).is_some());
+    }
+}
