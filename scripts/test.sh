@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/native-env.sh
 scripts/setup.sh
-python3 scripts/fetch_models.py smollm2
+python3 scripts/fetch_models.py smollm2 qwen05
 export EDGECASCADE_MODELS=${EDGECASCADE_MODELS:-$root/models}
 # The official OpenAI Python client (pinned), in a venv, for the serve tests.
 venv=${EDGECASCADE_VENV:-$root/.cache/venv}

@@ -151,7 +151,7 @@ impl Runtime {
         );
         let refusal =
             if self.remote.is_some() && !req.private && req.policy != PolicyOverride::ForceLocal {
-                self.budget_check(&id, worst, true)?.err()
+                self.budget_check(&id, worst, true).err()
             } else {
                 None
             };
@@ -197,7 +197,7 @@ impl Runtime {
             }
             Plan::Remote => {
                 let remote = self.remote.as_ref().expect("remote configured");
-                if let Ok(Err(why)) = self.budget_check(&id, worst, false) {
+                if let Err(why) = self.budget_check(&id, worst, false) {
                     return Err(Error::InvalidRequest(format!("remote budget: {why}")));
                 }
                 let out = remote.generate(req, cancel, &mut |t| emit(t, Tier::Remote))?;
@@ -221,24 +221,19 @@ impl Runtime {
 
     /// Reserves (or, with `dry_run`, only checks) `usd` of remote budget for request `id`.
     /// The outer error is the ledger failing; the inner one is a refusal, in prose.
-    fn budget_check(
-        &self,
-        id: &str,
-        usd: f64,
-        dry_run: bool,
-    ) -> Result<std::result::Result<(), String>> {
+    fn budget_check(&self, id: &str, usd: f64, dry_run: bool) -> std::result::Result<(), String> {
         let b = &self.config.budget;
         if b.per_request_usd.is_none() && b.daily_usd.is_none() && b.monthly_usd.is_none() {
-            return Ok(Ok(()));
+            return Ok(());
         }
         let Some(ledger) = &self.ledger else {
             // Without a ledger only the per-request cap can be enforced.
-            return Ok(match b.per_request_usd {
+            return match b.per_request_usd {
                 Some(limit) if usd > limit => Err(format!(
                     "per_request remote budget of ${limit:.4} is below the worst case ${usd:.4}"
                 )),
                 _ => Ok(()),
-            });
+            };
         };
         let result = if dry_run {
             ledger.check(b, usd)
@@ -246,11 +241,11 @@ impl Runtime {
             ledger.reserve(b, id, usd)
         };
         match result {
-            Ok(r) => Ok(r.map_err(|refusal| refusal.to_string())),
+            Ok(r) => r.map_err(|refusal| refusal.to_string()),
             Err(e) => {
                 // A ledger we cannot read cannot prove budget is left: stay local.
                 log::warn!("{e}");
-                Ok(Err(format!("budget unknown: {e}")))
+                Err(format!("budget unknown: {e}"))
             }
         }
     }
@@ -289,6 +284,7 @@ impl Runtime {
                 .map(|d| ("low_confidence", d))
         };
         let draft = local.text.clone();
+        let draft_tokens = local.completion_tokens;
         work.lock().expect("work").local = Some(local);
         let Some((reason, detail)) = escalation else {
             return Ok((
@@ -303,7 +299,7 @@ impl Runtime {
             reason: reason.to_owned(),
         });
         let remote = self.remote.as_ref().expect("cascade implies a remote tier");
-        let result = match self.budget_check(id, worst, false)? {
+        let result = match self.budget_check(id, worst, false) {
             Err(why) => Err(format!("budget_exhausted: {why}")),
             Ok(()) => remote
                 .generate(req, cancel, &mut |t| emit(t, Tier::Remote))
@@ -322,11 +318,18 @@ impl Runtime {
             }
             Err(remote_error) => {
                 // Never lose an answer: finish a cut draft locally, from the KV cache.
-                if cut_short && !cancel.load(Ordering::Relaxed) {
-                    let more = self.local.continue_answer(req, &draft, cancel, &mut |t| {
-                        emit(t.text, Tier::Local);
-                        ControlFlow::Continue(())
-                    })?;
+                if cut_short && !cancel.load(Ordering::Relaxed) && draft_tokens < req.max_tokens {
+                    // The continuation gets what is left of the token budget, not a fresh one.
+                    let rest = ChatRequest {
+                        max_tokens: req.max_tokens - draft_tokens,
+                        ..req.clone()
+                    };
+                    let more = self
+                        .local
+                        .continue_answer(&rest, &draft, cancel, &mut |t| {
+                            emit(t.text, Tier::Local);
+                            ControlFlow::Continue(())
+                        })?;
                     work.lock().expect("work").local_extra = Some(more);
                 }
                 if let Some(why) = remote_error.strip_prefix("budget_exhausted: ") {
@@ -343,6 +346,7 @@ impl Runtime {
         }
     }
 
+    #[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
     fn respond(
         &self,
         id: &str,
@@ -368,23 +372,15 @@ impl Runtime {
             completion_tokens: r.completion_tokens,
         });
         let answered_remotely = matches!(route, Route::Remote | Route::Escalated { .. });
-        let (text, finish_reason) = match (&w.remote, answered_remotely) {
-            (Some(r), true) => (r.text.clone(), r.finish_reason),
-            _ => {
-                let finish = w
-                    .local_extra
-                    .as_ref()
-                    .or(w.local.as_ref())
-                    .map_or(FinishReason::Stop, |l| l.finish_reason);
-                // A draft cut for escalation is not "cancelled" from the caller's point of view.
-                let finish = if finish == FinishReason::Cancelled
-                    && w.local_extra.is_none()
-                    && matches!(route, Route::DegradedLocal { .. })
-                {
-                    FinishReason::Length
-                } else {
-                    finish
-                };
+        let remote_answer = w.remote.as_ref().filter(|_| answered_remotely);
+        let (text, finish_reason) = if let Some(r) = remote_answer {
+            (r.text.clone(), r.finish_reason)
+        } else {
+            let finish = w.local_extra.as_ref().or(w.local.as_ref()).map_or(FinishReason::Stop, |l| l.finish_reason);
+            // A draft cut for escalation is not "cancelled" from the caller's point of view.
+            let cut = finish == FinishReason::Cancelled && w.local_extra.is_none() && matches!(route, Route::DegradedLocal { .. });
+            (local_text, if cut { FinishReason::Length } else { finish })
+        };
                 (local_text, finish)
             }
         };

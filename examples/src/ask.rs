@@ -107,6 +107,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         println!();
         eprintln!("{}", summary_line(&resp));
     }
+    if let Some(e) = &resp.ledger_error {
+        // The answer stands; only its cost record is missing.
+        eprintln!("warning: {e}");
+    }
     if resp.finish_reason == FinishReason::Cancelled && interrupt.cancel.load(Ordering::SeqCst) {
         return Err(Failure::Interrupted);
     }

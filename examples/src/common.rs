@@ -40,15 +40,37 @@ pub fn models_dir() -> PathBuf {
     std::env::var_os("EDGECASCADE_MODELS").map_or_else(|| PathBuf::from("models"), PathBuf::from)
 }
 
-/// The config file, then the flags on top.
-pub fn load_config(args: &ModelArgs) -> Result<Config, Failure> {
-    let mut cfg = match &args.config {
+/// The config file alone: `--config`, else ./edgecascade.toml, else defaults.
+pub fn load_config_file(args: &ModelArgs) -> Result<Config, Failure> {
+    Ok(match &args.config {
         Some(p) => Config::from_file(p)?,
         None if Path::new("edgecascade.toml").exists() => {
             Config::from_file(Path::new("edgecascade.toml"))?
         }
         None => Config::default(),
-    };
+    })
+}
+
+/// The desktop binary's ledger: `[ledger] path`, else $EDGECASCADE_LEDGER, else
+/// $XDG_DATA_HOME (or ~/.local/share)/edgecascade/ledger.jsonl.
+pub fn ledger_path(cfg: &Config) -> PathBuf {
+    if let Some(p) = &cfg.ledger.path {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("EDGECASCADE_LEDGER") {
+        return PathBuf::from(p);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    data.unwrap_or_else(|| PathBuf::from("."))
+        .join("edgecascade/ledger.jsonl")
+}
+
+/// The config file, then the flags on top.
+pub fn load_config(args: &ModelArgs) -> Result<Config, Failure> {
+    let mut cfg = load_config_file(args)?;
+    cfg.ledger.path = Some(ledger_path(&cfg));
     if let Some(m) = &args.model {
         cfg.local.model = Some(m.clone());
     }

@@ -8,6 +8,7 @@ mod ask;
 mod bench;
 mod chat;
 mod common;
+mod costs;
 mod models;
 mod serve;
 
@@ -38,6 +39,8 @@ enum Command {
     Models(models::Args),
     /// Serve the runtime over an OpenAI-compatible HTTP API.
     Serve(serve::Args),
+    /// Costs and savings from the ledger.
+    Costs(costs::Args),
 }
 
 /// A failure with its exit code.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Models(a) => models::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Costs(a) => costs::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,18 +8,22 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn model() -> PathBuf {
+pub fn model_file(file: &str, name: &str) -> PathBuf {
     let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
         PathBuf::from,
     );
-    let p = dir.join("smollm2-135m-instruct-q4_1.gguf");
+    let p = dir.join(file);
     assert!(
         p.exists(),
-        "missing {}: run scripts/fetch_models.py smollm2",
+        "missing {}: run scripts/fetch_models.py {name}",
         p.display()
     );
     p
+}
+
+fn model() -> PathBuf {
+    model_file("smollm2-135m-instruct-q4_1.gguf", "smollm2")
 }
 
 /// A running server, killed on drop.
@@ -30,7 +34,10 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
-        let m = model();
+        Self::start_model(&model(), extra)
+    }
+
+    pub fn start_model(m: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edgecascade"))
             .args([
                 "serve",
@@ -407,4 +414,226 @@ fn sigterm_cancels_in_flight_and_exits_cleanly() {
         "the in-flight stream is finished, not cut: {}",
         &r.body[r.body.len().saturating_sub(300)..]
     );
+}
+
+/// The cascade end to end: SmolLM2 local, and `edgecascade serve` running Qwen2.5-Coder-0.5B as
+/// the real remote tier on 127.0.0.1.
+mod cascade {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use edgecascade::config::{BudgetConfig, CascadeConfig, Config, RemoteConfig};
+    use edgecascade::{ChatRequest, Event, Route, Runtime, Tier};
+
+    use super::*;
+
+    fn qwen() -> PathBuf {
+        model_file("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen05")
+    }
+
+    fn runtime(remote_url: &str, threshold: f64, floor: f64, ledger: &Path) -> Runtime {
+        let mut c = Config::default();
+        c.local.model = Some(model());
+        c.local.n_ctx = Some(1024);
+        c.remote = Some(RemoteConfig {
+            base_url: remote_url.into(),
+            model: "qwen".into(),
+            max_retries: 0,
+            ..RemoteConfig::default()
+        });
+        c.cascade = CascadeConfig {
+            signal: "mean_logprob".into(),
+            threshold,
+            mid_stream_floor: floor,
+            mid_stream_min_tokens: 8,
+        };
+        c.ledger.path = Some(ledger.to_owned());
+        Runtime::new(c).unwrap()
+    }
+
+    fn question() -> ChatRequest {
+        ChatRequest {
+            max_tokens: 24,
+            ..ChatRequest::user("What is the capital of France? Answer in one short sentence.")
+        }
+    }
+
+    fn collect() -> (Mutex<Vec<Event>>, impl Fn(&Mutex<Vec<Event>>) -> Vec<Event>) {
+        (Mutex::new(Vec::new()), |m: &Mutex<Vec<Event>>| {
+            m.lock().unwrap().clone()
+        })
+    }
+
+    #[test]
+    fn escalated_answer_comes_from_the_remote_model_and_the_ledger_records_both_tiers() {
+        let server = Server::start_model(&qwen(), &[]);
+        let direct = post(&server.addr, &serde_json::json!({"messages": [{"role": "user", "content": question().messages[0].content}],
+            "max_tokens": 24, "temperature": 0}).to_string());
+        let direct: serde_json::Value = serde_json::from_str(&direct.body).unwrap();
+        let direct = direct["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let dir = tempfile::tempdir().unwrap();
+        // Every answer has mean logprob < 0: a threshold of 0 escalates everything.
+        let rt = runtime(&server.url(), 0.0, 0.0, &dir.path().join("ledger.jsonl"));
+        let (events, get) = collect();
+        let r = rt
+            .chat(&question(), &|e: Event| events.lock().unwrap().push(e))
+            .unwrap();
+        assert_eq!(
+            r.route,
+            Route::Escalated {
+                reason: "low_confidence".into()
+            }
+        );
+        assert_eq!(r.text, direct, "the answer is the remote model's");
+        let (l, rm) = (r.usage.local.unwrap(), r.usage.remote.unwrap());
+        assert!(l.completion_tokens > 0 && rm.completion_tokens > 0 && !r.usage.estimated);
+        assert!(r.cost.local_usd > 0.0 && r.cost.remote_usd > 0.0);
+        let ev = get(&events);
+        let pos = |f: &dyn Fn(&Event) -> bool| ev.iter().position(f);
+        let esc = pos(&|e| matches!(e, Event::Escalating { .. })).expect("Escalating event");
+        let first_remote = pos(&|e| {
+            matches!(
+                e,
+                Event::Token {
+                    tier: Tier::Remote,
+                    ..
+                }
+            )
+        })
+        .expect("remote tokens");
+        assert!(
+            pos(&|e| matches!(
+                e,
+                Event::Token {
+                    tier: Tier::Local,
+                    ..
+                }
+            ))
+            .unwrap()
+                < esc
+                && esc < first_remote
+        );
+        assert!(matches!(ev.last(), Some(Event::Done(_))));
+
+        let report = rt.ledger().unwrap().report(None).unwrap();
+        assert_eq!(report.requests, 1);
+        assert_eq!(report.by_route["escalated"], 1);
+        let line = std::fs::read_to_string(rt.ledger().unwrap().path()).unwrap();
+        let rec: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        assert!(
+            rec["local_tokens"][1].as_u64().unwrap() > 0
+                && rec["remote_tokens"][1].as_u64().unwrap() > 0,
+            "{rec}"
+        );
+        assert!(
+            rec.get("prompt").is_none() && rec.get("answer").is_none(),
+            "no text stored by default: {rec}"
+        );
+    }
+
+    #[test]
+    fn confident_answers_stay_local_and_private_never_leaves() {
+        let server = Server::start_model(&qwen(), &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&server.url(), -100.0, 0.0, &dir.path().join("ledger.jsonl"));
+        let r = rt.chat(&question(), &edgecascade::NullSink).unwrap();
+        assert_eq!(
+            (r.route.clone(), r.reason.as_str()),
+            (Route::Local, "accepted")
+        );
+        assert!(r.usage.remote.is_none());
+        let strict = runtime(&server.url(), 0.0, 0.0, &dir.path().join("ledger2.jsonl"));
+        let r = strict
+            .chat(
+                &ChatRequest {
+                    private: true,
+                    ..question()
+                },
+                &edgecascade::NullSink,
+            )
+            .unwrap();
+        assert_eq!((r.route, r.reason.as_str()), (Route::Local, "private"));
+        let m = http(&server.addr, "GET", "/metrics", &[], b"").body;
+        assert!(
+            !m.contains("status=\"200\""),
+            "the remote tier was never called: {m}"
+        );
+    }
+
+    #[test]
+    fn mid_stream_escalation_with_remote_down_finishes_the_draft_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens on port 9: the remote call fails at once.
+        let rt = runtime(
+            "http://127.0.0.1:9",
+            -100.0,
+            0.999,
+            &dir.path().join("ledger.jsonl"),
+        );
+        let long = ChatRequest {
+            max_tokens: 48,
+            ..ChatRequest::user("Describe Paris in three sentences.")
+        };
+        let plain = runtime(
+            "http://127.0.0.1:9",
+            -100.0,
+            0.0,
+            &dir.path().join("ledger0.jsonl"),
+        )
+        .chat(&long, &edgecascade::NullSink)
+        .unwrap();
+        assert!(
+            plain.usage.completion_tokens > 16,
+            "need a long answer: {:?}",
+            plain.text
+        );
+        let r = rt.chat(&long, &edgecascade::NullSink).unwrap();
+        let Route::DegradedLocal { remote_error } = &r.route else {
+            panic!("expected degraded_local, got {:?}", r.route)
+        };
+        assert!(remote_error.contains("127.0.0.1:9"), "{remote_error}");
+        assert_eq!(r.reason, "mid_stream_low_confidence");
+        // The draft was cut after 8 tokens, then finished locally from the cache.
+        assert!(r.usage.completion_tokens > 8, "{:?}", r.usage);
+        assert_eq!(
+            r.text, plain.text,
+            "a finished draft reads like the uninterrupted local answer"
+        );
+        assert_eq!(
+            rt.ledger().unwrap().report(None).unwrap().by_route["degraded_local"],
+            1
+        );
+    }
+
+    #[test]
+    fn budget_caps_force_local() {
+        let server = Server::start_model(&qwen(), &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.local.model = Some(model());
+        c.local.n_ctx = Some(1024);
+        c.remote = Some(RemoteConfig {
+            base_url: server.url(),
+            model: "qwen".into(),
+            ..RemoteConfig::default()
+        });
+        c.cascade.threshold = 0.0;
+        c.budget = BudgetConfig {
+            per_request_usd: Some(1e-9),
+            ..BudgetConfig::default()
+        };
+        c.ledger.path = Some(dir.path().join("ledger.jsonl"));
+        let r = Runtime::new(c)
+            .unwrap()
+            .chat(&question(), &edgecascade::NullSink)
+            .unwrap();
+        assert_eq!(
+            (r.route, r.reason.as_str()),
+            (Route::Local, "budget_exhausted")
+        );
+    }
 }

@@ -181,12 +181,10 @@ impl Ledger {
         let entries = text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| match serde_json::from_str::<Entry>(l) {
-                Ok(e) => Some(e),
-                Err(_) => {
-                    skipped += 1;
-                    None
-                }
+            .filter_map(|l| {
+                serde_json::from_str::<Entry>(l)
+                    .map_err(|_| skipped += 1)
+                    .ok()
             })
             .collect();
         if skipped > 0 {

@@ -348,6 +348,7 @@ impl RemoteEngine {
     }
 
     /// One HTTP attempt. The error carries a `Retry-After` in seconds when the server sent one.
+    #[allow(clippy::too_many_lines)] // one linear walk: request, status, then the SSE loop
     fn attempt(
         &self,
         req: &ChatRequest,
