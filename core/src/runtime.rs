@@ -376,13 +376,16 @@ impl Runtime {
         let (text, finish_reason) = if let Some(r) = remote_answer {
             (r.text.clone(), r.finish_reason)
         } else {
-            let finish = w.local_extra.as_ref().or(w.local.as_ref()).map_or(FinishReason::Stop, |l| l.finish_reason);
+            let finish = w
+                .local_extra
+                .as_ref()
+                .or(w.local.as_ref())
+                .map_or(FinishReason::Stop, |l| l.finish_reason);
             // A draft cut for escalation is not "cancelled" from the caller's point of view.
-            let cut = finish == FinishReason::Cancelled && w.local_extra.is_none() && matches!(route, Route::DegradedLocal { .. });
+            let cut = finish == FinishReason::Cancelled
+                && w.local_extra.is_none()
+                && matches!(route, Route::DegradedLocal { .. });
             (local_text, if cut { FinishReason::Length } else { finish })
-        };
-                (local_text, finish)
-            }
         };
         let local_usd = local_usage.map_or(0.0, |u| {
             cost::local_usd(p, u.prompt_tokens + u.completion_tokens)
