@@ -636,4 +636,51 @@ mod cascade {
             (Route::Local, "budget_exhausted")
         );
     }
+
+    #[test]
+    fn serve_in_cascade_mode_streams_only_the_settled_answer() {
+        let remote = Server::start_model(&qwen(), &[]);
+        let q = "What is the capital of France? Answer in one short sentence.";
+        let direct = |addr: &str, stream: bool| {
+            let body = serde_json::json!({"messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 0, "stream": stream});
+            post(addr, &body.to_string())
+        };
+        let qwen_text: serde_json::Value =
+            serde_json::from_str(&direct(&remote.addr, false).body).unwrap();
+        let qwen_text = qwen_text["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        for (threshold, route) in [(0.0, "escalated"), (-100.0, "local")] {
+            let cfg = dir.path().join(format!("cascade{route}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[local]\nmodel = {:?}\nn_ctx = 1024\n[remote]\nbase_url = {:?}\nmodel = \"qwen\"\n[cascade]\nthreshold = {threshold}\n",
+                    model(),
+                    remote.url()
+                ),
+            )
+            .unwrap();
+            let front = Server::start_model(&model(), &["--config", cfg.to_str().unwrap()]);
+            let full: serde_json::Value =
+                serde_json::from_str(&direct(&front.addr, false).body).unwrap();
+            assert_eq!(full["edgecascade"]["route"], route, "{full}");
+            let streamed = direct(&front.addr, true);
+            let (text, done) = sse_text(&streamed.body);
+            assert!(done);
+            assert_eq!(
+                text,
+                full["choices"][0]["message"]["content"].as_str().unwrap(),
+                "route {route}"
+            );
+            if route == "escalated" {
+                assert_eq!(
+                    text, qwen_text,
+                    "the stream carries the remote answer only, no local draft"
+                );
+            }
+        }
+    }
 }

@@ -408,11 +408,28 @@ fn stream_response(
         let data = |v: serde_json::Value| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string()));
         yield data(openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None));
         let mut done = None;
+        // In cascade mode (a remote tier is configured) OpenAI clients cannot take back streamed
+        // text, so local tokens are held until the route is settled: flushed when the local answer
+        // is accepted, dropped when it escalates (the remote answer streams instead).
+        let hold = state.runtime.remote_engine().is_some();
+        let mut held = String::new();
+        let mut escalated = false;
+        let mut sent_any = false;
         let mut next = Some(first);
         while let Some(ev) = match next.take() { Some(ev) => Some(ev), None => rx.recv().await } {
             match ev {
-                Event::Token { text, .. } => yield data(openai::chunk(&id, created, &model, json!({"content": text}), None)),
-                Event::Escalating { .. } => {}
+                Event::Token { text, tier } => {
+                    if hold && tier == edgecascade::Tier::Local {
+                        held.push_str(&text);
+                    } else {
+                        sent_any = true;
+                        yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
+                    }
+                }
+                Event::Escalating { .. } => {
+                    held.clear();
+                    escalated = true;
+                }
                 Event::Done(r) => {
                     done = Some(r);
                     break;
@@ -420,6 +437,13 @@ fn stream_response(
             }
         }
         if let Some(r) = done {
+            // Settled: send what was held (an accepted or degraded local answer).
+            if hold && !sent_any {
+                let text = if escalated { r.text.clone() } else { std::mem::take(&mut held) };
+                if !text.is_empty() {
+                    yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
+                }
+            }
             state.metrics.response(&r);
             let mut last = openai::chunk(&id, created, &model, json!({}), Some(openai::finish_reason(r.finish_reason)));
             last["edgecascade"] = openai::extension(&r);
