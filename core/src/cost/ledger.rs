@@ -129,16 +129,99 @@ impl std::fmt::Display for BudgetRefusal {
 /// Reservations older than this are treated as abandoned (a crashed process).
 const RESERVATION_TTL_S: f64 = 900.0;
 
+/// Remote spend aggregated from the ledger, read incrementally: the file only grows, so each
+/// check reads just the bytes appended since the last one (by any process).
+#[derive(Debug, Default)]
+struct Spend {
+    /// Bytes of complete lines already folded in.
+    offset: u64,
+    by_day: HashMap<i64, f64>,
+    by_month: HashMap<i64, f64>,
+    /// Reservations not yet settled: id -> (ts, usd).
+    pending: HashMap<String, (f64, f64)>,
+}
+
+impl Spend {
+    fn add(&mut self, e: Entry) {
+        let (ts, usd) = match e {
+            Entry::Request(r) => {
+                self.pending.remove(&r.id);
+                (r.ts, r.remote_usd)
+            }
+            Entry::Reserve { id, ts, usd } => {
+                self.pending.insert(id, (ts, usd));
+                return;
+            }
+        };
+        let (d, m) = utc_day_month(ts);
+        *self.by_day.entry(d).or_default() += usd;
+        *self.by_month.entry(m).or_default() += usd;
+    }
+
+    fn used(&self, now: f64) -> (f64, f64) {
+        let (today, month) = utc_day_month(now);
+        let (mut day, mut mon) = (
+            self.by_day.get(&today).copied().unwrap_or(0.0),
+            self.by_month.get(&month).copied().unwrap_or(0.0),
+        );
+        for (ts, usd) in self.pending.values() {
+            if now - ts < RESERVATION_TTL_S {
+                let (d, m) = utc_day_month(*ts);
+                if d == today {
+                    day += usd;
+                }
+                if m == month {
+                    mon += usd;
+                }
+            }
+        }
+        (day, mon)
+    }
+}
+
 /// The ledger file.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     path: PathBuf,
+    spend: std::sync::Arc<std::sync::Mutex<Spend>>,
 }
 
 impl Ledger {
     /// A ledger at `path`; the file and its folder are created on first write.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            spend: std::sync::Arc::default(),
+        }
+    }
+
+    /// Folds the lines appended since the last call into `spend` (under the file lock).
+    fn catch_up(&self, file: &mut File, spend: &mut Spend) -> Result<(), LedgerError> {
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if len < spend.offset {
+            *spend = Spend::default(); // replaced or truncated: start over
+        }
+        if len == spend.offset {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity((len - spend.offset) as usize);
+        file.seek(SeekFrom::Start(spend.offset))
+            .map_err(|e| self.io(e))?;
+        file.take(len - spend.offset)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io(e))?;
+        // Only complete lines: a torn tail is left for later (it gets terminated, then skipped).
+        let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&buf[..complete])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            if let Ok(e) = serde_json::from_str::<Entry>(line) {
+                spend.add(e);
+            }
+        }
+        spend.offset += complete as u64;
+        Ok(())
     }
 
     /// The file.
@@ -260,35 +343,10 @@ impl Ledger {
             return Ok(Ok(()));
         }
         self.locked(|f| {
-            let (entries, _) = self.read_all(f)?;
             let now = now_s();
-            let (today, month) = utc_day_month(now);
-            let settled: std::collections::HashSet<&str> = entries
-                .iter()
-                .filter_map(|e| match e {
-                    Entry::Request(r) => Some(r.id.as_str()),
-                    Entry::Reserve { .. } => None,
-                })
-                .collect();
-            let (mut day_used, mut month_used) = (0.0, 0.0);
-            for e in &entries {
-                let (ts, usd) = match e {
-                    Entry::Request(r) => (r.ts, r.remote_usd),
-                    Entry::Reserve { id, ts, usd }
-                        if !settled.contains(id.as_str()) && now - ts < RESERVATION_TTL_S =>
-                    {
-                        (*ts, *usd)
-                    }
-                    Entry::Reserve { .. } => continue,
-                };
-                let (d, m) = utc_day_month(ts);
-                if d == today {
-                    day_used += usd;
-                }
-                if m == month {
-                    month_used += usd;
-                }
-            }
+            let mut spend = self.spend.lock().expect("spend lock");
+            self.catch_up(f, &mut spend)?;
+            let (day_used, month_used) = spend.used(now);
             for (cap, limit, used) in [
                 ("daily", budget.daily_usd, day_used),
                 ("monthly", budget.monthly_usd, month_used),
@@ -425,7 +483,8 @@ mod tests {
         let granted: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..16)
                 .map(|i| {
-                    let (l, b) = (l.clone(), budget.clone());
+                    // A separate Ledger per thread: its own cache, as a separate process would have.
+                    let (l, b) = (Ledger::new(l.path()), budget.clone());
                     s.spawn(move || {
                         l.reserve(&b, &format!("r{i}"), 0.3)
                             .unwrap()

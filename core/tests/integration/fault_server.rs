@@ -24,6 +24,8 @@ pub enum Behavior {
     Stall(Duration),
     /// Accept, read the request, then close without answering.
     Hangup,
+    /// Wait this long before sending the response headers.
+    SlowHeaders(Duration),
 }
 
 pub struct FaultServer {
@@ -101,6 +103,10 @@ fn serve(mut s: TcpStream, b: &Behavior) {
             std::thread::sleep(*d);
         }
         Behavior::Hangup => {}
+        Behavior::SlowHeaders(d) => {
+            std::thread::sleep(*d);
+            let _ = s.write_all(sse_head.as_bytes());
+        }
     }
 }
 

@@ -362,3 +362,76 @@ fn concurrent_requests_share_the_model() {
         assert_eq!(t.join().unwrap(), expected);
     }
 }
+
+#[test]
+fn budget_caps_never_overshoot_under_16_concurrent_escalations() {
+    use edgecascade::config::{BudgetConfig, RemoteConfig};
+    use edgecascade::Route;
+
+    use crate::fault_server::{Behavior, FaultServer};
+
+    let server = FaultServer::start(vec![Behavior::Stream {
+        pieces: vec!["Paris", "."],
+        usage: Some((20, 2)),
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config_for(smollm2());
+    c.local.parallel = 2;
+    c.remote = Some(RemoteConfig {
+        base_url: server.url.clone(),
+        model: "m".into(),
+        ..RemoteConfig::default()
+    });
+    c.cascade.threshold = 0.0; // everything escalates
+    c.ledger.path = Some(dir.path().join("ledger.jsonl"));
+    let req = ChatRequest {
+        max_tokens: 8,
+        ..ChatRequest::user("What is the capital of France?")
+    };
+    // The worst case the runtime reserves per request: its prompt plus max_tokens at remote prices.
+    let probe = Runtime::new(c.clone()).unwrap();
+    let prompt = probe
+        .local_engine()
+        .count_prompt_tokens(&req.messages)
+        .unwrap();
+    drop(probe);
+    let worst = edgecascade::cost::remote_usd(&c.prices, prompt, 8);
+    // Reservations are held until settled; settled requests cost far less (2 tokens), so a
+    // daily cap of 5.5 worst cases admits at least 5 escalations at once and can never overshoot.
+    c.budget = BudgetConfig {
+        daily_usd: Some(worst * 5.5),
+        ..BudgetConfig::default()
+    };
+    let rt = Arc::new(Runtime::new(c).unwrap());
+    let results: Vec<_> = (0..16)
+        .map(|_| {
+            let (rt, req) = (Arc::clone(&rt), req.clone());
+            std::thread::spawn(move || rt.chat(&req, &NullSink).unwrap())
+        })
+        .map(|h| h.join().unwrap())
+        .collect();
+    let escalated = results
+        .iter()
+        .filter(|r| matches!(r.route, Route::Escalated { .. }))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| r.reason == "budget_exhausted")
+        .count();
+    assert_eq!(
+        escalated + refused,
+        16,
+        "{:?}",
+        results.iter().map(|r| &r.reason).collect::<Vec<_>>()
+    );
+    assert!(escalated >= 5, "the cap allows 5 at once: {escalated}");
+    let spent = rt.ledger().unwrap().report(None).unwrap().remote_usd;
+    assert!(
+        spent <= worst * 5.5 + 1e-12,
+        "spent {spent} over the cap {}",
+        worst * 5.5
+    );
+    for r in &results {
+        assert!(!r.text.is_empty(), "every request gets an answer");
+    }
+}

@@ -141,3 +141,76 @@ fn connection_refused_and_hangups_retry_then_fail_and_open_the_breaker() {
     let err = ask(&dead).0.unwrap_err();
     assert!(matches!(err, RemoteError::Connect { .. }), "{err}");
 }
+
+#[test]
+fn slow_first_byte_times_out() {
+    let s = FaultServer::start(vec![Behavior::SlowHeaders(Duration::from_secs(5))]);
+    let t = Instant::now();
+    let e = ask(&engine(&s, 0)).0.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RemoteError::Timeout {
+                phase: "first byte",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+/// Captures every log record, at every level, for the secrets test.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", r.target(), r.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn the_api_key_never_appears_in_logs_errors_or_debug_output() {
+    static LOGS: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+    let _ = log::set_logger(&LOGS);
+    log::set_max_level(log::LevelFilter::Trace);
+    let key = "sk-edgecascade-test-4f9a1c";
+    std::env::set_var("EDGECASCADE_SECRET_TEST_KEY", key);
+    let s = FaultServer::start(vec![
+        Behavior::Status(500, None),
+        Behavior::Status(401, None),
+        Behavior::Malformed,
+        Behavior::Hangup,
+    ]);
+    let e = RemoteEngine::new(&RemoteConfig {
+        base_url: s.url.clone(),
+        model: "m".into(),
+        api_key_env: Some("EDGECASCADE_SECRET_TEST_KEY".into()),
+        max_retries: 1,
+        chunk_gap_timeout_s: 0.5,
+        ..RemoteConfig::default()
+    })
+    .unwrap();
+    let mut seen = vec![format!("{e:?}")];
+    for _ in 0..4 {
+        if let Err(err) = ask(&e).0 {
+            seen.push(err.to_string());
+            seen.push(format!("{err:?}"));
+        }
+    }
+    // The key was sent...
+    assert!(s.count() >= 3);
+    // ...and never shown.
+    seen.extend(LOGS.0.lock().unwrap().iter().cloned());
+    assert!(seen.len() > 5);
+    for line in &seen {
+        assert!(!line.contains(key), "key leaked: {line}");
+    }
+}

@@ -412,7 +412,7 @@ fn stream_response(
         // text, so local tokens are held until the route is settled: flushed when the local answer
         // is accepted, dropped when it escalates (the remote answer streams instead).
         let hold = state.runtime.remote_engine().is_some();
-        let mut held = String::new();
+        let mut draft = String::new();
         let mut escalated = false;
         let mut sent_any = false;
         let mut next = Some(first);
@@ -420,14 +420,14 @@ fn stream_response(
             match ev {
                 Event::Token { text, tier } => {
                     if hold && tier == edgecascade::Tier::Local {
-                        held.push_str(&text);
+                        draft.push_str(&text);
                     } else {
                         sent_any = true;
                         yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
                     }
                 }
                 Event::Escalating { .. } => {
-                    held.clear();
+                    draft.clear();
                     escalated = true;
                 }
                 Event::Done(r) => {
@@ -439,7 +439,7 @@ fn stream_response(
         if let Some(r) = done {
             // Settled: send what was held (an accepted or degraded local answer).
             if hold && !sent_any {
-                let text = if escalated { r.text.clone() } else { std::mem::take(&mut held) };
+                let text = if escalated { r.text.clone() } else { std::mem::take(&mut draft) };
                 if !text.is_empty() {
                     yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
                 }
