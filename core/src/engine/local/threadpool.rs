@@ -14,8 +14,49 @@ use std::ptr::NonNull;
 
 use llama_cpp_2::context::LlamaContext;
 
+type NewFn = unsafe extern "C" fn(
+    *mut llama_cpp_sys_2::ggml_threadpool_params,
+) -> *mut llama_cpp_sys_2::ggml_threadpool;
+type FreeFn = unsafe extern "C" fn(*mut llama_cpp_sys_2::ggml_threadpool);
+
+/// `ggml_threadpool_new` and `_free` live in the CPU backend, which with runtime CPU-variant
+/// selection is a module loaded at run time: look them up through the backend registry, as
+/// llama-bench does. (The same lookup works for the static build.)
+fn cpu_threadpool_fns() -> Option<(NewFn, FreeFn)> {
+    use std::sync::OnceLock;
+    static FNS: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+    let (new, free) = (*FNS.get_or_init(|| {
+        // SAFETY: registry lookups by name; a null result means "not available".
+        unsafe {
+            let dev = llama_cpp_sys_2::ggml_backend_dev_by_type(
+                llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_CPU,
+            );
+            if dev.is_null() {
+                return None;
+            }
+            let reg = llama_cpp_sys_2::ggml_backend_dev_backend_reg(dev);
+            let new = llama_cpp_sys_2::ggml_backend_reg_get_proc_address(
+                reg,
+                c"ggml_threadpool_new".as_ptr(),
+            );
+            let free = llama_cpp_sys_2::ggml_backend_reg_get_proc_address(
+                reg,
+                c"ggml_threadpool_free".as_ptr(),
+            );
+            (!new.is_null() && !free.is_null()).then_some((new as usize, free as usize))
+        }
+    }))?;
+    // SAFETY: the registry returned these exact functions, whose C signatures match.
+    unsafe {
+        Some((
+            std::mem::transmute::<usize, NewFn>(new),
+            std::mem::transmute::<usize, FreeFn>(free),
+        ))
+    }
+}
+
 /// An owned ggml threadpool.
-pub(crate) struct Threadpool(NonNull<llama_cpp_sys_2::ggml_threadpool>);
+pub(crate) struct Threadpool(NonNull<llama_cpp_sys_2::ggml_threadpool>, FreeFn);
 
 // SAFETY: a ggml threadpool is used from whichever thread runs the context it is attached to,
 // one at a time (the context is behind the slot pool's exclusive ownership).
@@ -24,11 +65,12 @@ unsafe impl Send for Threadpool {}
 impl Threadpool {
     /// A pool of `n_threads` workers that spin for `poll` (0-100) before sleeping.
     pub(crate) fn new(n_threads: u32, poll: u32) -> Option<Self> {
+        let (new, free) = cpu_threadpool_fns()?;
         // SAFETY: plain C calls; the params struct is fully initialised by the default fn.
         unsafe {
             let mut params = llama_cpp_sys_2::ggml_threadpool_params_default(n_threads as i32);
             params.poll = poll.min(100);
-            NonNull::new(llama_cpp_sys_2::ggml_threadpool_new(&raw mut params)).map(Self)
+            NonNull::new(new(&raw mut params)).map(|p| Self(p, free))
         }
     }
 
@@ -60,7 +102,7 @@ impl Threadpool {
 impl Drop for Threadpool {
     fn drop(&mut self) {
         // SAFETY: we own the pool; its context has already been freed or detached.
-        unsafe { llama_cpp_sys_2::ggml_threadpool_free(self.0.as_ptr()) }
+        unsafe { (self.1)(self.0.as_ptr()) }
     }
 }
 
