@@ -8,7 +8,7 @@
 #   LLAMA_TOOLS_OPENMP=ON scripts/build-llama-tools.sh   # llama.cpp's stock OpenMP threading
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${EDGECASCADE_CACHE:-$root/.cache}/llama-tools
+cache=${EDGECASCADE_CACHE:-$HOME/.cache/edgecascade}/llama-tools
 openmp=${LLAMA_TOOLS_OPENMP:-OFF}
 bin=$cache/bin${openmp/OFF/}
 ver=11434.0.0
