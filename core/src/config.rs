@@ -203,6 +203,12 @@ pub struct PriceConfig {
     pub remote_input_per_1k: f64,
     /// Remote tier, completion tokens.
     pub remote_output_per_1k: f64,
+    /// Derive the local cost from energy instead: the device's power draw while generating, W.
+    pub local_watts: Option<f64>,
+    /// Electricity price, USD per kWh (with `local_watts`).
+    pub electricity_usd_per_kwh: f64,
+    /// Amortised hardware cost while generating, USD per hour (with `local_watts`).
+    pub hardware_usd_per_hour: f64,
 }
 
 impl Default for PriceConfig {
@@ -211,6 +217,9 @@ impl Default for PriceConfig {
             local_per_1k: 0.0002,
             remote_input_per_1k: 0.0005,
             remote_output_per_1k: 0.0015,
+            local_watts: None,
+            electricity_usd_per_kwh: 0.15,
+            hardware_usd_per_hour: 0.0,
         }
     }
 }
@@ -295,6 +304,9 @@ impl Config {
             ("prices.local_per_1k", p.local_per_1k),
             ("prices.remote_input_per_1k", p.remote_input_per_1k),
             ("prices.remote_output_per_1k", p.remote_output_per_1k),
+            ("prices.local_watts", p.local_watts.unwrap_or(0.0)),
+            ("prices.electricity_usd_per_kwh", p.electricity_usd_per_kwh),
+            ("prices.hardware_usd_per_hour", p.hardware_usd_per_hour),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(ConfigError::Invalid(format!(

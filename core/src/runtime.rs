@@ -387,8 +387,14 @@ impl Runtime {
                 && matches!(route, Route::DegradedLocal { .. });
             (local_text, if cut { FinishReason::Length } else { finish })
         };
+        let local_seconds = w.local.as_ref().map_or(0.0, |l| l.total_ms)
+            + w.local_extra.as_ref().map_or(0.0, |l| l.total_ms);
         let local_usd = local_usage.map_or(0.0, |u| {
-            cost::local_usd(p, u.prompt_tokens + u.completion_tokens)
+            cost::local_usd(
+                p,
+                u.prompt_tokens + u.completion_tokens,
+                local_seconds / 1e3,
+            )
         });
         let remote_usd = remote_usage.map_or(0.0, |u| {
             cost::remote_usd(p, u.prompt_tokens, u.completion_tokens)

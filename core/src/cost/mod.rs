@@ -12,9 +12,16 @@ pub fn remote_usd(p: &PriceConfig, prompt: u32, completion: u32) -> f64 {
         + f64::from(completion) / 1000.0 * p.remote_output_per_1k
 }
 
-/// USD for `tokens` on the local tier.
-pub fn local_usd(p: &PriceConfig, tokens: u32) -> f64 {
-    f64::from(tokens) / 1000.0 * p.local_per_1k
+/// USD for `tokens` generated in `seconds` on the local tier: from energy (watts x seconds x
+/// $/kWh, plus amortised hardware per hour) when `local_watts` is set, else per 1k tokens.
+pub fn local_usd(p: &PriceConfig, tokens: u32, seconds: f64) -> f64 {
+    match p.local_watts {
+        Some(watts) => {
+            watts * seconds / 3.6e6 * p.electricity_usd_per_kwh
+                + p.hardware_usd_per_hour * seconds / 3600.0
+        }
+        None => f64::from(tokens) / 1000.0 * p.local_per_1k,
+    }
 }
 
 /// UTC (day number since 1970-01-01, month key YYYYMM) for a unix time.
@@ -56,6 +63,16 @@ mod tests {
     fn prices() {
         let p = PriceConfig::default();
         assert!((remote_usd(&p, 1000, 1000) - 0.002).abs() < 1e-12);
-        assert!((local_usd(&p, 100_000_000) - 20.0).abs() < 1e-9);
+        assert!((local_usd(&p, 100_000_000, 1.0) - 20.0).abs() < 1e-9);
+        // 10 W for an hour at $0.15/kWh is 0.01 kWh = $0.0015; plus $0.36/h of hardware.
+        let energy = PriceConfig {
+            local_watts: Some(10.0),
+            hardware_usd_per_hour: 0.36,
+            ..PriceConfig::default()
+        };
+        assert!((local_usd(&energy, 0, 3600.0) - (0.0015 + 0.36)).abs() < 1e-12);
+        assert!(
+            (local_usd(&energy, 500, 2.0) - (10.0 * 2.0 / 3.6e6 * 0.15 + 0.0002)).abs() < 1e-12
+        );
     }
 }
