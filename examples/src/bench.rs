@@ -23,6 +23,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Instead: time to first remote token through our client against the server's own TTFT
+    /// (needs a `[remote]` that is `edgecascade serve`), over this many requests.
+    #[arg(long, value_name = "REQUESTS")]
+    remote_ttft: Option<u32>,
     /// Instead: measure a second chat turn's TTFT (prefix reuse) against the same turn cold,
     /// on a history of about this many tokens.
     #[arg(long, value_name = "HISTORY_TOKENS")]
@@ -42,6 +46,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
+    if let Some(n) = args.remote_ttft {
+        return remote_ttft(&args.model, n, args.json);
+    }
     if args.reps == 0 || args.prompt_tokens == 0 || args.gen_tokens < 2 {
         return Err(Failure::Usage(
             "--reps and --prompt-tokens must be at least 1, --gen-tokens at least 2".into(),
@@ -165,6 +172,48 @@ fn prefix_reuse(
             warm / cold,
             reps + 1
         );
+    }
+    Ok(())
+}
+
+/// Client-observed time to the first remote token minus the server's own TTFT, per request.
+fn remote_ttft(model: &ModelArgs, n: u32, json: bool) -> Result<(), Failure> {
+    use edgecascade::engine::remote::RemoteEngine;
+    use edgecascade::ChatRequest;
+    let cfg = crate::common::load_config_file(model)?;
+    let remote = cfg
+        .remote
+        .as_ref()
+        .ok_or_else(|| Failure::Usage("--remote-ttft needs a [remote] section".into()))?;
+    let engine = RemoteEngine::new(remote)?;
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let mut over = Vec::new();
+    for i in 0..=n {
+        let req = ChatRequest {
+            max_tokens: 8,
+            ..ChatRequest::user(format!("Say a word about the number {i}."))
+        };
+        let out = engine.generate(&req, &cancel, &mut |_| {})?;
+        let server = out.server_ttft_ms.ok_or_else(|| {
+            Failure::Runtime(
+                "the server reports no TTFT: use edgecascade serve as the remote".into(),
+            )
+        })?;
+        if i > 0 {
+            over.push(out.ttft_ms - server);
+        }
+    }
+    let mut sorted = over.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p50 = median(over);
+    let p99 = sorted[((0.99 * sorted.len() as f64).ceil() as usize).saturating_sub(1)];
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"requests": n, "client_overhead_ms_p50": p50, "client_overhead_ms_p99": p99})
+        );
+    } else {
+        println!("time to first remote token, client minus server TTFT over {n} requests: p50 {p50:.2} ms, p99 {p99:.2} ms");
     }
     Ok(())
 }

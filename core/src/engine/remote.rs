@@ -113,6 +113,9 @@ pub struct RemoteOutput {
     pub total_ms: f64,
     /// Attempts made.
     pub attempts: u32,
+    /// The server's own time to first token, when it reports one (`edgecascade serve` does, in
+    /// its `edgecascade` extension), for measuring what the client and HTTP add.
+    pub server_ttft_ms: Option<f64>,
 }
 
 /// An API key that never prints.
@@ -371,6 +374,10 @@ impl RemoteEngine {
         let response = request
             .send(self.body(req).to_string())
             .map_err(|e| (self.transport_error(&e, "first byte"), None))?;
+        log::debug!(
+            "remote headers after {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let status = response.status().as_u16();
         if status != 200 {
             let retry_after = response
@@ -431,6 +438,7 @@ impl RemoteEngine {
             ttft_ms: 0.0,
             total_ms: 0.0,
             attempts: 1,
+            server_ttft_ms: None,
         };
         let mut finish: Option<FinishReason> = None;
         let mut data = String::new();
@@ -514,6 +522,9 @@ impl RemoteEngine {
                         None,
                     ));
                 }
+                if let Some(t) = v["edgecascade"]["timings"]["ttft_ms"].as_f64() {
+                    out.server_ttft_ms = Some(t);
+                }
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
                     out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
@@ -532,6 +543,7 @@ impl RemoteEngine {
                     if let Some(t) = c["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                         if out.text.is_empty() {
                             out.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+                            log::debug!("remote first text after {:.2} ms", out.ttft_ms);
                         }
                         out.text.push_str(t);
                         on_text(t);

@@ -155,6 +155,10 @@ async fn serve(
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let shutdown_state = Arc::clone(&state);
+    // Token-sized SSE writes must not wait for ACKs (Nagle): that cost 2-5 ms per first token.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
