@@ -137,6 +137,8 @@ pub struct RemoteConfig {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Allow plain http to non-loopback hosts.
     pub allow_insecure_http: bool,
+    /// Stream the answer over SSE (default); false asks for one JSON response.
+    pub stream: bool,
 }
 
 impl Default for RemoteConfig {
@@ -152,6 +154,7 @@ impl Default for RemoteConfig {
             max_retries: 2,
             headers: std::collections::BTreeMap::new(),
             allow_insecure_http: false,
+            stream: true,
         }
     }
 }

@@ -148,6 +148,7 @@ pub struct RemoteEngine {
     max_retries: u32,
     chunk_gap: Duration,
     total: Duration,
+    stream: bool,
     breaker: Mutex<Breaker>,
 }
 
@@ -231,6 +232,7 @@ impl RemoteEngine {
             max_retries: cfg.max_retries,
             chunk_gap: secs(cfg.chunk_gap_timeout_s),
             total: secs(cfg.total_timeout_s),
+            stream: cfg.stream,
             breaker: Mutex::new(Breaker::default()),
         })
     }
@@ -331,10 +333,12 @@ impl RemoteEngine {
         let mut body = json!({
             "model": self.model,
             "messages": messages,
-            "stream": true,
-            "stream_options": {"include_usage": true},
+            "stream": self.stream,
             "temperature": req.sampling.temperature,
         });
+        if self.stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
         if req.max_tokens != u32::MAX {
             body["max_tokens"] = json!(req.max_tokens);
         }
@@ -403,6 +407,12 @@ impl RemoteEngine {
                 },
                 retry_after,
             ));
+        }
+
+        if !self.stream {
+            return self
+                .read_json(response, req, t0, on_text)
+                .map_err(|e| (e, None));
         }
 
         // Read SSE lines on a helper thread, so a stalled stream is caught by the gap timeout
@@ -580,6 +590,60 @@ impl RemoteEngine {
                 (out.text.len() / 4).max(usize::from(!out.text.is_empty())) as u32;
         }
         Ok(out)
+    }
+
+    /// A non-streaming answer: one JSON object.
+    fn read_json(
+        &self,
+        response: ureq::http::Response<ureq::Body>,
+        req: &ChatRequest,
+        t0: Instant,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, RemoteError> {
+        let url = &self.url;
+        let text = response
+            .into_body()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| self.transport_error(&e, "total"))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| RemoteError::Malformed {
+            url: url.clone(),
+            detail: format!(
+                "response is not JSON ({e}): {}",
+                text.chars().take(120).collect::<String>()
+            ),
+        })?;
+        let choice = &v["choices"][0];
+        let Some(content) = choice["message"]["content"].as_str() else {
+            return Err(RemoteError::Malformed {
+                url: url.clone(),
+                detail: "no choices[0].message.content".into(),
+            });
+        };
+        let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+        on_text(content);
+        let usage = v.get("usage").filter(|u| !u.is_null());
+        let chars: usize = req.messages.iter().map(|m| m.content.len() + 4).sum();
+        Ok(RemoteOutput {
+            text: content.to_owned(),
+            finish_reason: if choice["finish_reason"].as_str() == Some("length") {
+                FinishReason::Length
+            } else {
+                FinishReason::Stop
+            },
+            prompt_tokens: usage
+                .and_then(|u| u["prompt_tokens"].as_u64())
+                .map_or((chars / 4).max(1) as u32, |n| n as u32),
+            completion_tokens: usage
+                .and_then(|u| u["completion_tokens"].as_u64())
+                .map_or((content.len() / 4) as u32, |n| n as u32),
+            usage_estimated: usage.is_none(),
+            ttft_ms,
+            total_ms: 0.0,
+            attempts: 1,
+            server_ttft_ms: v["edgecascade"]["timings"]["ttft_ms"].as_f64(),
+        })
     }
 
     fn transport_error(&self, e: &ureq::Error, phase: &'static str) -> RemoteError {

@@ -26,6 +26,8 @@ pub enum Behavior {
     Hangup,
     /// Wait this long before sending the response headers.
     SlowHeaders(Duration),
+    /// A non-streaming JSON answer (or this raw body, if not JSON).
+    Json(&'static str),
 }
 
 pub struct FaultServer {
@@ -103,6 +105,9 @@ fn serve(mut s: TcpStream, b: &Behavior) {
             std::thread::sleep(*d);
         }
         Behavior::Hangup => {}
+        Behavior::Json(body) => {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
         Behavior::SlowHeaders(d) => {
             std::thread::sleep(*d);
             let _ = s.write_all(sse_head.as_bytes());

@@ -214,3 +214,37 @@ fn the_api_key_never_appears_in_logs_errors_or_debug_output() {
         assert!(!line.contains(key), "key leaked: {line}");
     }
 }
+
+#[test]
+fn non_streaming_answers_and_their_faults() {
+    let s = FaultServer::start(vec![
+        Behavior::Json(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#,
+        ),
+        Behavior::Json(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"length"}]}"#,
+        ),
+        Behavior::Json("<html>proxy error</html>"),
+    ]);
+    let e = RemoteEngine::new(&RemoteConfig {
+        base_url: s.url.clone(),
+        model: "m".into(),
+        stream: false,
+        max_retries: 0,
+        ..RemoteConfig::default()
+    })
+    .unwrap();
+    let (r, streamed) = ask(&e);
+    let r = r.unwrap();
+    assert_eq!((r.text.as_str(), streamed.as_str()), ("Paris.", "Paris."));
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.usage_estimated),
+        (9, 2, false)
+    );
+    let body: serde_json::Value = serde_json::from_str(&s.bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(body["stream"], false);
+    let r = ask(&e).0.unwrap();
+    assert!(r.usage_estimated && r.finish_reason == FinishReason::Length);
+    let err = ask(&e).0.unwrap_err();
+    assert!(err.to_string().contains("not JSON"), "{err}");
+}
