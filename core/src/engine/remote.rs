@@ -583,11 +583,7 @@ impl RemoteEngine {
         };
         out.finish_reason = finish;
         if out.usage_estimated {
-            // No usage from the server: estimate about 4 characters per token.
-            let chars: usize = req.messages.iter().map(|m| m.content.len() + 4).sum();
-            out.prompt_tokens = (chars / 4).max(1) as u32;
-            out.completion_tokens =
-                (out.text.len() / 4).max(usize::from(!out.text.is_empty())) as u32;
+            (out.prompt_tokens, out.completion_tokens) = estimate_usage(req, &out.text);
         }
         Ok(out)
     }
@@ -624,7 +620,7 @@ impl RemoteEngine {
         let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
         on_text(content);
         let usage = v.get("usage").filter(|u| !u.is_null());
-        let chars: usize = req.messages.iter().map(|m| m.content.len() + 4).sum();
+        let (est_prompt, est_completion) = estimate_usage(req, content);
         Ok(RemoteOutput {
             text: content.to_owned(),
             finish_reason: if choice["finish_reason"].as_str() == Some("length") {
@@ -634,10 +630,10 @@ impl RemoteEngine {
             },
             prompt_tokens: usage
                 .and_then(|u| u["prompt_tokens"].as_u64())
-                .map_or((chars / 4).max(1) as u32, |n| n as u32),
+                .map_or(est_prompt, |n| n as u32),
             completion_tokens: usage
                 .and_then(|u| u["completion_tokens"].as_u64())
-                .map_or((content.len() / 4) as u32, |n| n as u32),
+                .map_or(est_completion, |n| n as u32),
             usage_estimated: usage.is_none(),
             ttft_ms,
             total_ms: 0.0,
@@ -686,6 +682,16 @@ impl RemoteEngine {
             }
         }
     }
+}
+
+/// Token counts for a server that sent no usage: about 4 characters per token, plus a few
+/// template tokens per message. Marked `usage_estimated` wherever used.
+fn estimate_usage(req: &ChatRequest, answer: &str) -> (u32, u32) {
+    let chars: usize = req.messages.iter().map(|m| m.content.len() + 4).sum();
+    (
+        (chars / 4).max(1) as u32,
+        (answer.len() / 4).max(usize::from(!answer.is_empty())) as u32,
+    )
 }
 
 fn jitter() -> f64 {
