@@ -16,4 +16,14 @@ if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
   "$venv/bin/pip" install -q openai==3.54.0
 fi
 export EDGECASCADE_PYTHON="$venv/bin/python"
-cargo test --release --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).
+summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log")
+[ -n "${EDGECASCADE_TEST_SUMMARY:-}" ] && echo "$summary" > "$EDGECASCADE_TEST_SUMMARY"
+echo "$summary"
+exit "$status"
