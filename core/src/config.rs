@@ -17,6 +17,8 @@ pub struct Config {
     pub local: LocalConfig,
     /// The remote tier; without it everything is local.
     pub remote: Option<RemoteConfig>,
+    /// Routing rules beyond the built-in ones.
+    pub router: RouterConfig,
     /// When to escalate.
     pub cascade: CascadeConfig,
     /// Remote spend caps.
@@ -157,6 +159,47 @@ impl Default for RemoteConfig {
             stream: true,
         }
     }
+}
+
+/// Where a rule sends a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteTarget {
+    /// The local tier only.
+    Local,
+    /// The remote tier only.
+    Remote,
+    /// Local first, escalating when unsure.
+    #[default]
+    Cascade,
+}
+
+/// One routing rule: every condition given must hold; the first matching rule wins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteRule {
+    /// A name for the rule, reported in `reason_detail`.
+    pub name: Option<String>,
+    /// Prompts of at least this many tokens.
+    pub min_prompt_tokens: Option<u32>,
+    /// Prompts of at most this many tokens.
+    pub max_prompt_tokens: Option<u32>,
+    /// The last user message contains any of these (case-insensitive).
+    pub contains: Vec<String>,
+    /// Where matching requests go.
+    pub route: RouteTarget,
+}
+
+/// The `[router]` section. The built-in rules (private, forced, no remote tier, breaker open,
+/// budget exhausted, prompt too long for the local context) always come first; these rules
+/// then apply in order; `default` takes the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Where requests no rule matches go.
+    pub default: RouteTarget,
+    /// Ordered rules.
+    pub rules: Vec<RouteRule>,
 }
 
 /// The `[cascade]` section.

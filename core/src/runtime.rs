@@ -38,6 +38,10 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The router's decision, the local overflow (prompt and context tokens) if any, and the
+/// request's worst-case remote cost in USD.
+type Routed = (policy::Decision, Option<(u32, u32)>, f64);
+
 /// Largest completion assumed when reserving budget for a request without `max_tokens`.
 const WORST_CASE_COMPLETION: u32 = 4096;
 
@@ -133,36 +137,7 @@ impl Runtime {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
 
-        // Facts for the router.
-        let prompt_tokens = self.local.count_prompt_tokens(&req.messages)?;
-        let n_ctx = self.local.n_ctx();
-        let overflow = (prompt_tokens >= n_ctx
-            && self.config.local.context_policy == ContextPolicy::Error)
-            .then_some((prompt_tokens, n_ctx));
-        let unavailable = self
-            .remote
-            .as_ref()
-            .and_then(|r| r.check_available().err())
-            .map(|e| e.to_string());
-        let worst = cost::remote_usd(
-            &self.config.prices,
-            prompt_tokens,
-            req.max_tokens.min(WORST_CASE_COMPLETION),
-        );
-        let refusal =
-            if self.remote.is_some() && !req.private && req.policy != PolicyOverride::ForceLocal {
-                self.budget_check(&id, worst, true).err()
-            } else {
-                None
-            };
-        let decision = policy::route(&RouteInput {
-            policy: req.policy,
-            private: req.private,
-            remote_configured: self.remote.is_some(),
-            remote_unavailable: unavailable.as_deref(),
-            budget_refusal: refusal.as_deref(),
-            overflow,
-        });
+        let (decision, overflow, worst) = self.decide(req, &id)?;
         log::debug!("request {id}: {:?} ({})", decision.plan, decision.detail);
 
         let work = Mutex::new(Work::default());
@@ -217,6 +192,49 @@ impl Runtime {
         }
         sink.on_event(Event::Done(Box::new(response.clone())));
         Ok(response)
+    }
+
+    /// Gathers what the router needs and asks it: the decision, the local overflow (prompt and
+    /// context tokens) if any, and the worst-case remote cost of the request.
+    fn decide(&self, req: &ChatRequest, id: &str) -> Result<Routed> {
+        let prompt_tokens = self.local.count_prompt_tokens(&req.messages)?;
+        let n_ctx = self.local.n_ctx();
+        let overflow = (prompt_tokens >= n_ctx
+            && self.config.local.context_policy == ContextPolicy::Error)
+            .then_some((prompt_tokens, n_ctx));
+        let unavailable = self
+            .remote
+            .as_ref()
+            .and_then(|r| r.check_available().err())
+            .map(|e| e.to_string());
+        let worst = cost::remote_usd(
+            &self.config.prices,
+            prompt_tokens,
+            req.max_tokens.min(WORST_CASE_COMPLETION),
+        );
+        let refusal =
+            if self.remote.is_some() && !req.private && req.policy != PolicyOverride::ForceLocal {
+                self.budget_check(id, worst, true).err()
+            } else {
+                None
+            };
+        let decision = policy::route(&RouteInput {
+            policy: req.policy,
+            private: req.private,
+            remote_configured: self.remote.is_some(),
+            remote_unavailable: unavailable.as_deref(),
+            budget_refusal: refusal.as_deref(),
+            overflow,
+            prompt_tokens,
+            last_user: req
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == crate::types::Role::User)
+                .map_or("", |m| m.content.as_str()),
+            rules: &self.config.router,
+        });
+        Ok((decision, overflow, worst))
     }
 
     /// Reserves (or, with `dry_run`, only checks) `usd` of remote budget for request `id`.

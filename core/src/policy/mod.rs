@@ -1,7 +1,7 @@
 //! Policy: the router decides before generation, the cascade during and after it. Both are pure
 //! functions of plain inputs, so every decision is testable and carries a stable reason code.
 
-use crate::config::CascadeConfig;
+use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
 use crate::engine::local::TokenSignal;
 use crate::types::{Confidence, PolicyOverride};
 
@@ -22,7 +22,7 @@ pub struct Decision {
     /// Where to go.
     pub plan: Plan,
     /// Stable code: private, forced, no_remote, remote_unavailable, budget_exhausted,
-    /// context_too_long, or cascade.
+    /// context_too_long, rule (a `[[router.rules]]` entry matched), or cascade.
     pub reason: &'static str,
     /// The same in prose.
     pub detail: String,
@@ -43,6 +43,12 @@ pub struct RouteInput<'a> {
     pub budget_refusal: Option<&'a str>,
     /// Prompt tokens and the local context, when the prompt does not fit.
     pub overflow: Option<(u32, u32)>,
+    /// Prompt tokens (for config rules).
+    pub prompt_tokens: u32,
+    /// The last user message (for config rules).
+    pub last_user: &'a str,
+    /// The configured rules.
+    pub rules: &'a RouterConfig,
 }
 
 /// The router: plain rules, evaluated in order.
@@ -97,11 +103,37 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
             format!("prompt of {prompt} tokens does not fit the local context of {n_ctx}"),
         );
     }
-    d(
-        Plan::Cascade,
-        "cascade",
-        "local first, escalating if unsure".into(),
-    )
+    let plan = |t: RouteTarget| match t {
+        RouteTarget::Local => Plan::Local,
+        RouteTarget::Remote => Plan::Remote,
+        RouteTarget::Cascade => Plan::Cascade,
+    };
+    let text = i.last_user.to_lowercase();
+    for (n, r) in i.rules.rules.iter().enumerate() {
+        let matches = r.min_prompt_tokens.is_none_or(|m| i.prompt_tokens >= m)
+            && r.max_prompt_tokens.is_none_or(|m| i.prompt_tokens <= m)
+            && (r.contains.is_empty()
+                || r.contains.iter().any(|c| text.contains(&c.to_lowercase())));
+        if matches {
+            let name = r
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("router.rules[{n}]"));
+            return d(plan(r.route), "rule", format!("matched {name}"));
+        }
+    }
+    match i.rules.default {
+        RouteTarget::Cascade => d(
+            Plan::Cascade,
+            "cascade",
+            "local first, escalating if unsure".into(),
+        ),
+        other => d(
+            plan(other),
+            "rule",
+            format!("router.default = {other:?}").to_lowercase(),
+        ),
+    }
 }
 
 /// The confidence signals a threshold can be set on.
@@ -212,6 +244,11 @@ impl Cascade {
 mod tests {
     use super::*;
 
+    static NO_RULES: RouterConfig = RouterConfig {
+        default: RouteTarget::Cascade,
+        rules: Vec::new(),
+    };
+
     fn input() -> RouteInput<'static> {
         RouteInput {
             policy: PolicyOverride::Auto,
@@ -220,7 +257,87 @@ mod tests {
             remote_unavailable: None,
             budget_refusal: None,
             overflow: None,
+            prompt_tokens: 30,
+            last_user: "Write a Python function",
+            rules: &NO_RULES,
         }
+    }
+
+    #[test]
+    fn config_rules_apply_in_order_after_the_built_ins() {
+        use crate::config::RouteRule;
+        let rules = RouterConfig {
+            default: RouteTarget::Local,
+            rules: vec![
+                RouteRule {
+                    name: Some("code".into()),
+                    contains: vec!["python".into()],
+                    route: RouteTarget::Remote,
+                    ..RouteRule::default()
+                },
+                RouteRule {
+                    min_prompt_tokens: Some(1000),
+                    route: RouteTarget::Remote,
+                    ..RouteRule::default()
+                },
+                RouteRule {
+                    max_prompt_tokens: Some(50),
+                    route: RouteTarget::Cascade,
+                    ..RouteRule::default()
+                },
+            ],
+        };
+        let r = route(&RouteInput {
+            rules: &rules,
+            ..input()
+        });
+        assert_eq!(
+            (r.plan, r.reason, r.detail.as_str()),
+            (Plan::Remote, "rule", "matched code")
+        );
+        let r = route(&RouteInput {
+            rules: &rules,
+            last_user: "hi",
+            ..input()
+        });
+        assert_eq!(
+            (r.plan, r.detail.as_str()),
+            (Plan::Cascade, "matched router.rules[2]")
+        );
+        let r = route(&RouteInput {
+            rules: &rules,
+            last_user: "hi",
+            prompt_tokens: 2000,
+            ..input()
+        });
+        assert_eq!(r.plan, Plan::Remote);
+        let r = route(&RouteInput {
+            rules: &rules,
+            last_user: "hi",
+            prompt_tokens: 500,
+            ..input()
+        });
+        assert_eq!(r.plan, Plan::Local, "the default");
+        // Built-ins first: a private request ignores the rules.
+        assert_eq!(
+            route(&RouteInput {
+                rules: &rules,
+                private: true,
+                ..input()
+            })
+            .reason,
+            "private"
+        );
+        // A rule that sends a request remote needs a remote tier: without one, built-ins win.
+        assert_eq!(
+            route(&RouteInput {
+                rules: &rules,
+                remote_configured: false,
+                ..input()
+            })
+            .reason,
+            "no_remote"
+        );
     }
 
     #[test]
