@@ -435,3 +435,20 @@ fn budget_caps_never_overshoot_under_16_concurrent_escalations() {
         assert!(!r.text.is_empty(), "every request gets an answer");
     }
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_full_disk_under_the_ledger_loses_no_answer() {
+    // /dev/full fails every write with ENOSPC: the disk-full case, for real.
+    let mut c = config_for(smollm2());
+    c.ledger.path = Some("/dev/full".into());
+    let rt = Runtime::new(c).unwrap();
+    let r = rt.chat(&greedy("What is 2+2?", 8), &NullSink).unwrap();
+    assert!(!r.text.is_empty(), "the answer stands");
+    let e = r
+        .ledger_error
+        .clone()
+        .expect("the failed record is reported");
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(r.to_contract_json()["ledger_error"].is_string());
+}
