@@ -683,4 +683,69 @@ mod cascade {
             }
         }
     }
+
+    #[test]
+    fn a_budget_shared_by_separate_processes_never_overshoots() {
+        let remote = Server::start(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger.jsonl");
+        // The worst case `ask` reserves: its prompt (about 30 tokens) plus 16 at remote prices,
+        // about $0.00004; a cap of $0.0001 admits two or three at once, never more in total
+        // than it allows.
+        let cap = 0.0001;
+        let cfg = dir.path().join("edgecascade.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[local]\nmodel = {:?}\nn_ctx = 512\nthreads = 1\n[remote]\nbase_url = {:?}\nmodel = \"m\"\n[cascade]\nthreshold = 0.0\n[budget]\ndaily_usd = {cap}\n[ledger]\npath = {:?}\n",
+                model(),
+                remote.url(),
+                ledger
+            ),
+        )
+        .unwrap();
+        // All eight start before any is waited for: they contend for the ledger at once.
+        let children: Vec<_> = (0..8)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+                    .args([
+                        "ask",
+                        "--config",
+                        cfg.to_str().unwrap(),
+                        "--json",
+                        "--max-tokens",
+                        "16",
+                    ])
+                    .arg(format!("Tell me one fact about the number {i}."))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let procs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let mut escalated = 0;
+        for o in &procs {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(
+                ["escalated", "local"].contains(&v["route"].as_str().unwrap()),
+                "{v}"
+            );
+            escalated += usize::from(v["route"] == "escalated");
+        }
+        let report = edgecascade::cost::Ledger::new(&ledger)
+            .report(None)
+            .unwrap();
+        assert_eq!(report.requests, 8);
+        assert!(escalated >= 1, "the cap admits some escalations");
+        assert!(
+            report.remote_usd <= cap + 1e-12,
+            "spent {} over the cap {cap}",
+            report.remote_usd
+        );
+    }
 }
