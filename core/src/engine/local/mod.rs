@@ -133,6 +133,8 @@ pub struct LocalEngine {
     // Field order matters: slots (whose contexts borrow the model) drop before the model.
     pool: Mutex<Pool>,
     returned: Condvar,
+    /// The last rendered conversation and its tokens.
+    rendered: Mutex<Option<(Vec<ChatMessage>, Vec<LlamaToken>)>>,
     template: LlamaChatTemplate,
     info: ModelInfo,
     cfg: LocalConfig,
@@ -237,6 +239,7 @@ impl LocalEngine {
                 created: 0,
             }),
             returned: Condvar::new(),
+            rendered: Mutex::new(None),
             template,
             info,
             cfg,
@@ -450,7 +453,24 @@ impl LocalEngine {
         }
     }
 
+    /// Renders through a one-entry cache: the runtime counts a request's prompt tokens for the
+    /// router, then generation renders the same messages; the second call is a lookup.
     fn render(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, LocalError> {
+        if let Ok(cache) = self.rendered.lock() {
+            if let Some((m, t)) = cache.as_ref() {
+                if m.as_slice() == messages {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let tokens = self.render_uncached(messages)?;
+        if let Ok(mut cache) = self.rendered.lock() {
+            *cache = Some((messages.to_vec(), tokens.clone()));
+        }
+        Ok(tokens)
+    }
+
+    fn render_uncached(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, LocalError> {
         let msgs = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.as_str().to_owned(), m.content.clone()))
