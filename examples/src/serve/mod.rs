@@ -283,11 +283,24 @@ fn now() -> u64 {
 }
 
 /// Sets its flag when dropped: the response (or its stream) went away, so stop generating.
-struct CancelOnDrop(Arc<AtomicBool>);
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl CancelOnDrop {
+    fn new(flag: Arc<AtomicBool>) -> Self {
+        Self(Some(flag))
+    }
+
+    /// The work finished: nothing to cancel.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -355,18 +368,18 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         // Hold the headers until the first event, so an error before any token (an over-long
         // prompt, say) is a proper HTTP error rather than a 200 with an in-band error.
         let mut rx = rx;
-        let guard = CancelOnDrop(Arc::clone(&cancel));
+        let guard = CancelOnDrop::new(Arc::clone(&cancel));
         let Some(first) = rx.recv().await else {
             let result = worker
                 .await
                 .map_err(|e| internal(format!("generation task failed: {e}")))?;
-            std::mem::forget(guard);
+            guard.disarm();
             return Err(result.err().map_or_else(
                 || internal("generation ended without a result".into()),
                 |e| runtime_error(&e),
             ));
         };
-        std::mem::forget(guard);
+        guard.disarm();
         Ok(stream_response(
             Arc::clone(state),
             first,
@@ -378,11 +391,11 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
             include_usage,
         ))
     } else {
-        let guard = CancelOnDrop(cancel);
+        let guard = CancelOnDrop::new(cancel);
         let result = worker
             .await
             .map_err(|e| internal(format!("generation task failed: {e}")))?;
-        std::mem::forget(guard); // finished: nothing to cancel
+        guard.disarm();
         let r = result.map_err(|e| runtime_error(&e))?;
         if state.shutting_down.load(Ordering::SeqCst)
             && r.finish_reason == edgecascade::FinishReason::Cancelled
@@ -406,7 +419,7 @@ fn stream_response(
     include_usage: bool,
 ) -> HttpResponse {
     let model = state.model_name.clone();
-    let guard = CancelOnDrop(cancel);
+    let guard = CancelOnDrop::new(cancel);
     let stream = async_stream::stream! {
         let _guard = guard; // dropped with the stream when the client disconnects
         let data = |v: serde_json::Value| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string()));
