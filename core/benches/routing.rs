@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
-use edgecascade::config::BudgetConfig;
+use edgecascade::config::{BudgetConfig, CascadeConfig, RouterConfig};
+use edgecascade::engine::local::TokenSignal;
 use edgecascade::cost::{now_s, CostRecord, Ledger};
-use edgecascade::policy::{route, RouteInput};
-use edgecascade::PolicyOverride;
+use edgecascade::policy::{calibrated, route, CalibratedModel, Cascade, Evidence, RouteInput};
+use edgecascade::{ChatMessage, FinishReason, PolicyOverride};
 
 fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -25,6 +26,7 @@ fn main() {
         monthly_usd: Some(1e9),
         per_request_usd: None,
     };
+    let rules = RouterConfig::default();
     let (mut decide_append, mut check) = (Vec::new(), Vec::new());
     for i in 0..1000 {
         let t = Instant::now();
@@ -35,6 +37,9 @@ fn main() {
             remote_unavailable: None,
             budget_refusal: None,
             overflow: None,
+            prompt_tokens: 40,
+            last_user: "What is the capital of France?",
+            rules: &rules,
         });
         ledger
             .record(&CostRecord {
@@ -69,4 +74,50 @@ fn main() {
         pct(check, 0.99)
     );
     let _ = std::fs::remove_dir_all(dir);
+
+    // The calibrated cascade decision on a 16-token answer: features, then the model.
+    let signals: Vec<TokenSignal> = (0..16)
+        .map(|i| TokenSignal {
+            logprob: -0.05 * i as f32,
+            entropy: 0.3,
+            margin: 0.5,
+        })
+        .collect();
+    let messages = [ChatMessage::user(
+        "Which gas do plants take in?\n\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\n\nAnswer with the letter of the correct option only.",
+    )];
+    let e = Evidence {
+        messages: &messages,
+        hint: None,
+        prompt_tokens: 60,
+        signals: &signals,
+        text: "B. carbon dioxide",
+        finish: FinishReason::Stop,
+    };
+    let xs: Vec<[f64; calibrated::N]> = (0..64)
+        .map(|i| {
+            let mut x = calibrated::features(&e);
+            x[0] -= f64::from(i) * 0.01;
+            x
+        })
+        .collect();
+    let ys: Vec<bool> = (0..64).map(|i| i % 3 != 0).collect();
+    let cascade = Cascade::new(&CascadeConfig {
+        signal: "calibrated".into(),
+        threshold: 0.5,
+        calibrated: Some(CalibratedModel::fit(&xs, &ys, 1.0)),
+        ..CascadeConfig::default()
+    })
+    .expect("a valid model");
+    let mut decide = Vec::new();
+    for _ in 0..10_000 {
+        let t = Instant::now();
+        std::hint::black_box(cascade.after(std::hint::black_box(&e)));
+        decide.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "calibrated cascade decision (16-token answer): p50 {:.4} ms, p99 {:.4} ms",
+        pct(decide.clone(), 0.5),
+        pct(decide, 0.99)
+    );
 }

@@ -214,6 +214,8 @@ pub struct CascadeConfig {
     pub mid_stream_floor: f64,
     /// Mid-stream: only after this many tokens.
     pub mid_stream_min_tokens: u32,
+    /// The calibrated model (`signal = "calibrated"`), fitted by `edgecascade eval`.
+    pub calibrated: Option<crate::policy::CalibratedModel>,
 }
 
 impl Default for CascadeConfig {
@@ -223,6 +225,7 @@ impl Default for CascadeConfig {
             threshold: -1.0,
             mid_stream_floor: 0.05,
             mid_stream_min_tokens: 8,
+            calibrated: None,
         }
     }
 }

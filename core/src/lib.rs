@@ -8,6 +8,7 @@ pub mod config;
 pub mod cost;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod policy;
 pub mod runtime;
 pub mod types;

@@ -298,7 +298,14 @@ impl Runtime {
             Some(("mid_stream_low_confidence", m))
         } else {
             self.cascade
-                .after(&confidence::summarize(&local.signals))
+                .after(&policy::Evidence {
+                    messages: &req.messages,
+                    hint: req.task_hint,
+                    prompt_tokens: local.prompt_tokens,
+                    signals: &local.signals,
+                    text: &local.text,
+                    finish: local.finish_reason,
+                })
                 .map(|d| ("low_confidence", d))
         };
         let draft = local.text.clone();

@@ -124,6 +124,9 @@ pub struct ChatRequest {
     pub policy: PolicyOverride,
     /// A private request never leaves the device.
     pub private: bool,
+    /// What kind of answer the request wants, if the app knows: the calibrated cascade signal
+    /// uses it (otherwise it infers the kind from the prompt's wording).
+    pub task_hint: Option<crate::eval::Kind>,
 }
 
 impl Default for ChatRequest {
@@ -135,6 +138,7 @@ impl Default for ChatRequest {
             stop: Vec::new(),
             policy: PolicyOverride::Auto,
             private: false,
+            task_hint: None,
         }
     }
 }

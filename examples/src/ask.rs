@@ -50,6 +50,9 @@ pub struct Args {
     /// Force a tier.
     #[arg(long, value_enum)]
     force: Option<Force>,
+    /// What kind of answer the prompt wants, for the calibrated cascade signal.
+    #[arg(long, value_parser = ["choice", "number", "exact", "yesno"])]
+    task: Option<String>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -88,6 +91,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         stop: args.stop,
         policy,
         private: args.private,
+        task_hint: args
+            .task
+            .as_deref()
+            .and_then(edgecascade::eval::Kind::parse),
     };
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg, args.json)?;

@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod common;
 mod costs;
+mod eval;
 mod models;
 mod serve;
 
@@ -41,6 +42,8 @@ enum Command {
     Serve(serve::Args),
     /// Costs and savings from the ledger.
     Costs(costs::Args),
+    /// Measure the cascade on a labelled set: accuracy against share escalated, per signal.
+    Eval(eval::Args),
 }
 
 /// A failure with its exit code.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Models(a) => models::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Costs(a) => costs::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -247,3 +247,63 @@ fn chat_ctrl_c_cancels_the_answer_not_the_program() {
         "both turns must finish: {err}"
     );
 }
+
+#[test]
+fn costs_plan_arithmetic_and_json_contract() {
+    // 100M tokens/day at $0.0002 per 1k tokens is $600 per 30-day month.
+    let o = run(&[
+        "costs",
+        "plan",
+        "--tokens-per-day",
+        "100000000",
+        "--small-input-per-1k",
+        "0.0002",
+        "--small-output-per-1k",
+        "0.0002",
+        "--escalation",
+        "0.25",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("missing {k}"));
+    assert!((f("all_small_usd") - 600.0).abs() < 1e-6);
+    // The 70b preset at $0.004 per 1k: 20x the small tier.
+    assert!((f("all_large_usd") - 12_000.0).abs() < 1e-6);
+    assert!((f("cascade_usd") - (600.0 + 0.25 * 12_000.0)).abs() < 1e-6);
+    assert!((f("savings_usd") - (12_000.0 - 3_600.0)).abs() < 1e-6);
+    assert!(v["steps"].as_array().is_some_and(|s| s.len() >= 5));
+    // Requests x tokens per request is the same traffic.
+    let o = run(&[
+        "costs",
+        "plan",
+        "--requests-per-day",
+        "200000",
+        "--tokens-per-request",
+        "500",
+        "--json",
+    ]);
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(w["all_small_usd"], v["all_small_usd"]);
+    // The escalation rate read from `eval --json` output.
+    let dir = tempfile::tempdir().unwrap();
+    let eval = dir.path().join("eval.json");
+    std::fs::write(&eval, r#"{"recommended": {"escalation_rate": 0.25}}"#).unwrap();
+    let o = run(&[
+        "costs",
+        "plan",
+        "--from-eval",
+        eval.to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["cascade_usd"], v["cascade_usd"]);
+    // Nonsense is a usage error.
+    for bad in [
+        &["costs", "plan", "--escalation", "1.5"][..],
+        &["costs", "plan", "--small", "3b"][..],
+        &["costs", "plan", "--regions", "0"][..],
+    ] {
+        assert_eq!(run(bad).status.code(), Some(2), "{bad:?}");
+    }
+}

@@ -446,6 +446,7 @@ mod cascade {
             threshold,
             mid_stream_floor: floor,
             mid_stream_min_tokens: 8,
+            calibrated: None,
         };
         c.ledger.path = Some(ledger.to_owned());
         Runtime::new(c).unwrap()
@@ -746,6 +747,164 @@ mod cascade {
             report.remote_usd <= cap + 1e-12,
             "spent {} over the cap {cap}",
             report.remote_usd
+        );
+    }
+}
+
+/// `edgecascade eval` end to end: SmolLM2 local, Qwen-0.5B behind `serve` as the remote tier.
+mod eval {
+    use super::*;
+
+    const ITEMS: &str = r#"{"id": "c1", "question": "What is the color of the sky on a clear day?", "choices": ["green", "blue", "red", "black"], "answer": "B", "kind": "choice"}
+{"id": "c2", "question": "Which animal says moo?", "choices": ["cow", "cat", "dog", "duck"], "answer": "A", "kind": "choice"}
+{"id": "c3", "question": "How many legs does a spider have?", "choices": ["four", "six", "eight", "ten"], "answer": "C", "kind": "choice"}
+{"id": "c4", "question": "Which planet do we live on?", "choices": ["Mars", "Venus", "Jupiter", "Earth"], "answer": "D", "kind": "choice"}
+{"id": "n1", "question": "Calculate 7 + 5", "answer": "12", "kind": "number"}
+{"id": "n2", "question": "Calculate 30 - 8", "answer": "22", "kind": "number"}
+{"id": "n3", "question": "Calculate 6 * 7", "answer": "42", "kind": "number"}
+{"id": "y1", "question": "Is water wet?", "answer": "yes", "kind": "yesno"}
+{"id": "y2", "question": "Is the sun cold?", "answer": "no", "kind": "yesno"}
+{"id": "y3", "question": "Can fish breathe underwater?", "answer": "yes", "kind": "yesno"}
+"#;
+
+    fn eval(server: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+        let data = dir.join("mini.jsonl");
+        if !data.exists() {
+            std::fs::write(&data, ITEMS).unwrap();
+        }
+        Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+            .args([
+                "eval",
+                "--model",
+                model().to_str().unwrap(),
+                "--n-ctx",
+                "1024",
+            ])
+            .args(["--dataset", data.to_str().unwrap(), "--remote-url", server])
+            .args(["--remote-model", "qwen", "--folds", "2", "--json"])
+            .args(["--cache-dir", dir.join("cache").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .expect("run eval")
+    }
+
+    #[test]
+    #[allow(clippy::too_many_lines)]
+    fn ten_items_through_both_tiers_then_cached_and_written_into_the_config() {
+        let qwen = model_file("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen05");
+        let server = Server::start_model(&qwen, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("edgecascade.toml");
+        std::fs::write(
+            &config,
+            "# my settings\n[cascade]\nmid_stream_floor = 0.1\n",
+        )
+        .unwrap();
+        let (plot, details) = (
+            dir.path().join("plot.svg"),
+            dir.path().join("details.jsonl"),
+        );
+        let o = eval(
+            &server.url(),
+            dir.path(),
+            &[
+                "--plot",
+                plot.to_str().unwrap(),
+                "--details",
+                details.to_str().unwrap(),
+                "--write-config",
+                config.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+        for k in [
+            "items",
+            "small_accuracy",
+            "large_accuracy",
+            "apgr",
+            "cpt",
+            "oracle_escalation",
+            "auroc",
+            "recommended",
+            "signals",
+            "random_apgr",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k} in {v}");
+        }
+        assert_eq!(v["items"], 10);
+        let acc = |k: &str| v[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc("small_accuracy")));
+        // Qwen-0.5B knows these; SmolLM2-135M misses some.
+        assert!(acc("large_accuracy") >= 0.7, "{v}");
+        assert!(acc("large_accuracy") > acc("small_accuracy"), "{v}");
+        assert_eq!(v["random_apgr"].as_f64(), Some(0.5));
+        for k in ["mean_logprob", "min_prob", "p10_prob", "mean_entropy"] {
+            assert!(v["signals"][k]["apgr"].is_number(), "{k}: {v}");
+        }
+        for k in ["50", "80", "95"] {
+            assert!(v["cpt"][k].is_number() || v["cpt"][k].is_null());
+        }
+        let rec = &v["recommended"];
+        let esc = rec["escalation_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&esc));
+        assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&details)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 10);
+        let small_right = rows.iter().filter(|r| r["small_correct"] == true).count() as f64;
+        assert!((small_right / 10.0 - acc("small_accuracy")).abs() < 1e-9);
+
+        // The config keeps what was there and loads with the recommended rule.
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            text.contains("# my settings") && text.contains("mid_stream_floor = 0.1"),
+            "{text}"
+        );
+        let cfg = edgecascade::Config::from_file(&config).unwrap();
+        assert_eq!(cfg.cascade.signal, rec["signal"].as_str().unwrap());
+        assert!((cfg.cascade.threshold - rec["threshold"].as_f64().unwrap()).abs() < 1e-5);
+        edgecascade::policy::Cascade::new(&cfg.cascade).unwrap();
+
+        // Cached: with the remote tier gone, a rerun (a threshold sweep) gives the same numbers,
+        // even after a torn line at the end of the cache.
+        drop(server);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("cache/results.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"key\": \"torn").unwrap();
+        let o = eval(
+            "http://127.0.0.1:9",
+            dir.path(),
+            &["--max-escalation", "0.3"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(w["small_accuracy"], v["small_accuracy"]);
+        assert_eq!(w["large_accuracy"], v["large_accuracy"]);
+        assert!(w["recommended"]["escalation_rate"].as_f64().unwrap() <= 0.3 + 1e-9);
+
+        // A bad dataset line is a clear error naming the file and line.
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(
+            &bad,
+            "{\"id\": \"x\", \"question\": \"q\", \"answer\": \"ten\", \"kind\": \"number\"}\n",
+        )
+        .unwrap();
+        let o = eval(
+            "http://127.0.0.1:9",
+            dir.path(),
+            &["--dataset", bad.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("bad.jsonl:1") && err.contains("not a number"),
+            "{err}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Cost: prices per tier, the per-request cost record, the durable ledger, and budgets.
 
 pub mod ledger;
+pub mod plan;
 
 pub use ledger::{CostRecord, CostReport, Ledger, LedgerError};
 

@@ -1,9 +1,13 @@
 //! Policy: the router decides before generation, the cascade during and after it. Both are pure
 //! functions of plain inputs, so every decision is testable and carries a stable reason code.
 
+pub mod calibrated;
+
 use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
 use crate::engine::local::TokenSignal;
 use crate::types::{Confidence, PolicyOverride};
+
+pub use calibrated::{CalibratedModel, Evidence};
 
 /// Where a request goes before generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,8 @@ pub enum Signal {
     P10Prob,
     /// Mean entropy (escalate above).
     MeanEntropy,
+    /// P(the small model is right) from the calibrated model (escalate below).
+    Calibrated,
 }
 
 impl Signal {
@@ -157,18 +163,32 @@ impl Signal {
             "min_prob" => Signal::MinProb,
             "p10_prob" => Signal::P10Prob,
             "mean_entropy" => Signal::MeanEntropy,
+            "calibrated" => Signal::Calibrated,
             _ => return None,
         })
     }
 
-    /// The signal's value in a summary.
-    pub fn value(self, c: &Confidence) -> f64 {
+    /// The config name.
+    pub fn name(self) -> &'static str {
         match self {
+            Signal::MeanLogprob => "mean_logprob",
+            Signal::MinProb => "min_prob",
+            Signal::P10Prob => "p10_prob",
+            Signal::MeanEntropy => "mean_entropy",
+            Signal::Calibrated => "calibrated",
+        }
+    }
+
+    /// The signal's value in a summary; `None` for the calibrated signal, which needs more
+    /// than the summary.
+    pub fn value(self, c: &Confidence) -> Option<f64> {
+        Some(match self {
             Signal::MeanLogprob => c.mean_logprob,
             Signal::MinProb => c.min_prob,
             Signal::P10Prob => c.p10_prob,
             Signal::MeanEntropy => c.mean_entropy,
-        }
+            Signal::Calibrated => return None,
+        })
     }
 
     /// Whether `value` is on the unsure side of `threshold`.
@@ -184,6 +204,7 @@ impl Signal {
 #[derive(Debug, Clone)]
 pub struct Cascade {
     signal: Signal,
+    model: Option<CalibratedModel>,
     threshold: f64,
     floor: f64,
     min_tokens: u32,
@@ -197,28 +218,54 @@ impl Cascade {
     pub fn new(c: &CascadeConfig) -> Result<Self, String> {
         let signal = Signal::parse(&c.signal).ok_or_else(|| {
             format!(
-                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy",
+                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy, calibrated",
                 c.signal
             )
         })?;
+        if let Some(m) = &c.calibrated {
+            m.validate()?;
+        }
+        if signal == Signal::Calibrated && c.calibrated.is_none() {
+            return Err(
+                "cascade.signal = \"calibrated\" needs a [cascade.calibrated] section: fit one with `edgecascade eval --write-config`".into(),
+            );
+        }
+        if signal == Signal::Calibrated && !(0.0..=1.0).contains(&c.threshold) {
+            return Err(format!(
+                "cascade.threshold {} must be a probability (0 to 1) for the calibrated signal",
+                c.threshold
+            ));
+        }
         Ok(Self {
             signal,
+            model: c.calibrated.clone(),
             threshold: c.threshold,
             floor: c.mid_stream_floor,
             min_tokens: c.mid_stream_min_tokens,
         })
     }
 
+    /// The decision score of a local answer: the configured signal's value.
+    pub fn score(&self, e: &Evidence<'_>) -> f64 {
+        match (self.signal, &self.model) {
+            (Signal::Calibrated, Some(m)) => m.predict(&calibrated::features(e)),
+            (s, _) => s
+                .value(&crate::engine::local::confidence::summarize(e.signals))
+                .unwrap_or(f64::NAN),
+        }
+    }
+
     /// After the local answer: `Some(detail)` to escalate.
-    pub fn after(&self, c: &Confidence) -> Option<String> {
-        if c.tokens == 0 {
+    pub fn after(&self, e: &Evidence<'_>) -> Option<String> {
+        if e.signals.is_empty() || e.text.trim().is_empty() {
             return Some("the local answer is empty".into());
         }
-        let v = self.signal.value(c);
-        self.signal.unsure(v, self.threshold).then(|| {
+        let v = self.score(e);
+        (v.is_nan() || self.signal.unsure(v, self.threshold)).then(|| {
             format!(
-                "{:?} {v:.3} is past the threshold {}",
-                self.signal, self.threshold
+                "{} {v:.3} is past the threshold {}",
+                self.signal.name(),
+                self.threshold
             )
         })
     }
@@ -415,18 +462,36 @@ mod tests {
             })
             .unwrap()
         };
-        let conf = Confidence {
-            mean_logprob: -0.5,
-            min_prob: 0.2,
-            p10_prob: 0.3,
-            mean_entropy: 1.5,
-            tokens: 10,
-            ..Confidence::default()
+        // Ten tokens at p = e^-0.5, entropy 1.5: mean logprob -0.5.
+        let signals = [TokenSignal {
+            logprob: -0.5,
+            entropy: 1.5,
+            margin: 0.2,
+        }; 10];
+        let messages = [crate::types::ChatMessage::user("hi")];
+        let e = Evidence {
+            messages: &messages,
+            hint: None,
+            prompt_tokens: 5,
+            signals: &signals,
+            text: "hello",
+            finish: crate::types::FinishReason::Stop,
         };
-        assert!(c("mean_logprob", -1.0).after(&conf).is_none());
-        assert!(c("mean_logprob", -0.2).after(&conf).is_some());
-        assert!(c("mean_entropy", 1.0).after(&conf).is_some());
-        assert!(c("mean_entropy", 2.0).after(&conf).is_none());
+        assert!(c("mean_logprob", -1.0).after(&e).is_none());
+        assert!(c("mean_logprob", -0.2).after(&e).is_some());
+        assert!(c("mean_entropy", 1.0).after(&e).is_some());
+        assert!(c("mean_entropy", 2.0).after(&e).is_none());
+        // An empty answer always escalates.
+        assert!(c("mean_logprob", -9.0)
+            .after(&Evidence { text: " ", ..e })
+            .is_some());
+        // The calibrated signal needs its model.
+        assert!(Cascade::new(&CascadeConfig {
+            signal: "calibrated".into(),
+            ..CascadeConfig::default()
+        })
+        .unwrap_err()
+        .contains("[cascade.calibrated]"));
         assert!(Cascade::new(&CascadeConfig {
             signal: "vibes".into(),
             ..CascadeConfig::default()

@@ -35,6 +35,8 @@ pub struct Extension {
     pub force: Option<String>,
     #[serde(default)]
     pub private: bool,
+    /// The task hint: "choice", "number", "exact" or "yesno".
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +89,7 @@ impl ApiError {
 
 impl CompletionRequest {
     /// Our request, or a 400 saying what is wrong.
+    #[allow(clippy::too_many_lines)]
     pub fn into_chat(self) -> Result<(ChatRequest, bool, bool), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
@@ -163,6 +166,15 @@ impl CompletionRequest {
                 ))
             }
         };
+        let task_hint = match ext.task.as_deref() {
+            None => None,
+            Some(t) => Some(edgecascade::eval::Kind::parse(t).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("edgecascade.task {t:?} must be choice, number, exact or yesno"),
+                    Some("edgecascade"),
+                )
+            })?),
+        };
         let sampling = Sampling {
             temperature,
             top_p,
@@ -180,6 +192,7 @@ impl CompletionRequest {
                 stop,
                 policy,
                 private: ext.private,
+                task_hint,
             },
             self.stream,
             include_usage,

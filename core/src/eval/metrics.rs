@@ -1,0 +1,276 @@
+//! Cascade metrics over per-item outcomes and a confidence score (higher = surer that the small
+//! model is right; the cascade escalates the lowest scores first).
+//!
+//! - The accuracy curve: acc(k/N) when the k lowest-scored items of N are escalated. Tied scores
+//!   cannot be split by any threshold, so within a run of ties the curve is the expectation over
+//!   which of them go (a straight line across the run). A constant score is therefore exactly
+//!   random escalation.
+//! - PGR(x) = (acc(x) - small) / (large - small), unclipped.
+//! - APGR: the trapezoid area under PGR over x = 0, 1/N, ..., 1 (RouteLLM's metric).
+//! - CPT(p): the smallest share escalated at which PGR reaches p.
+//! - AUROC of the score for "the small model is right" (Mann-Whitney, ties count half).
+
+// Math reads best with math names; ties are exact float equality on purpose.
+#![allow(clippy::many_single_char_names, clippy::float_cmp)]
+
+/// What each tier got right on one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The small (local) model was right.
+    pub small: bool,
+    /// The large (remote) model was right.
+    pub large: bool,
+}
+
+/// Accuracy of the small and large models alone.
+pub fn accuracies(o: &[Outcome]) -> (f64, f64) {
+    let n = o.len().max(1) as f64;
+    (
+        o.iter().filter(|x| x.small).count() as f64 / n,
+        o.iter().filter(|x| x.large).count() as f64 / n,
+    )
+}
+
+/// Item indices from the lowest score to the highest (ties in index order), NaN first.
+pub fn ascending(scores: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (scores[a], scores[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(&b),
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            _ => x.total_cmp(&y).then(a.cmp(&b)),
+        }
+    });
+    idx
+}
+
+/// acc(k/N) for k = 0..=N, escalating the lowest scores first, averaged across ties.
+pub fn curve(o: &[Outcome], scores: &[f64]) -> Vec<f64> {
+    assert_eq!(o.len(), scores.len());
+    let n = o.len();
+    if n == 0 {
+        return vec![0.0];
+    }
+    let order = ascending(scores);
+    let gain = |i: usize| f64::from(u8::from(o[i].large)) - f64::from(u8::from(o[i].small));
+    let (small, _) = accuracies(o);
+    let mut out = Vec::with_capacity(n + 1);
+    let mut correct = small * n as f64;
+    out.push(correct / n as f64);
+    let mut s = 0;
+    while s < n {
+        let v = scores[order[s]];
+        let mut e = s + 1;
+        while e < n && (scores[order[e]] == v || (v.is_nan() && scores[order[e]].is_nan())) {
+            e += 1;
+        }
+        let g: f64 = order[s..e].iter().map(|&i| gain(i)).sum();
+        let m = (e - s) as f64;
+        for j in 1..=(e - s) {
+            out.push((correct + g * j as f64 / m) / n as f64);
+        }
+        correct += g;
+        s = e;
+    }
+    out
+}
+
+/// PGR at each point of `curve`; `None` when both models score the same.
+pub fn pgr(curve: &[f64], small: f64, large: f64) -> Option<Vec<f64>> {
+    let gap = large - small;
+    (gap.abs() > 1e-12).then(|| curve.iter().map(|a| (a - small) / gap).collect())
+}
+
+/// APGR: the trapezoid area under unclipped PGR over x = 0, 1/N, ..., 1.
+pub fn apgr(curve: &[f64], small: f64, large: f64) -> Option<f64> {
+    let p = pgr(curve, small, large)?;
+    let n = (p.len() - 1).max(1) as f64;
+    Some(p.windows(2).map(|w| f64::midpoint(w[0], w[1])).sum::<f64>() / n)
+}
+
+/// CPT(target): the smallest share escalated at which PGR reaches `target` (e.g. 0.8).
+pub fn cpt(curve: &[f64], small: f64, large: f64, target: f64) -> Option<f64> {
+    let p = pgr(curve, small, large)?;
+    let n = (p.len() - 1).max(1) as f64;
+    p.iter()
+        .position(|&v| v >= target - 1e-12)
+        .map(|k| k as f64 / n)
+}
+
+/// AUROC of `scores` for `labels` (true = positive): the probability that a random positive
+/// scores above a random negative, ties counting half. `None` without both classes.
+pub fn auroc(labels: &[bool], scores: &[f64]) -> Option<f64> {
+    assert_eq!(labels.len(), scores.len());
+    let pos = labels.iter().filter(|&&l| l).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    // Average ranks (1-based) over ties.
+    let order = ascending(scores);
+    let mut rank = vec![0.0; scores.len()];
+    let mut s = 0;
+    while s < order.len() {
+        let mut e = s + 1;
+        while e < order.len() && scores[order[e]] == scores[order[s]] {
+            e += 1;
+        }
+        let r = (s + e + 1) as f64 / 2.0;
+        for &i in &order[s..e] {
+            rank[i] = r;
+        }
+        s = e;
+    }
+    let sum: f64 = (0..labels.len())
+        .filter(|&i| labels[i])
+        .map(|i| rank[i])
+        .sum();
+    let u = sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos * neg) as f64)
+}
+
+/// The oracle's ranking: items the large model fixes first, those it breaks last.
+pub fn oracle_scores(o: &[Outcome]) -> Vec<f64> {
+    o.iter()
+        .map(|x| match (x.small, x.large) {
+            (false, true) => 0.0,
+            (true, false) => 2.0,
+            _ => 1.0,
+        })
+        .collect()
+}
+
+/// The oracle bound: the share it escalates (exactly the items the large model fixes) and the
+/// accuracy it reaches.
+pub fn oracle(o: &[Outcome]) -> (f64, f64) {
+    let n = o.len().max(1) as f64;
+    (
+        o.iter().filter(|x| !x.small && x.large).count() as f64 / n,
+        o.iter().filter(|x| x.small || x.large).count() as f64 / n,
+    )
+}
+
+/// The threshold that escalates the `k` lowest of `scores` (escalate when score < threshold):
+/// the midpoint between the k-th and (k+1)-th lowest. Ties make some k unreachable; the
+/// threshold then escalates fewer.
+pub fn threshold_for(scores: &[f64], k: usize) -> f64 {
+    let mut s: Vec<f64> = scores.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.sort_by(f64::total_cmp);
+    match k {
+        0 => s.first().map_or(0.0, |v| v - 1e-9_f64.max(v.abs() * 1e-9)),
+        k if k >= s.len() => s.last().map_or(0.0, |v| v + 1e-9_f64.max(v.abs() * 1e-9)),
+        k => f64::midpoint(s[k - 1], s[k]),
+    }
+}
+
+/// Everything `eval` reports about one score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreReport {
+    /// AUROC for "the small model is right".
+    pub auroc: Option<f64>,
+    /// APGR.
+    pub apgr: Option<f64>,
+    /// CPT(50%), CPT(80%), CPT(95%).
+    pub cpt: [Option<f64>; 3],
+    /// acc(k/N), k = 0..=N.
+    pub curve: Vec<f64>,
+}
+
+/// Scores one ranking.
+pub fn report(o: &[Outcome], scores: &[f64]) -> ScoreReport {
+    let (small, large) = accuracies(o);
+    let c = curve(o, scores);
+    let labels: Vec<bool> = o.iter().map(|x| x.small).collect();
+    ScoreReport {
+        auroc: auroc(&labels, scores),
+        apgr: apgr(&c, small, large),
+        cpt: [0.5, 0.8, 0.95].map(|t| cpt(&c, small, large, t)),
+        curve: c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(small: bool, large: bool) -> Outcome {
+        Outcome { small, large }
+    }
+
+    /// Four items by hand: small right on 1 of 4, large on 3 of 4.
+    fn fixture() -> Vec<Outcome> {
+        vec![
+            o(false, true),
+            o(true, true),
+            o(false, false),
+            o(false, true),
+        ]
+    }
+
+    #[test]
+    fn curve_apgr_and_cpt_by_hand() {
+        let items = fixture();
+        assert_eq!(accuracies(&items), (0.25, 0.75));
+        // Scores rank item 3, then 0, 2, 1: both fixable items go first.
+        let scores = [0.2, 0.9, 0.5, 0.1];
+        let c = curve(&items, &scores);
+        assert_eq!(c, vec![0.25, 0.5, 0.75, 0.75, 0.75]);
+        // PGR = 0, 0.5, 1, 1, 1; trapezoids of width 1/4: (0.25 + 0.75 + 1 + 1) / 4 = 0.75.
+        assert!((apgr(&c, 0.25, 0.75).unwrap() - 0.75).abs() < 1e-12);
+        assert_eq!(cpt(&c, 0.25, 0.75, 0.5), Some(0.25));
+        assert_eq!(cpt(&c, 0.25, 0.75, 0.8), Some(0.5));
+        // Unclipped: escalating an item only the small model gets right drives PGR below 0.
+        let items = [o(true, false), o(false, true), o(false, true)];
+        let c = curve(&items, &[0.1, 0.5, 0.9]);
+        let third = 1.0 / 3.0;
+        assert!(c
+            .iter()
+            .zip([third, 0.0, third, 2.0 * third])
+            .all(|(a, b)| (a - b).abs() < 1e-12));
+        // PGR = 0, -1, 0, 1: area = (-0.5 - 0.5 + 0.5) / 3 = -1/6.
+        assert!((apgr(&c, third, 2.0 * third).unwrap() + 1.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ties_average_and_constant_scores_are_random() {
+        let items = fixture();
+        let c = curve(&items, &[1.0; 4]);
+        // Gain 2 spread over 4 items: a straight line from 0.25 to 0.75.
+        assert_eq!(c, vec![0.25, 0.375, 0.5, 0.625, 0.75]);
+        assert!((apgr(&c, 0.25, 0.75).unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(pgr(&c, 0.5, 0.5), None);
+    }
+
+    #[test]
+    fn oracle_bound() {
+        let items = fixture();
+        assert_eq!(oracle(&items), (0.5, 0.75));
+        let r = report(&items, &oracle_scores(&items));
+        // Escalates both fixable items first: PGR 0, 0.5, 1, 1, 1 -> 0.75.
+        assert!((r.apgr.unwrap() - 0.75).abs() < 1e-12);
+        assert_eq!(r.cpt, [Some(0.25), Some(0.5), Some(0.5)]);
+    }
+
+    #[test]
+    fn auroc_by_hand() {
+        // Positives score 0.9, 0.4; negatives 0.5, 0.1: 3 of 4 pairs ordered right.
+        assert_eq!(
+            auroc(&[true, true, false, false], &[0.9, 0.4, 0.5, 0.1]),
+            Some(0.75)
+        );
+        // A tie counts half.
+        assert_eq!(auroc(&[true, false], &[0.5, 0.5]), Some(0.5));
+        assert_eq!(auroc(&[true, true], &[0.5, 0.1]), None);
+        assert_eq!(auroc(&[true, false], &[0.9, 0.1]), Some(1.0));
+    }
+
+    #[test]
+    fn thresholds_split_sorted_scores() {
+        let s = [0.3, 0.1, 0.2];
+        assert!((threshold_for(&s, 1) - 0.15).abs() < 1e-12);
+        assert!(threshold_for(&s, 0) < 0.1);
+        assert!(threshold_for(&s, 3) > 0.3);
+    }
+}

@@ -1,0 +1,212 @@
+//! Evaluation and calibration: labelled items, prompt formats per answer kind, answer scoring,
+//! and the metrics that say what a cascade threshold is worth (APGR, CPT, AUROC, the oracle).
+//! `edgecascade eval` drives it; the calibrated decision model it fits lives in
+//! [`crate::policy::calibrated`].
+
+pub mod metrics;
+pub mod score;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::ChatMessage;
+
+/// The kind of answer an item expects, which decides how it is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A choice letter (A, B, ...).
+    Choice,
+    /// A number, tolerant of commas, units and trailing text.
+    Number,
+    /// A normalised string, or one of its aliases.
+    Exact,
+    /// Yes or no.
+    #[serde(alias = "yes_no")]
+    YesNo,
+}
+
+impl Kind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [Kind; 4] = [Kind::Choice, Kind::Number, Kind::Exact, Kind::YesNo];
+
+    /// The config/JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Choice => "choice",
+            Kind::Number => "number",
+            Kind::Exact => "exact",
+            Kind::YesNo => "yesno",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s || (s == "yes_no" && *k == Kind::YesNo))
+    }
+}
+
+/// One labelled item of an eval set (a line of the JSONL file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Unique within the set.
+    pub id: String,
+    /// The question; formatted with the prompt for its kind. Ignored when `messages` is set.
+    #[serde(default)]
+    pub question: Option<String>,
+    /// The conversation to send as is, instead of a formatted question.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Options for `choice` items, lettered A, B, ... in order.
+    #[serde(default)]
+    pub choices: Vec<String>,
+    /// The gold answer.
+    pub answer: String,
+    /// Other accepted answers (`exact`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How to score; default `choice` when there are choices, else `exact`.
+    #[serde(default)]
+    pub kind: Option<Kind>,
+}
+
+impl Item {
+    /// The item's kind, defaulted.
+    pub fn kind(&self) -> Kind {
+        self.kind.unwrap_or(if self.choices.is_empty() {
+            Kind::Exact
+        } else {
+            Kind::Choice
+        })
+    }
+
+    /// Checks the item can be run and scored.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.is_empty() {
+            return Err("an item has an empty id".into());
+        }
+        match (&self.question, &self.messages) {
+            (None, None) => return Err(format!("item {}: needs question or messages", self.id)),
+            (_, Some(m)) if m.is_empty() => {
+                return Err(format!("item {}: messages is empty", self.id))
+            }
+            _ => {}
+        }
+        if self.kind() == Kind::Choice && self.messages.is_none() && self.choices.len() < 2 {
+            return Err(format!(
+                "item {}: a choice item needs two or more choices",
+                self.id
+            ));
+        }
+        if self.choices.len() > 26 {
+            return Err(format!("item {}: more than 26 choices", self.id));
+        }
+        if self.kind() == Kind::Number && score::extract_number(&self.answer).is_none() {
+            return Err(format!(
+                "item {}: answer {:?} is not a number",
+                self.id, self.answer
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Prompt templates per kind. `{question}` is replaced by the question and `{choices}` by the
+/// lettered options, one per line ("A. ..."). The defaults end with a plain instruction on the
+/// answer's form, which models as small as 135M follow; override them per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prompts {
+    /// For `choice` items.
+    pub choice: String,
+    /// For `number` items.
+    pub number: String,
+    /// For `exact` items.
+    pub exact: String,
+    /// For `yesno` items.
+    pub yesno: String,
+    /// An optional system message.
+    pub system: Option<String>,
+}
+
+impl Default for Prompts {
+    fn default() -> Self {
+        Self {
+            choice: "{question}\n\n{choices}\n\nAnswer with the letter of the correct option only."
+                .into(),
+            number: "{question}\n\nAnswer with the number only.".into(),
+            exact: "{question}\n\nAnswer with a few words only.".into(),
+            yesno: "{question}\n\nAnswer with yes or no only.".into(),
+            system: None,
+        }
+    }
+}
+
+impl Prompts {
+    /// The messages to send for `item`.
+    pub fn messages(&self, item: &Item) -> Vec<ChatMessage> {
+        if let Some(m) = &item.messages {
+            return m.clone();
+        }
+        let template = match item.kind() {
+            Kind::Choice => &self.choice,
+            Kind::Number => &self.number,
+            Kind::Exact => &self.exact,
+            Kind::YesNo => &self.yesno,
+        };
+        let choices = item
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}. {c}", (b'A' + i as u8) as char))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = template
+            .replace("{choices}", &choices)
+            .replace("{question}", item.question.as_deref().unwrap_or_default());
+        let mut out = Vec::new();
+        if let Some(s) = &self.system {
+            out.push(ChatMessage::system(s.clone()));
+        }
+        out.push(ChatMessage::user(text));
+        out
+    }
+}
+
+/// The largest completion worth generating for a short answer of `kind`.
+pub fn default_max_tokens(kind: Kind) -> u32 {
+    match kind {
+        Kind::Choice => 16,
+        Kind::YesNo => 8,
+        Kind::Number => 24,
+        Kind::Exact => 32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_parse_and_format() {
+        let item: Item = serde_json::from_str(
+            r#"{"id":"1","question":"Which?","choices":["x","y"],"answer":"B"}"#,
+        )
+        .unwrap();
+        assert_eq!(item.kind(), Kind::Choice);
+        item.validate().unwrap();
+        let m = Prompts::default().messages(&item);
+        assert_eq!(
+            m[0].content,
+            "Which?\n\nA. x\nB. y\n\nAnswer with the letter of the correct option only."
+        );
+        let bad: Item =
+            serde_json::from_str(r#"{"id":"2","question":"2+2","answer":"four","kind":"number"}"#)
+                .unwrap();
+        assert!(bad.validate().unwrap_err().contains("not a number"));
+        let none: Item = serde_json::from_str(r#"{"id":"3","answer":"x"}"#).unwrap();
+        assert!(none.validate().is_err());
+        assert_eq!(Kind::parse("yesno"), Some(Kind::YesNo));
+    }
+}

@@ -1,0 +1,441 @@
+//! The calibrated cascade signal: a small logistic regression giving P(the small model's answer
+//! is right) from the local answer's confidence signals and cheap features of the request and
+//! answer. `edgecascade eval` fits it on the user's labelled data and writes it into
+//! `[cascade.calibrated]`; `signal = "calibrated"` selects it.
+//!
+//! Every feature is computed from the request and the local answer alone: at run time there is
+//! no dataset. The task kind comes from the request's optional hint, else from the prompt's
+//! wording (lettered options, "yes or no", a number asked for).
+
+// Linear algebra reads best with math names.
+#![allow(clippy::many_single_char_names)]
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::local::TokenSignal;
+use crate::eval::{score, Kind};
+use crate::types::{ChatMessage, FinishReason, Role};
+
+/// The features, in order. A saved model lists the names it was fitted on, and loading checks
+/// them, so a model from another version fails loudly instead of scoring garbage.
+pub const FEATURES: [&str; 24] = [
+    "mean_logprob",
+    "ln_min_prob",
+    "ln_p10_prob",
+    "mean_entropy",
+    "mean_margin",
+    "ln_first_prob",
+    "ln_tokens",
+    "hit_length",
+    "format_ok",
+    "kind_choice",
+    "kind_number",
+    "kind_yesno",
+    "kind_exact",
+    "ln_prompt_tokens",
+    "digit_share",
+    "answer_yes",
+    "choice_first_prob",
+    "number_first_prob",
+    "yesno_first_prob",
+    "exact_first_prob",
+    "choice_mean_logprob",
+    "number_mean_logprob",
+    "yesno_mean_logprob",
+    "exact_mean_logprob",
+];
+
+/// Number of features.
+pub const N: usize = FEATURES.len();
+
+/// What the features are computed from: one request and its local answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The request's messages.
+    pub messages: &'a [ChatMessage],
+    /// The request's task hint, if any.
+    pub hint: Option<Kind>,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Per-token signals of the local answer.
+    pub signals: &'a [TokenSignal],
+    /// The local answer.
+    pub text: &'a str,
+    /// Why it ended.
+    pub finish: FinishReason,
+}
+
+/// The task kind a request asks for: the hint, else inferred from the last user message.
+pub fn infer_kind(messages: &[ChatMessage], hint: Option<Kind>) -> Option<Kind> {
+    if hint.is_some() {
+        return hint;
+    }
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())?;
+    let lower = text.to_lowercase();
+    // Two or more lettered options on their own lines: "A. ...", "B) ...".
+    let lettered = text
+        .lines()
+        .filter(|l| {
+            let b = l.trim_start().as_bytes();
+            b.len() >= 2 && b[0].is_ascii_uppercase() && matches!(b[1], b'.' | b')')
+        })
+        .count();
+    if lettered >= 2 || lower.contains("letter of the correct") {
+        Some(Kind::Choice)
+    } else if lower.contains("yes or no") || lower.contains("true or false") {
+        Some(Kind::YesNo)
+    } else if lower.contains("the number only")
+        || lower.contains("answer with a number")
+        || lower.starts_with("calculate ")
+        || lower.starts_with("what is ") && text.chars().any(|c| c.is_ascii_digit())
+    {
+        Some(Kind::Number)
+    } else {
+        None
+    }
+}
+
+/// The feature vector for `e`.
+pub fn features(e: &Evidence<'_>) -> [f64; N] {
+    let c = crate::engine::local::confidence::summarize(e.signals);
+    let kind = infer_kind(e.messages, e.hint);
+    let ln = |p: f64| p.max(1e-6).ln();
+    let user = e
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map_or("", |m| m.content.as_str());
+    let digits = user.chars().filter(char::is_ascii_digit).count() as f64;
+    let choices: Vec<String> = Vec::new();
+    let extracted = kind.map(|k| score::extract(k, e.text, &choices));
+    let format_ok = match &extracted {
+        Some(Some(_)) | None => 1.0,
+        Some(None) => 0.0,
+    };
+    let answer_yes = f64::from(matches!(
+        (kind, &extracted),
+        (Some(Kind::YesNo), Some(Some(a))) if a == "yes"
+    ));
+    let one_hot = |k: Kind| f64::from(kind == Some(k));
+    let (fp, ml) = if c.tokens == 0 {
+        (ln(0.0), ln(0.0))
+    } else {
+        (ln(c.first_prob), c.mean_logprob)
+    };
+    [
+        ml,
+        ln(c.min_prob),
+        ln(c.p10_prob),
+        c.mean_entropy,
+        c.mean_margin,
+        fp,
+        (1.0 + f64::from(c.tokens)).ln(),
+        f64::from(e.finish == FinishReason::Length),
+        format_ok,
+        one_hot(Kind::Choice),
+        one_hot(Kind::Number),
+        one_hot(Kind::YesNo),
+        one_hot(Kind::Exact),
+        (1.0 + f64::from(e.prompt_tokens)).ln(),
+        digits / user.chars().count().max(1) as f64,
+        answer_yes,
+        one_hot(Kind::Choice) * fp,
+        one_hot(Kind::Number) * fp,
+        one_hot(Kind::YesNo) * fp,
+        one_hot(Kind::Exact) * fp,
+        one_hot(Kind::Choice) * ml,
+        one_hot(Kind::Number) * ml,
+        one_hot(Kind::YesNo) * ml,
+        one_hot(Kind::Exact) * ml,
+    ]
+}
+
+/// A fitted model: standardisation, weights and bias. The `[cascade.calibrated]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibratedModel {
+    /// Feature names, in order (must equal [`FEATURES`]).
+    pub features: Vec<String>,
+    /// Per-feature mean subtracted before scaling.
+    pub mean: Vec<f64>,
+    /// Per-feature scale divided by.
+    pub scale: Vec<f64>,
+    /// Per-feature weights.
+    pub weights: Vec<f64>,
+    /// The intercept.
+    pub bias: f64,
+    /// What it was fitted on, for people reading the config.
+    #[serde(default)]
+    pub fitted_on: String,
+}
+
+impl CalibratedModel {
+    /// Checks the model matches this build's features.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.features.iter().map(String::as_str).ne(FEATURES) {
+            return Err(format!(
+                "cascade.calibrated was fitted on features {:?}, but this version computes {:?}: refit it with `edgecascade eval --write-config`",
+                self.features, FEATURES
+            ));
+        }
+        if [self.mean.len(), self.scale.len(), self.weights.len()] != [N; 3] {
+            return Err(format!(
+                "cascade.calibrated needs {N} means, scales and weights"
+            ));
+        }
+        if self
+            .mean
+            .iter()
+            .chain(&self.scale)
+            .chain(&self.weights)
+            .chain(std::iter::once(&self.bias))
+            .any(|v| !v.is_finite())
+            || self.scale.iter().any(|&s| s <= 0.0)
+        {
+            return Err("cascade.calibrated has a non-finite value or a scale <= 0".into());
+        }
+        Ok(())
+    }
+
+    /// P(the small model is right) for features `x`.
+    pub fn predict(&self, x: &[f64; N]) -> f64 {
+        let z = self.bias
+            + (0..N)
+                .map(|i| self.weights[i] * (x[i] - self.mean[i]) / self.scale[i])
+                .sum::<f64>();
+        sigmoid(z)
+    }
+
+    /// Fits an L2-regularised logistic regression (Newton's method) on standardised features.
+    /// `l2` is the penalty on the standardised weights (the intercept is not penalised).
+    pub fn fit(xs: &[[f64; N]], ys: &[bool], l2: f64) -> Self {
+        assert_eq!(xs.len(), ys.len());
+        let n = xs.len().max(1) as f64;
+        let mut mean = [0.0; N];
+        let mut scale = [0.0; N];
+        for x in xs {
+            for i in 0..N {
+                mean[i] += x[i] / n;
+            }
+        }
+        for x in xs {
+            for i in 0..N {
+                scale[i] += (x[i] - mean[i]).powi(2) / n;
+            }
+        }
+        // A constant feature gets scale 1 (and weight 0 under the penalty).
+        let scale = scale.map(|v| if v > 1e-12 { v.sqrt() } else { 1.0 });
+        let z: Vec<[f64; N]> = xs
+            .iter()
+            .map(|x| std::array::from_fn(|i| (x[i] - mean[i]) / scale[i]))
+            .collect();
+        // Parameters: N weights, then the bias.
+        let d = N + 1;
+        let mut w = vec![0.0; d];
+        for _ in 0..50 {
+            let mut g = vec![0.0; d];
+            let mut h = vec![0.0; d * d];
+            for (zi, &y) in z.iter().zip(ys) {
+                let row: Vec<f64> = zi.iter().copied().chain(std::iter::once(1.0)).collect();
+                let p = sigmoid(row.iter().zip(&w).map(|(a, b)| a * b).sum());
+                let r = p - f64::from(u8::from(y));
+                let s = (p * (1.0 - p)).max(1e-9);
+                for a in 0..d {
+                    g[a] += r * row[a];
+                    for b in 0..=a {
+                        h[a * d + b] += s * row[a] * row[b];
+                    }
+                }
+            }
+            for a in 0..d {
+                for b in 0..a {
+                    h[b * d + a] = h[a * d + b];
+                }
+            }
+            for a in 0..N {
+                g[a] += l2 * w[a];
+                h[a * d + a] += l2;
+            }
+            h[N * d + N] += 1e-9;
+            let Some(step) = solve(&h, &g, d) else { break };
+            let mut change = 0.0f64;
+            for a in 0..d {
+                w[a] -= step[a];
+                change = change.max(step[a].abs());
+            }
+            if change < 1e-8 {
+                break;
+            }
+        }
+        Self {
+            features: FEATURES.iter().map(|s| (*s).to_owned()).collect(),
+            mean: mean.to_vec(),
+            scale: scale.to_vec(),
+            weights: w[..N].to_vec(),
+            bias: w[N],
+            fitted_on: String::new(),
+        }
+    }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Solves the symmetric positive-definite system `a x = b` (Cholesky). `None` if singular.
+fn solve(a: &[f64], b: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s: f64 = a[i * d + j] - (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
+            if i == j {
+                if s <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = s.sqrt();
+            } else {
+                l[i * d + j] = s / l[j * d + j];
+            }
+        }
+    }
+    let mut y = vec![0.0; d];
+    for i in 0..d {
+        y[i] = (b[i] - (0..i).map(|k| l[i * d + k] * y[k]).sum::<f64>()) / l[i * d + i];
+    }
+    let mut x = vec![0.0; d];
+    for i in (0..d).rev() {
+        x[i] = (y[i] - (i + 1..d).map(|k| l[k * d + i] * x[k]).sum::<f64>()) / l[i * d + i];
+    }
+    Some(x)
+}
+
+/// Out-of-fold predictions: each item is scored by a model fitted without its fold. Folds are a
+/// seeded split, stratified by `groups` (e.g. the dataset) so every fold sees every task.
+pub fn cross_validate(
+    xs: &[[f64; N]],
+    ys: &[bool],
+    groups: &[usize],
+    folds: usize,
+    seed: u64,
+    l2: f64,
+) -> Vec<f64> {
+    let fold = assign_folds(groups, folds, seed);
+    let mut out = vec![f64::NAN; xs.len()];
+    for f in 0..folds {
+        let (train_x, train_y): (Vec<[f64; N]>, Vec<bool>) = (0..xs.len())
+            .filter(|&i| fold[i] != f)
+            .map(|i| (xs[i], ys[i]))
+            .unzip();
+        if train_x.is_empty() {
+            continue;
+        }
+        let m = CalibratedModel::fit(&train_x, &train_y, l2);
+        for i in (0..xs.len()).filter(|&i| fold[i] == f) {
+            out[i] = m.predict(&xs[i]);
+        }
+    }
+    out
+}
+
+/// A fold per item: within each group, items are dealt round-robin in a seeded order.
+pub fn assign_folds(groups: &[usize], folds: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..groups.len()).collect();
+    // A small deterministic mix (splitmix64) for the seeded order.
+    let mix = |i: usize| {
+        let mut z = (i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    idx.sort_by_key(|&i| (groups[i], mix(i)));
+    let mut fold = vec![0; groups.len()];
+    let mut k = 0;
+    let mut last = None;
+    for &i in &idx {
+        if last != Some(groups[i]) {
+            last = Some(groups[i]);
+            k = 0;
+        }
+        fold[i] = k % folds;
+        k += 1;
+    }
+    fold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_inferred_from_the_prompt() {
+        let m = |t: &str| vec![ChatMessage::user(t)];
+        assert_eq!(
+            infer_kind(&m("Which?\n\nA. x\nB. y\n\nAnswer with the letter."), None),
+            Some(Kind::Choice)
+        );
+        assert_eq!(
+            infer_kind(&m("Is it raining? Answer with yes or no only."), None),
+            Some(Kind::YesNo)
+        );
+        assert_eq!(infer_kind(&m("Calculate 5 + 91"), None), Some(Kind::Number));
+        assert_eq!(infer_kind(&m("Write a poem"), None), None);
+        assert_eq!(
+            infer_kind(&m("Write a poem"), Some(Kind::Exact)),
+            Some(Kind::Exact)
+        );
+    }
+
+    #[test]
+    fn fit_recovers_a_separating_feature_and_generalises() {
+        // y depends on feature 0 (mean_logprob) through a logistic link; the rest is noise.
+        let mut state = 7u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 10_000) as f64 / 10_000.0
+        };
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for _ in 0..600 {
+            let mut x = [0.0; N];
+            for v in &mut x {
+                *v = rnd();
+            }
+            x[0] = rnd() * 4.0 - 2.0;
+            let p = 1.0 / (1.0 + (-3.0 * x[0]).exp());
+            ys.push(rnd() < p);
+            xs.push(x);
+        }
+        let m = CalibratedModel::fit(&xs, &ys, 1.0);
+        m.validate().unwrap();
+        assert!(m.weights[0] > 1.0, "{:?}", m.weights);
+        let strongest = (0..N).max_by(|&a, &b| m.weights[a].abs().total_cmp(&m.weights[b].abs()));
+        assert_eq!(strongest, Some(0));
+        let groups = vec![0; xs.len()];
+        let held_out = cross_validate(&xs, &ys, &groups, 5, 1, 1.0);
+        let auc = crate::eval::metrics::auroc(&ys, &held_out).unwrap();
+        assert!(auc > 0.8, "held-out AUROC {auc}");
+        // A wrong feature list is refused.
+        let mut bad = m.clone();
+        bad.features.swap(0, 1);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn folds_are_stratified_and_seeded() {
+        let groups = [0, 0, 0, 0, 1, 1, 1, 1];
+        let f = assign_folds(&groups, 2, 3);
+        for g in 0..2 {
+            let in_fold0 = (0..8).filter(|&i| groups[i] == g && f[i] == 0).count();
+            assert_eq!(in_fold0, 2);
+        }
+        assert_eq!(f, assign_folds(&groups, 2, 3));
+    }
+}

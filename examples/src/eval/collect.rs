@@ -1,0 +1,265 @@
+//! Running items through each tier, with an on-disk result cache keyed by tier, model, prompt
+//! and parameters: reruns and threshold sweeps cost nothing, and an interrupted run resumes
+//! where it stopped.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edgecascade::engine::local::LocalEngine;
+use edgecascade::engine::remote::RemoteEngine;
+use edgecascade::{ChatRequest, FinishReason};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Failure;
+
+/// What the local tier produced for one item.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalResult {
+    /// The answer.
+    pub text: String,
+    /// "stop", "length" or "cancelled".
+    pub finish: String,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Per generated token: [logprob, entropy, margin].
+    pub signals: Vec<[f32; 3]>,
+    /// Wall time of the generation.
+    pub ms: f64,
+}
+
+/// What the remote tier produced for one item.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteResult {
+    /// The answer.
+    pub text: String,
+    /// Prompt tokens (server-reported or estimated).
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    pub completion_tokens: u32,
+    /// Wall time of the call.
+    pub ms: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local: Option<LocalResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote: Option<RemoteResult>,
+}
+
+/// The result cache: one JSONL file, appended a whole line per result. A torn last line (a
+/// crash mid-write) is skipped.
+pub struct Cache {
+    path: PathBuf,
+    local: HashMap<String, LocalResult>,
+    remote: HashMap<String, RemoteResult>,
+}
+
+impl Cache {
+    /// Opens (or starts) the cache in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, Failure> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Runtime(format!("eval cache {}: {e}", dir.display())))?;
+        let path = dir.join("results.jsonl");
+        let mut c = Self {
+            path,
+            local: HashMap::new(),
+            remote: HashMap::new(),
+        };
+        if let Ok(f) = File::open(&c.path) {
+            for line in BufReader::new(f).lines() {
+                let Ok(line) = line else { break };
+                let Ok(l) = serde_json::from_str::<Line>(&line) else {
+                    continue;
+                };
+                if let Some(r) = l.local {
+                    c.local.insert(l.key.clone(), r);
+                }
+                if let Some(r) = l.remote {
+                    c.remote.insert(l.key, r);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn append(&self, line: &Line) -> Result<(), Failure> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Failure::Runtime(format!("eval cache {}: {e}", self.path.display())))?;
+        // A torn line from an earlier crash must not swallow this one.
+        if f.metadata().is_ok_and(|m| m.len() > 0) {
+            let mut last = [0u8; 1];
+            let mut r = File::open(&self.path)?;
+            r.seek(SeekFrom::End(-1))?;
+            r.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                text.insert(0, '\n');
+            }
+        }
+        f.write_all(text.as_bytes())
+            .map_err(|e| Failure::Runtime(format!("eval cache {}: {e}", self.path.display())))?;
+        Ok(())
+    }
+}
+
+/// The cache key of a request to a model.
+pub fn key(tier: &str, model: &str, req: &ChatRequest) -> String {
+    let v = serde_json::json!({
+        "tier": tier,
+        "model": model,
+        "messages": req.messages,
+        "max_tokens": req.max_tokens,
+        "sampling": req.sampling,
+        "stop": req.stop,
+    });
+    let digest = Sha256::digest(v.to_string().as_bytes());
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn bar(len: usize, label: &str) -> ProgressBar {
+    let b =
+        ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
+    b.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>7} {bar:30} {pos}/{len} {per_sec:>9} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    b.set_prefix(label.to_owned());
+    b.enable_steady_tick(Duration::from_millis(250));
+    b
+}
+
+/// Runs `reqs` through the local engine, cached. Returns one result per request.
+pub fn run_local(
+    cache: &mut Cache,
+    engine: &LocalEngine,
+    model_id: &str,
+    reqs: &[ChatRequest],
+    cancel: &AtomicBool,
+    quiet: bool,
+) -> Result<Vec<LocalResult>, Failure> {
+    let keys: Vec<String> = reqs.iter().map(|r| key("local", model_id, r)).collect();
+    let todo = keys
+        .iter()
+        .filter(|k| !cache.local.contains_key(*k))
+        .count();
+    let b = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(todo, "local")
+    };
+    for (req, k) in reqs.iter().zip(&keys) {
+        if cache.local.contains_key(k) {
+            continue;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(Failure::Interrupted);
+        }
+        let out = engine.generate(req, cancel, &mut |_| ControlFlow::Continue(()))?;
+        if out.finish_reason == FinishReason::Cancelled {
+            return Err(Failure::Interrupted);
+        }
+        let r = LocalResult {
+            text: out.text,
+            finish: finish_name(out.finish_reason).into(),
+            prompt_tokens: out.prompt_tokens,
+            signals: out
+                .signals
+                .iter()
+                .map(|s| [s.logprob, s.entropy, s.margin])
+                .collect(),
+            ms: out.total_ms,
+        };
+        cache.append(&Line {
+            key: k.clone(),
+            local: Some(r.clone()),
+            remote: None,
+        })?;
+        cache.local.insert(k.clone(), r);
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    Ok(keys.iter().map(|k| cache.local[k].clone()).collect())
+}
+
+/// Runs `reqs` through the remote engine, cached. A request that fails (after the engine's
+/// retries) stops the run; what finished is kept, and a rerun resumes. Remote results are keyed
+/// by the model name, not the URL (a `serve --port 0` moves every run): give different models
+/// different names.
+pub fn run_remote(
+    cache: &mut Cache,
+    engine: &RemoteEngine,
+    reqs: &[ChatRequest],
+    cancel: &AtomicBool,
+    quiet: bool,
+) -> Result<Vec<RemoteResult>, Failure> {
+    let model_id = engine.model().to_owned();
+    let keys: Vec<String> = reqs.iter().map(|r| key("remote", &model_id, r)).collect();
+    let todo = keys
+        .iter()
+        .filter(|k| !cache.remote.contains_key(*k))
+        .count();
+    let b = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(todo, "remote")
+    };
+    for (req, k) in reqs.iter().zip(&keys) {
+        if cache.remote.contains_key(k) {
+            continue;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(Failure::Interrupted);
+        }
+        let out = engine.generate(req, cancel, &mut |_| {}).map_err(|e| {
+            Failure::Runtime(format!(
+                "remote tier: {e} (finished items are cached; rerun to resume)"
+            ))
+        })?;
+        if out.finish_reason == FinishReason::Cancelled {
+            return Err(Failure::Interrupted);
+        }
+        let r = RemoteResult {
+            text: out.text,
+            prompt_tokens: out.prompt_tokens,
+            completion_tokens: out.completion_tokens,
+            ms: out.total_ms,
+        };
+        cache.append(&Line {
+            key: k.clone(),
+            local: None,
+            remote: Some(r.clone()),
+        })?;
+        cache.remote.insert(k.clone(), r);
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    Ok(keys.iter().map(|k| cache.remote[k].clone()).collect())
+}
+
+fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}

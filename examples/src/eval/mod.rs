@@ -1,0 +1,230 @@
+//! `edgecascade eval`: runs a labelled JSONL set through both tiers, then measures what each
+//! confidence signal (and a calibrated model over several) is worth as a cascade threshold.
+
+mod collect;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use clap::Args as ClapArgs;
+use edgecascade::engine::remote::RemoteEngine;
+use edgecascade::eval::{default_max_tokens, Item, Prompts};
+use edgecascade::ChatRequest;
+use sha2::{Digest, Sha256};
+
+use crate::common::{load_config, load_runtime, Interrupt, ModelArgs};
+use crate::Failure;
+
+/// `eval` flags.
+#[derive(ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Labelled JSONL file (repeatable: several sets make one mixed evaluation).
+    #[arg(long, required = true, value_name = "FILE")]
+    dataset: Vec<PathBuf>,
+    /// Items per dataset: a seeded sample (stable across runs and machines).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed for the sample and the cross-validation folds.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Remote endpoint; overrides [remote] base_url.
+    #[arg(long, value_name = "URL")]
+    remote_url: Option<String>,
+    /// Remote model name; overrides [remote] model.
+    #[arg(long)]
+    remote_model: Option<String>,
+    /// Prompt templates per kind (TOML with keys choice, number, exact, yesno, system).
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<PathBuf>,
+    /// Most tokens per answer (default: by kind, 8 to 32).
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Where results are cached.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Recommend the cheapest threshold reaching this share of the large model's accuracy.
+    #[arg(long, default_value_t = 0.95, conflicts_with = "max_escalation")]
+    target_quality: f64,
+    /// Instead: recommend the most accurate threshold escalating at most this share.
+    #[arg(long)]
+    max_escalation: Option<f64>,
+    /// Cross-validation folds for the calibrated model's held-out figures.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Write the recommended [cascade] section into this config file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    write_config: Option<PathBuf>,
+    /// Plot accuracy against share escalated (SVG).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// An HTML report with the table and the plot.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Per-item results (JSONL): answers, correctness and signals.
+    #[arg(long, value_name = "FILE")]
+    details: Option<PathBuf>,
+    /// Print one JSON object (see the CLI contract).
+    #[arg(long)]
+    json: bool,
+}
+
+/// An item with its source, ready to run.
+pub struct Prepared {
+    /// The item.
+    pub item: Item,
+    /// The dataset's file stem.
+    pub dataset: String,
+    /// The request both tiers get.
+    pub request: ChatRequest,
+}
+
+fn load_items(path: &Path) -> Result<Vec<Item>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Runtime(format!("dataset {}: {e}", path.display())))?;
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: Item = serde_json::from_str(line)
+            .map_err(|e| Failure::Runtime(format!("dataset {}:{}: {e}", path.display(), n + 1)))?;
+        item.validate()
+            .map_err(|e| Failure::Runtime(format!("dataset {}:{}: {e}", path.display(), n + 1)))?;
+        items.push(item);
+    }
+    if items.is_empty() {
+        return Err(Failure::Runtime(format!(
+            "dataset {}: no items",
+            path.display()
+        )));
+    }
+    Ok(items)
+}
+
+/// A stable seeded sample: items ordered by a hash of (seed, id).
+fn sample(mut items: Vec<Item>, seed: u64, limit: Option<usize>) -> Vec<Item> {
+    if let Some(n) = limit {
+        let h = |id: &str| Sha256::digest(format!("{seed}:{id}").as_bytes());
+        items.sort_by_cached_key(|i| h(&i.id));
+        items.truncate(n);
+    }
+    items
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("edgecascade/eval")
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    if !(0.0..=1.0).contains(&args.target_quality) {
+        return Err(Failure::Usage(
+            "--target-quality must be between 0 and 1".into(),
+        ));
+    }
+    if args
+        .max_escalation
+        .is_some_and(|m| !(0.0..=1.0).contains(&m))
+    {
+        return Err(Failure::Usage(
+            "--max-escalation must be between 0 and 1".into(),
+        ));
+    }
+    if args.folds < 2 {
+        return Err(Failure::Usage("--folds must be 2 or more".into()));
+    }
+    let prompts: Prompts = match &args.prompts {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p)
+                .map_err(|e| Failure::Runtime(format!("prompts {}: {e}", p.display())))?,
+        )
+        .map_err(|e| Failure::Runtime(format!("prompts {}: {e}", p.display())))?,
+        None => Prompts::default(),
+    };
+    let mut cfg = load_config(&args.model)?;
+    if args.model.prefix_cache.is_none() {
+        // Reproducible: every item's answer equals a cold run's.
+        cfg.local.prefix_cache = edgecascade::config::PrefixCache::Exact;
+    }
+    if let Some(url) = &args.remote_url {
+        let r = cfg.remote.get_or_insert_with(Default::default);
+        r.base_url.clone_from(url);
+    }
+    if let Some(m) = &args.remote_model {
+        let r = cfg.remote.get_or_insert_with(Default::default);
+        r.model.clone_from(m);
+    }
+    let Some(remote_cfg) = cfg.remote.clone() else {
+        return Err(Failure::Usage(
+            "eval needs a remote tier: set [remote] in the config, or pass --remote-url".into(),
+        ));
+    };
+    let remote = RemoteEngine::new(&remote_cfg)?;
+
+    let mut prepared = Vec::new();
+    for path in &args.dataset {
+        let name = path
+            .file_stem()
+            .map_or_else(|| "dataset".into(), |s| s.to_string_lossy().into_owned());
+        for item in sample(load_items(path)?, args.seed, args.limit) {
+            let request = ChatRequest {
+                messages: prompts.messages(&item),
+                max_tokens: args
+                    .max_tokens
+                    .unwrap_or_else(|| default_max_tokens(item.kind())),
+                ..ChatRequest::default()
+            };
+            prepared.push(Prepared {
+                item,
+                dataset: name.clone(),
+                request,
+            });
+        }
+    }
+
+    let quiet = args.json;
+    let interrupt = Interrupt::install();
+    let rt = load_runtime(cfg.clone(), quiet)?;
+    let info = rt.local_model();
+    let model_id = format!(
+        "{} {} {}",
+        info.name,
+        info.size_bytes,
+        info.path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut cache =
+        collect::Cache::open(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
+    interrupt.busy.store(true, Ordering::SeqCst);
+    let local = collect::run_local(
+        &mut cache,
+        rt.local_engine(),
+        &model_id,
+        &reqs,
+        &interrupt.cancel,
+        quiet,
+    )?;
+    let remote_out = collect::run_remote(&mut cache, &remote, &reqs, &interrupt.cancel, quiet)?;
+    interrupt.busy.store(false, Ordering::SeqCst);
+    drop(rt);
+
+    report::report(
+        &args,
+        &cfg,
+        &prepared,
+        &local,
+        &remote_out,
+        rt_name(&model_id),
+        &remote_cfg.model,
+    )
+}
+
+fn rt_name(model_id: &str) -> &str {
+    model_id.split(' ').next().unwrap_or(model_id)
+}

@@ -1,0 +1,661 @@
+//! What `eval` measured: per-signal metrics, the calibrated model's held-out figures, the
+//! recommended rule, a cost sweep, plots and the JSON contract.
+
+#![allow(clippy::many_single_char_names)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use edgecascade::config::PriceConfig;
+use edgecascade::cost;
+use edgecascade::engine::local::TokenSignal;
+use edgecascade::eval::metrics::{self, Outcome, ScoreReport};
+use edgecascade::eval::score;
+use edgecascade::policy::calibrated::{self, CalibratedModel, Evidence, N};
+use edgecascade::{Config, FinishReason};
+use serde_json::json;
+
+use super::collect::{LocalResult, RemoteResult};
+use super::{Args, Prepared};
+use crate::Failure;
+
+/// The L2 penalty of the calibrated model (on standardised features).
+const L2: f64 = 1.0;
+
+/// The configurable signals, with the sign that makes "higher = surer".
+const RAW: [(&str, f64); 4] = [
+    ("mean_logprob", 1.0),
+    ("min_prob", 1.0),
+    ("p10_prob", 1.0),
+    ("mean_entropy", -1.0),
+];
+
+/// One signal's ranking and what it is worth.
+struct Ranked {
+    name: &'static str,
+    /// Higher = surer the small model is right (entropy negated).
+    scores: Vec<f64>,
+    /// +1, or -1 for entropy (config thresholds are in the signal's own units).
+    sign: f64,
+    report: ScoreReport,
+}
+
+/// The chosen decision rule at one operating point.
+struct Pick {
+    k: usize,
+    threshold: f64,
+    accuracy: f64,
+    escalation: f64,
+    reached: bool,
+}
+
+fn choose(curve: &[f64], scores: &[f64], large: f64, args: &Args) -> Pick {
+    let n = curve.len() - 1;
+    let k = if let Some(max) = args.max_escalation {
+        let limit = ((max * n as f64) + 1e-9).floor() as usize;
+        (0..=limit.min(n))
+            .max_by(|&a, &b| curve[a].total_cmp(&curve[b]).then(b.cmp(&a)))
+            .unwrap_or(0)
+    } else {
+        let goal = args.target_quality * large;
+        (0..=n)
+            .find(|&k| curve[k] >= goal - 1e-12)
+            .unwrap_or_else(|| {
+                (0..=n)
+                    .max_by(|&a, &b| curve[a].total_cmp(&curve[b]).then(b.cmp(&a)))
+                    .unwrap_or(n)
+            })
+    };
+    let threshold = metrics::threshold_for(scores, k);
+    // What the threshold really escalates (ties can make some k unreachable).
+    let k_real = scores
+        .iter()
+        .filter(|&&s| s.is_nan() || s < threshold)
+        .count();
+    let reached = args.max_escalation.is_some() || curve[k] >= args.target_quality * large - 1e-12;
+    Pick {
+        k: k_real,
+        threshold,
+        accuracy: curve[k_real],
+        escalation: k_real as f64 / n.max(1) as f64,
+        reached,
+    }
+}
+
+fn signals_of(l: &LocalResult) -> Vec<TokenSignal> {
+    l.signals
+        .iter()
+        .map(|s| TokenSignal {
+            logprob: s[0],
+            entropy: s[1],
+            margin: s[2],
+        })
+        .collect()
+}
+
+fn finish_of(s: &str) -> FinishReason {
+    match s {
+        "length" => FinishReason::Length,
+        "cancelled" => FinishReason::Cancelled,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn opt(v: Option<f64>) -> serde_json::Value {
+    v.map_or(serde_json::Value::Null, |x| json!((x * 1e4).round() / 1e4))
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+}
+
+#[allow(clippy::too_many_lines)]
+pub fn report(
+    args: &Args,
+    cfg: &Config,
+    items: &[Prepared],
+    local: &[LocalResult],
+    remote: &[RemoteResult],
+    small_name: &str,
+    large_name: &str,
+) -> Result<(), Failure> {
+    let n = items.len();
+    let outcomes: Vec<Outcome> = items
+        .iter()
+        .zip(local.iter().zip(remote))
+        .map(|(p, (l, r))| {
+            let i = &p.item;
+            let k = i.kind();
+            Outcome {
+                small: score::is_correct(k, &l.text, &i.answer, &i.aliases, &i.choices),
+                large: score::is_correct(k, &r.text, &i.answer, &i.aliases, &i.choices),
+            }
+        })
+        .collect();
+    let (small, large) = metrics::accuracies(&outcomes);
+    let token_signals: Vec<Vec<TokenSignal>> = local.iter().map(signals_of).collect();
+    let summaries: Vec<_> = token_signals
+        .iter()
+        .map(|s| edgecascade::engine::local::confidence::summarize(s))
+        .collect();
+    let features: Vec<[f64; N]> = items
+        .iter()
+        .zip(local)
+        .zip(&token_signals)
+        .map(|((p, l), s)| {
+            calibrated::features(&Evidence {
+                messages: &p.request.messages,
+                hint: None,
+                prompt_tokens: l.prompt_tokens,
+                signals: s,
+                text: &l.text,
+                finish: finish_of(&l.finish),
+            })
+        })
+        .collect();
+
+    // Datasets as fold strata and for the per-task breakdown.
+    let mut names: Vec<String> = items.iter().map(|p| p.dataset.clone()).collect();
+    names.dedup();
+    let mut dataset_names: Vec<String> = Vec::new();
+    for d in names {
+        if !dataset_names.contains(&d) {
+            dataset_names.push(d);
+        }
+    }
+    let groups: Vec<usize> = items
+        .iter()
+        .map(|p| {
+            dataset_names
+                .iter()
+                .position(|d| *d == p.dataset)
+                .unwrap_or(0)
+        })
+        .collect();
+
+    let mut ranked: Vec<Ranked> = RAW
+        .iter()
+        .map(|&(name, sign)| {
+            let scores: Vec<f64> = summaries
+                .iter()
+                .map(|c| {
+                    let v = match name {
+                        "mean_logprob" => c.mean_logprob,
+                        "min_prob" => c.min_prob,
+                        "p10_prob" => c.p10_prob,
+                        _ => c.mean_entropy,
+                    };
+                    // An empty answer always escalates (the cascade does so too).
+                    if c.tokens == 0 {
+                        f64::NEG_INFINITY
+                    } else {
+                        sign * v
+                    }
+                })
+                .collect();
+            let report = metrics::report(&outcomes, &scores);
+            Ranked {
+                name,
+                scores,
+                sign,
+                report,
+            }
+        })
+        .collect();
+    let labels: Vec<bool> = outcomes.iter().map(|o| o.small).collect();
+    let both = labels.iter().any(|&l| l) && labels.iter().any(|&l| !l);
+    let model = both.then(|| {
+        let held_out =
+            calibrated::cross_validate(&features, &labels, &groups, args.folds, args.seed, L2);
+        let report = metrics::report(&outcomes, &held_out);
+        ranked.push(Ranked {
+            name: "calibrated",
+            scores: held_out,
+            sign: 1.0,
+            report,
+        });
+        let mut m = CalibratedModel::fit(&features, &labels, L2);
+        m.fitted_on = format!(
+            "edgecascade eval: {n} items ({}), small {small_name}, large {large_name}",
+            dataset_names.join(", ")
+        );
+        m
+    });
+    let oracle_scores = metrics::oracle_scores(&outcomes);
+    let oracle = metrics::report(&outcomes, &oracle_scores);
+    let (oracle_escalation, oracle_accuracy) = metrics::oracle(&outcomes);
+    let random = metrics::report(&outcomes, &vec![0.0; n]);
+
+    // The recommended rule: the best held-out APGR.
+    let best = ranked
+        .iter()
+        .max_by(|a, b| {
+            a.report
+                .apgr
+                .unwrap_or(f64::NEG_INFINITY)
+                .total_cmp(&b.report.apgr.unwrap_or(f64::NEG_INFINITY))
+        })
+        .expect("signals");
+    let pick = choose(&best.report.curve, &best.scores, large, args);
+    let config_threshold = best.sign * pick.threshold;
+
+    // Cost per request: local for every item, remote for the escalated.
+    let prices: &PriceConfig = &cfg.prices;
+    let local_cost: Vec<f64> = local
+        .iter()
+        .map(|l| cost::local_usd(prices, l.prompt_tokens + l.signals.len() as u32, l.ms / 1e3))
+        .collect();
+    let remote_cost: Vec<f64> = remote
+        .iter()
+        .map(|r| cost::remote_usd(prices, r.prompt_tokens, r.completion_tokens))
+        .collect();
+    let all_remote: f64 = remote_cost.iter().sum();
+    let order = metrics::ascending(&best.scores);
+    let cost_at = |k: usize| -> f64 {
+        local_cost.iter().sum::<f64>() + order[..k].iter().map(|&i| remote_cost[i]).sum::<f64>()
+    };
+    let per_1k = |usd: f64| usd / n.max(1) as f64 * 1000.0;
+    let cascade_cost = cost_at(pick.k);
+
+    // Per task, at the recommended threshold.
+    let escalated: Vec<bool> = (0..n).map(|i| order[..pick.k].contains(&i)).collect();
+    let mut per_task = Vec::new();
+    for (g, name) in dataset_names.iter().enumerate() {
+        let idx: Vec<usize> = (0..n).filter(|&i| groups[i] == g).collect();
+        let o: Vec<Outcome> = idx.iter().map(|&i| outcomes[i]).collect();
+        let (s, l) = metrics::accuracies(&o);
+        let m = idx.len().max(1) as f64;
+        let cascade_acc = idx
+            .iter()
+            .filter(|&&i| {
+                if escalated[i] {
+                    outcomes[i].large
+                } else {
+                    outcomes[i].small
+                }
+            })
+            .count() as f64
+            / m;
+        let esc = idx.iter().filter(|&&i| escalated[i]).count() as f64 / m;
+        let task_remote: f64 = idx.iter().map(|&i| remote_cost[i]).sum();
+        let task_cascade: f64 = idx
+            .iter()
+            .map(|&i| local_cost[i] + if escalated[i] { remote_cost[i] } else { 0.0 })
+            .sum();
+        let (oe, oa) = metrics::oracle(&o);
+        let mut sig = serde_json::Map::new();
+        for r in &ranked {
+            let sc: Vec<f64> = idx.iter().map(|&i| r.scores[i]).collect();
+            let rep = metrics::report(&o, &sc);
+            sig.insert(
+                r.name.into(),
+                json!({"auroc": opt(rep.auroc), "apgr": opt(rep.apgr), "cpt80": opt(rep.cpt[1])}),
+            );
+        }
+        per_task.push(json!({
+            "dataset": name,
+            "items": idx.len(),
+            "small_accuracy": opt(Some(s)),
+            "large_accuracy": opt(Some(l)),
+            "cascade_accuracy": opt(Some(cascade_acc)),
+            "escalation_rate": opt(Some(esc)),
+            "oracle_escalation": opt(Some(oe)),
+            "oracle_accuracy": opt(Some(oa)),
+            "savings_vs_all_remote": opt((task_remote > 0.0).then(|| 1.0 - task_cascade / task_remote)),
+            "signals": sig,
+        }));
+    }
+
+    let mut signals = serde_json::Map::new();
+    let mut auroc = serde_json::Map::new();
+    for r in &ranked {
+        auroc.insert(r.name.into(), opt(r.report.auroc));
+        signals.insert(
+            r.name.into(),
+            json!({
+                "auroc": opt(r.report.auroc),
+                "apgr": opt(r.report.apgr),
+                "cpt": {"50": opt(r.report.cpt[0]), "80": opt(r.report.cpt[1]), "95": opt(r.report.cpt[2])},
+                "held_out": r.name == "calibrated",
+            }),
+        );
+    }
+    let sweep: Vec<serde_json::Value> = (0..=10)
+        .map(|t| {
+            let k = (n * t + 5) / 10;
+            json!({
+                "escalation_rate": opt(Some(k as f64 / n.max(1) as f64)),
+                "threshold": opt(Some(best.sign * metrics::threshold_for(&best.scores, k))),
+                "accuracy": opt(Some(best.report.curve[k])),
+                "usd_per_1k_requests": per_1k(cost_at(k)),
+            })
+        })
+        .collect();
+    let out = json!({
+        "items": n,
+        "datasets": dataset_names,
+        "small_model": small_name,
+        "large_model": large_name,
+        "small_accuracy": opt(Some(small)),
+        "large_accuracy": opt(Some(large)),
+        "apgr": opt(best.report.apgr),
+        "cpt": {"50": opt(best.report.cpt[0]), "80": opt(best.report.cpt[1]), "95": opt(best.report.cpt[2])},
+        "oracle_escalation": opt(Some(oracle_escalation)),
+        "oracle_accuracy": opt(Some(oracle_accuracy)),
+        "oracle_apgr": opt(oracle.apgr),
+        "auroc": auroc,
+        "recommended": {
+            "signal": best.name,
+            "threshold": config_threshold,
+            "accuracy": opt(Some(pick.accuracy)),
+            "escalation_rate": opt(Some(pick.escalation)),
+            "target_reached": pick.reached,
+            "usd_per_1k_requests": per_1k(cascade_cost),
+            "all_remote_usd_per_1k_requests": per_1k(all_remote),
+            "savings_vs_all_remote": opt((all_remote > 0.0).then(|| 1.0 - cascade_cost / all_remote)),
+        },
+        "signals": signals,
+        "random_apgr": opt(random.apgr),
+        "per_task": per_task,
+        "sweep": sweep,
+        "folds": args.folds,
+    });
+
+    if let Some(path) = &args.details {
+        let mut text = String::new();
+        for (i, p) in items.iter().enumerate() {
+            let mut row = json!({
+                "id": p.item.id, "dataset": p.dataset, "kind": p.item.kind().name(),
+                "answer": p.item.answer, "local": local[i].text, "remote": remote[i].text,
+                "small_correct": outcomes[i].small, "large_correct": outcomes[i].large,
+            });
+            for r in &ranked {
+                row[r.name] = json!(r.scores[i] * r.sign);
+            }
+            for (f, name) in calibrated::FEATURES.iter().enumerate() {
+                row["features"][*name] = json!(features[i][f]);
+            }
+            let _ = writeln!(text, "{row}");
+        }
+        std::fs::write(path, text)
+            .map_err(|e| Failure::Runtime(format!("details {}: {e}", path.display())))?;
+    }
+    let svg = plot(&ranked, &oracle, &random, small, large, n);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, &svg)
+            .map_err(|e| Failure::Runtime(format!("plot {}: {e}", path.display())))?;
+    }
+    let table = text_table(&out, &ranked, &pick, best.name);
+    if let Some(path) = &args.html {
+        let html = format!(
+            "<!doctype html><meta charset=utf-8><title>edgecascade eval</title>\
+             <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}pre{{background:#f6f6f6;padding:1em}}</style>\
+             <h1>Cascade evaluation</h1><p>{n} items from {}; small {}, large {}.</p>{svg}<pre>{}</pre>",
+            html_escape(&dataset_names.join(", ")),
+            html_escape(small_name),
+            html_escape(large_name),
+            html_escape(&table)
+        );
+        std::fs::write(path, html)
+            .map_err(|e| Failure::Runtime(format!("html {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.write_config {
+        write_config(
+            path,
+            best.name,
+            config_threshold,
+            model.as_ref().filter(|_| best.name == "calibrated"),
+        )?;
+    }
+    if args.json {
+        println!("{out}");
+    } else {
+        print!("{table}");
+        if let Some(p) = &args.write_config {
+            println!(
+                "wrote [cascade] signal = {:?}, threshold = {config_threshold:.4} to {}",
+                best.name,
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &str) -> String {
+    let mut t = String::new();
+    let f = |v: &serde_json::Value| v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"));
+    let _ = writeln!(
+        t,
+        "{} items: small {} ({}), large {} ({}); oracle escalates {} for {} (APGR {}); random APGR {}",
+        out["items"],
+        out["small_model"].as_str().unwrap_or_default(),
+        f(&out["small_accuracy"]),
+        out["large_model"].as_str().unwrap_or_default(),
+        f(&out["large_accuracy"]),
+        f(&out["oracle_escalation"]),
+        f(&out["oracle_accuracy"]),
+        f(&out["oracle_apgr"]),
+        f(&out["random_apgr"]),
+    );
+    let _ = writeln!(
+        t,
+        "\n{:<14} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "signal", "AUROC", "APGR", "CPT50", "CPT80", "CPT95"
+    );
+    for r in ranked {
+        let _ = writeln!(
+            t,
+            "{:<14} {:>6} {:>6} {:>7} {:>7} {:>7}{}",
+            r.name,
+            fmt(r.report.auroc),
+            fmt(r.report.apgr),
+            fmt(r.report.cpt[0]),
+            fmt(r.report.cpt[1]),
+            fmt(r.report.cpt[2]),
+            if r.name == "calibrated" {
+                "  (held-out)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(t, "\nper task at the recommended threshold:");
+    let _ = writeln!(
+        t,
+        "{:<12} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
+        "dataset", "items", "small", "large", "cascade", "esc", "oracle", "saving"
+    );
+    for d in out["per_task"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "{:<12} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
+            d["dataset"].as_str().unwrap_or_default(),
+            d["items"],
+            f(&d["small_accuracy"]),
+            f(&d["large_accuracy"]),
+            f(&d["cascade_accuracy"]),
+            f(&d["escalation_rate"]),
+            f(&d["oracle_accuracy"]),
+            f(&d["savings_vs_all_remote"]),
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nsweep ({best}): escalated  threshold  accuracy  USD per 1k requests"
+    );
+    for s in out["sweep"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "  {:>9} {:>10} {:>9} {:>10.5}",
+            f(&s["escalation_rate"]),
+            f(&s["threshold"]),
+            f(&s["accuracy"]),
+            s["usd_per_1k_requests"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let rec = &out["recommended"];
+    let _ = writeln!(
+        t,
+        "\nrecommended: signal = {best}, threshold = {:.4}: accuracy {} escalating {}{}; {} USD per 1k requests vs {} all-remote (saving {})",
+        rec["threshold"].as_f64().unwrap_or(0.0),
+        f(&rec["accuracy"]),
+        f(&rec["escalation_rate"]),
+        if pick.reached { "" } else { " (the target is out of reach: this is the best accuracy)" },
+        f(&rec["usd_per_1k_requests"]),
+        f(&rec["all_remote_usd_per_1k_requests"]),
+        f(&rec["savings_vs_all_remote"]),
+    );
+    t
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Accuracy against share escalated: each signal, the oracle, random.
+fn plot(
+    ranked: &[Ranked],
+    oracle: &ScoreReport,
+    random: &ScoreReport,
+    small: f64,
+    large: f64,
+    n: usize,
+) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let hi = oracle
+            .curve
+            .iter()
+            .copied()
+            .fold(large.max(small), f64::max);
+        let lo = ranked
+            .iter()
+            .flat_map(|r| r.report.curve.iter().copied())
+            .fold(small.min(large), f64::min);
+        let pad = ((hi - lo) * 0.05).max(0.01);
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption("Accuracy against share escalated", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..1.0, (lo - pad)..(hi + pad))
+        else {
+            return svg_fallback();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc("share escalated to the large model")
+            .y_desc("accuracy")
+            .draw();
+        let xs = |c: &[f64]| -> Vec<(f64, f64)> {
+            c.iter()
+                .enumerate()
+                .map(|(k, &a)| (k as f64 / n.max(1) as f64, a))
+                .collect()
+        };
+        let palette = [&BLUE, &GREEN, &MAGENTA, &CYAN, &RED];
+        for (i, r) in ranked.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let label = format!("{} (APGR {})", r.name, fmt(r.report.apgr));
+            if let Ok(s) =
+                chart.draw_series(LineSeries::new(xs(&r.report.curve), color.stroke_width(2)))
+            {
+                s.label(label).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if let Ok(s) = chart.draw_series(LineSeries::new(xs(&oracle.curve), BLACK.stroke_width(1)))
+        {
+            s.label(format!("oracle (APGR {})", fmt(oracle.apgr)))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+        }
+        if let Ok(s) = chart.draw_series(DashedLineSeries::new(
+            xs(&random.curve),
+            4,
+            4,
+            BLACK.stroke_width(1),
+        )) {
+            s.label("random (APGR 0.5)")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+        }
+        let _ = chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+fn svg_fallback() -> String {
+    "<svg xmlns=\"http://www.w3.org/2000/svg\"/>".into()
+}
+
+/// Sets `[cascade] signal`, `threshold` (and `[cascade.calibrated]`) in the TOML file at
+/// `path`, keeping everything else in it, comments included.
+fn write_config(
+    path: &Path,
+    signal: &str,
+    threshold: f64,
+    model: Option<&CalibratedModel>,
+) -> Result<(), Failure> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Failure::Runtime(format!("config {}: {e}", path.display()))),
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| Failure::Runtime(format!("config {}: {e}", path.display())))?;
+    let cascade = doc
+        .entry("cascade")
+        .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| {
+            Failure::Runtime(format!("config {}: cascade is not a table", path.display()))
+        })?;
+    cascade["signal"] = toml_edit::value(signal);
+    cascade["threshold"] = toml_edit::value((threshold * 1e6).round() / 1e6);
+    cascade.remove("calibrated");
+    if let Some(m) = model {
+        let mut t = toml_edit::Table::new();
+        let arr = |v: &[f64]| {
+            let mut a = toml_edit::Array::new();
+            for x in v {
+                a.push((x * 1e6).round() / 1e6);
+            }
+            toml_edit::value(a)
+        };
+        let mut names = toml_edit::Array::new();
+        for f in &m.features {
+            names.push(f.as_str());
+        }
+        t["features"] = toml_edit::value(names);
+        t["mean"] = arr(&m.mean);
+        t["scale"] = arr(&m.scale);
+        t["weights"] = arr(&m.weights);
+        t["bias"] = toml_edit::value((m.bias * 1e6).round() / 1e6);
+        t["fitted_on"] = toml_edit::value(m.fitted_on.as_str());
+        cascade.insert("calibrated", toml_edit::Item::Table(t));
+    }
+    // Check it loads before replacing the file.
+    let new = doc.to_string();
+    let parsed: Config = toml::from_str(&new)
+        .map_err(|e| Failure::Runtime(format!("config {} would not load: {e}", path.display())))?;
+    edgecascade::policy::Cascade::new(&parsed.cascade)
+        .map_err(|e| Failure::Runtime(format!("config {} would not load: {e}", path.display())))?;
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, new)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Failure::Runtime(format!("config {}: {e}", path.display())))?;
+    Ok(())
+}
