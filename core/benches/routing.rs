@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use edgecascade::config::{BudgetConfig, CascadeConfig, RouterConfig};
-use edgecascade::engine::local::TokenSignal;
 use edgecascade::cost::{now_s, CostRecord, Ledger};
+use edgecascade::engine::local::TokenSignal;
 use edgecascade::policy::{calibrated, route, CalibratedModel, Cascade, Evidence, RouteInput};
 use edgecascade::{ChatMessage, FinishReason, PolicyOverride};
 
@@ -81,6 +81,7 @@ fn main() {
             logprob: -0.05 * i as f32,
             entropy: 0.3,
             margin: 0.5,
+            top_logprob: -0.05 * i as f32,
         })
         .collect();
     let messages = [ChatMessage::user(

@@ -223,7 +223,7 @@ impl Default for CascadeConfig {
         Self {
             signal: "mean_logprob".into(),
             threshold: -1.0,
-            mid_stream_floor: 0.05,
+            mid_stream_floor: 0.4,
             mid_stream_min_tokens: 8,
             calibrated: None,
         }

@@ -41,8 +41,22 @@ pub fn is_correct(
                 .trim_matches(['(', ')', '.'])
                 .eq_ignore_ascii_case(&got),
             Kind::YesNo => extract_yesno(gold) == Some(got.as_str()),
-            Kind::Exact => normalize(gold) == got,
+            Kind::Exact => exact_match(&got, &normalize(gold)),
         })
+}
+
+/// A normalised answer matches a normalised gold string when it equals it, or holds it as a
+/// whole-word span while being at most eight words longer ("It is Paris" for "Paris"; a list
+/// of ten guesses does not count).
+fn exact_match(got: &str, gold: &str) -> bool {
+    if gold.is_empty() {
+        return false;
+    }
+    if got == gold {
+        return true;
+    }
+    let (g, a): (Vec<&str>, Vec<&str>) = (got.split(' ').collect(), gold.split(' ').collect());
+    g.len() <= a.len() + 8 && g.windows(a.len()).any(|w| w == a.as_slice())
 }
 
 fn numbers_equal(a: f64, b: f64) -> bool {
@@ -330,6 +344,15 @@ mod tests {
             &[]
         ));
         assert!(!is_correct(Kind::Exact, "London", "Paris", &[], &[]));
+        assert!(is_correct(Kind::Exact, "It is Paris.", "Paris", &[], &[]));
+        assert!(!is_correct(Kind::Exact, "Parisian", "Paris", &[], &[]));
+        assert!(!is_correct(
+            Kind::Exact,
+            "London, Paris, Rome, Berlin, Madrid, Lisbon, Vienna, Prague, Oslo, Bern",
+            "Paris",
+            &[],
+            &[]
+        ));
         assert!(!is_correct(Kind::Exact, "  ", "Paris", &[], &[]));
     }
 }

@@ -271,13 +271,19 @@ impl Cascade {
     }
 
     /// During the local answer, after each token: `Some(detail)` to stop and escalate now, when
-    /// the mean probability of the last few tokens falls under the floor.
+    /// the model's mean top-token probability over the last few tokens falls under the floor.
+    /// Under greedy decoding that is the chosen tokens' probability; under sampling it does not
+    /// depend on the luck of the draw.
     pub fn mid_stream(&self, signals: &[TokenSignal]) -> Option<String> {
         if self.floor <= 0.0 || (signals.len() as u32) < self.min_tokens.max(WINDOW as u32) {
             return None;
         }
         let recent = &signals[signals.len() - WINDOW..];
-        let mean = recent.iter().map(|s| f64::from(s.prob())).sum::<f64>() / WINDOW as f64;
+        let mean = recent
+            .iter()
+            .map(|s| f64::from(s.top_logprob.exp()))
+            .sum::<f64>()
+            / WINDOW as f64;
         (mean < self.floor).then(|| {
             format!(
                 "mean probability of the last {WINDOW} tokens {mean:.3} fell under the floor {}",
@@ -467,6 +473,7 @@ mod tests {
             logprob: -0.5,
             entropy: 1.5,
             margin: 0.2,
+            top_logprob: -0.5,
         }; 10];
         let messages = [crate::types::ChatMessage::user("hi")];
         let e = Evidence {
@@ -506,15 +513,24 @@ mod tests {
             logprob: (0.01f32).ln(),
             entropy: 3.0,
             margin: 0.0,
+            top_logprob: (0.02f32).ln(),
         };
         let high = TokenSignal {
             logprob: (0.9f32).ln(),
             entropy: 0.1,
             margin: 0.8,
+            top_logprob: (0.9f32).ln(),
+        };
+        // A sampled token can be unlikely while the model was sure: the floor looks at the
+        // model's top probability, not at the luck of the draw.
+        let unlucky = TokenSignal {
+            logprob: (0.01f32).ln(),
+            ..high
         };
         assert!(c.mid_stream(&[low; 7]).is_none());
         assert!(c.mid_stream(&[low; 8]).is_some());
         assert!(c.mid_stream(&[high; 20]).is_none());
+        assert!(c.mid_stream(&[unlucky; 20]).is_none());
         let mut mixed = vec![high; 12];
         mixed.extend([low; 8]);
         assert!(c.mid_stream(&mixed).is_some());

@@ -198,8 +198,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         info.size_bytes,
         info.path.file_name().unwrap_or_default().to_string_lossy()
     );
-    let mut cache =
-        collect::Cache::open(&args.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let mut cache = collect::Cache::open(&cache_dir)?;
     let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
     interrupt.busy.store(true, Ordering::SeqCst);
     let local = collect::run_local(
@@ -210,6 +210,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         &interrupt.cancel,
         quiet,
     )?;
+    // Reread: another eval sharing the cache may have finished remote items meanwhile.
+    let mut cache = collect::Cache::open(&cache_dir)?;
     let remote_out = collect::run_remote(&mut cache, &remote, &reqs, &interrupt.cancel, quiet)?;
     interrupt.busy.store(false, Ordering::SeqCst);
     drop(rt);

@@ -89,6 +89,8 @@ fn signals_of(l: &LocalResult) -> Vec<TokenSignal> {
             logprob: s[0],
             entropy: s[1],
             margin: s[2],
+            // Eval decodes greedily: the chosen token is the top one.
+            top_logprob: s[0],
         })
         .collect()
 }
@@ -221,6 +223,40 @@ pub fn report(
         );
         m
     });
+    if std::env::var_os("EC_EXPERIMENT").is_some() {
+        let large_labels: Vec<bool> = outcomes.iter().map(|o| o.large).collect();
+        for l2 in [0.1, 1.0, 10.0, 100.0] {
+            let ps =
+                calibrated::cross_validate(&features, &labels, &groups, args.folds, args.seed, l2);
+            let pl = calibrated::cross_validate(
+                &features,
+                &large_labels,
+                &groups,
+                args.folds,
+                args.seed,
+                l2,
+            );
+            let gain: Vec<f64> = ps.iter().zip(&pl).map(|(a, b)| a - b).collect();
+            let r1 = metrics::report(&outcomes, &ps);
+            let r2 = metrics::report(&outcomes, &gain);
+            eprintln!(
+                "l2 {l2}: p_small apgr {:?} auroc {:?} | gain apgr {:?}",
+                r1.apgr, r1.auroc, r2.apgr
+            );
+        }
+        // Task identity alone (the per-dataset small-minus-large rate, in-sample).
+        let mut rate = vec![0.0; dataset_names.len()];
+        let mut cnt = vec![0.0; dataset_names.len()];
+        for (i, o) in outcomes.iter().enumerate() {
+            rate[groups[i]] += f64::from(u8::from(o.small)) - f64::from(u8::from(o.large));
+            cnt[groups[i]] += 1.0;
+        }
+        let task: Vec<f64> = groups.iter().map(|&g| rate[g] / cnt[g]).collect();
+        eprintln!(
+            "task identity only (in-sample): apgr {:?}",
+            metrics::report(&outcomes, &task).apgr
+        );
+    }
     let oracle_scores = metrics::oracle_scores(&outcomes);
     let oracle = metrics::report(&outcomes, &oracle_scores);
     let (oracle_escalation, oracle_accuracy) = metrics::oracle(&outcomes);
@@ -306,6 +342,23 @@ pub fn report(
         }));
     }
 
+    // Accuracy, threshold and cost at every 5% of escalation, for one ranking.
+    let sweep_of = |r: &Ranked| -> Vec<serde_json::Value> {
+        let order = metrics::ascending(&r.scores);
+        let local_total: f64 = local_cost.iter().sum();
+        (0..=20)
+            .map(|t| {
+                let k = (n * t + 10) / 20;
+                let usd = local_total + order[..k].iter().map(|&i| remote_cost[i]).sum::<f64>();
+                json!({
+                    "escalation_rate": opt(Some(k as f64 / n.max(1) as f64)),
+                    "threshold": opt(Some(r.sign * metrics::threshold_for(&r.scores, k))),
+                    "accuracy": opt(Some(r.report.curve[k])),
+                    "usd_per_1k_requests": per_1k(usd),
+                })
+            })
+            .collect()
+    };
     let mut signals = serde_json::Map::new();
     let mut auroc = serde_json::Map::new();
     for r in &ranked {
@@ -317,20 +370,11 @@ pub fn report(
                 "apgr": opt(r.report.apgr),
                 "cpt": {"50": opt(r.report.cpt[0]), "80": opt(r.report.cpt[1]), "95": opt(r.report.cpt[2])},
                 "held_out": r.name == "calibrated",
+                "sweep": sweep_of(r),
             }),
         );
     }
-    let sweep: Vec<serde_json::Value> = (0..=10)
-        .map(|t| {
-            let k = (n * t + 5) / 10;
-            json!({
-                "escalation_rate": opt(Some(k as f64 / n.max(1) as f64)),
-                "threshold": opt(Some(best.sign * metrics::threshold_for(&best.scores, k))),
-                "accuracy": opt(Some(best.report.curve[k])),
-                "usd_per_1k_requests": per_1k(cost_at(k)),
-            })
-        })
-        .collect();
+    let sweep = sweep_of(best);
     let out = json!({
         "items": n,
         "datasets": dataset_names,
@@ -368,6 +412,8 @@ pub fn report(
                 "id": p.item.id, "dataset": p.dataset, "kind": p.item.kind().name(),
                 "answer": p.item.answer, "local": local[i].text, "remote": remote[i].text,
                 "small_correct": outcomes[i].small, "large_correct": outcomes[i].large,
+                "local_finish": local[i].finish, "prompt_tokens": local[i].prompt_tokens,
+                "token_signals": local[i].signals,
             });
             for r in &ranked {
                 row[r.name] = json!(r.scores[i] * r.sign);

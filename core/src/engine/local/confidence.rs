@@ -20,6 +20,9 @@ pub struct TokenSignal {
     pub entropy: f32,
     /// p(top-1) - p(top-2).
     pub margin: f32,
+    /// ln p(top-1): how sure the model was of its own distribution, whatever was sampled (equal
+    /// to `logprob` under greedy decoding).
+    pub top_logprob: f32,
 }
 
 impl TokenSignal {
@@ -130,6 +133,7 @@ impl Stats {
             logprob,
             entropy: self.entropy,
             margin: self.margin,
+            top_logprob: -self.log_z,
         }
     }
 
@@ -346,6 +350,7 @@ mod tests {
             logprob: p.ln(),
             entropy: 1.0,
             margin: 0.5,
+            top_logprob: p.ln(),
         };
         let c = summarize(&(1..=10).map(|i| sig(i as f32 / 10.0)).collect::<Vec<_>>());
         assert!((c.min_prob - 0.1).abs() < 1e-6 && (c.p10_prob - 0.1).abs() < 1e-6);

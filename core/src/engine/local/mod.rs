@@ -770,6 +770,7 @@ const ZERO_SIGNAL: TokenSignal = TokenSignal {
     logprob: 0.0,
     entropy: 0.0,
     margin: 0.0,
+    top_logprob: 0.0,
 };
 
 fn empty_output(
