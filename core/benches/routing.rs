@@ -17,6 +17,7 @@ fn pct(mut v: Vec<f64>, p: f64) -> f64 {
         .min(v.len() - 1)]
 }
 
+#[allow(clippy::too_many_lines)]
 fn main() {
     let dir =
         std::env::temp_dir().join(format!("edgecascade-routing-bench-{}", std::process::id()));

@@ -169,6 +169,13 @@ pub struct CalibratedModel {
     pub weights: Vec<f64>,
     /// The intercept.
     pub bias: f64,
+    /// Weights of P(the large model is right), on the same standardised features (for the
+    /// `calibrated_gain` signal); empty without that half.
+    #[serde(default)]
+    pub large_weights: Vec<f64>,
+    /// Its intercept.
+    #[serde(default)]
+    pub large_bias: f64,
     /// What it was fitted on, for people reading the config.
     #[serde(default)]
     pub fitted_on: String,
@@ -188,12 +195,18 @@ impl CalibratedModel {
                 "cascade.calibrated needs {N} means, scales and weights"
             ));
         }
+        if !self.large_weights.is_empty() && self.large_weights.len() != N {
+            return Err(format!(
+                "cascade.calibrated.large_weights needs {N} weights"
+            ));
+        }
         if self
             .mean
             .iter()
             .chain(&self.scale)
             .chain(&self.weights)
-            .chain(std::iter::once(&self.bias))
+            .chain(&self.large_weights)
+            .chain([&self.bias, &self.large_bias])
             .any(|v| !v.is_finite())
             || self.scale.iter().any(|&s| s <= 0.0)
         {
@@ -211,76 +224,122 @@ impl CalibratedModel {
         sigmoid(z)
     }
 
+    /// P(the large model is right) for features `x`, when the model has that half.
+    pub fn predict_large(&self, x: &[f64; N]) -> Option<f64> {
+        (self.large_weights.len() == N).then(|| {
+            sigmoid(
+                self.large_bias
+                    + (0..N)
+                        .map(|i| self.large_weights[i] * (x[i] - self.mean[i]) / self.scale[i])
+                        .sum::<f64>(),
+            )
+        })
+    }
+
+    /// The `calibrated_gain` score: P(small right) - P(large right), the accuracy expected to
+    /// be lost by escalating (negative: escalating is expected to help).
+    pub fn gain_score(&self, x: &[f64; N]) -> Option<f64> {
+        Some(self.predict(x) - self.predict_large(x)?)
+    }
+
     /// Fits an L2-regularised logistic regression (Newton's method) on standardised features.
     /// `l2` is the penalty on the standardised weights (the intercept is not penalised).
     pub fn fit(xs: &[[f64; N]], ys: &[bool], l2: f64) -> Self {
-        assert_eq!(xs.len(), ys.len());
-        let n = xs.len().max(1) as f64;
-        let mut mean = [0.0; N];
-        let mut scale = [0.0; N];
-        for x in xs {
-            for i in 0..N {
-                mean[i] += x[i] / n;
-            }
-        }
-        for x in xs {
-            for i in 0..N {
-                scale[i] += (x[i] - mean[i]).powi(2) / n;
-            }
-        }
-        // A constant feature gets scale 1 (and weight 0 under the penalty).
-        let scale = scale.map(|v| if v > 1e-12 { v.sqrt() } else { 1.0 });
-        let z: Vec<[f64; N]> = xs
-            .iter()
-            .map(|x| std::array::from_fn(|i| (x[i] - mean[i]) / scale[i]))
-            .collect();
-        // Parameters: N weights, then the bias.
-        let d = N + 1;
-        let mut w = vec![0.0; d];
-        for _ in 0..50 {
-            let mut g = vec![0.0; d];
-            let mut h = vec![0.0; d * d];
-            for (zi, &y) in z.iter().zip(ys) {
-                let row: Vec<f64> = zi.iter().copied().chain(std::iter::once(1.0)).collect();
-                let p = sigmoid(row.iter().zip(&w).map(|(a, b)| a * b).sum());
-                let r = p - f64::from(u8::from(y));
-                let s = (p * (1.0 - p)).max(1e-9);
-                for a in 0..d {
-                    g[a] += r * row[a];
-                    for b in 0..=a {
-                        h[a * d + b] += s * row[a] * row[b];
-                    }
-                }
-            }
-            for a in 0..d {
-                for b in 0..a {
-                    h[b * d + a] = h[a * d + b];
-                }
-            }
-            for a in 0..N {
-                g[a] += l2 * w[a];
-                h[a * d + a] += l2;
-            }
-            h[N * d + N] += 1e-9;
-            let Some(step) = solve(&h, &g, d) else { break };
-            let mut change = 0.0f64;
-            for a in 0..d {
-                w[a] -= step[a];
-                change = change.max(step[a].abs());
-            }
-            if change < 1e-8 {
-                break;
-            }
-        }
+        let (mean, scale) = standardisation(xs);
+        let z = standardise(xs, &mean, &scale);
+        let (weights, bias) = fit_weights(&z, ys, l2);
         Self {
             features: FEATURES.iter().map(|s| (*s).to_owned()).collect(),
             mean: mean.to_vec(),
             scale: scale.to_vec(),
-            weights: w[..N].to_vec(),
-            bias: w[N],
+            weights,
+            bias,
+            large_weights: Vec::new(),
+            large_bias: 0.0,
             fitted_on: String::new(),
         }
     }
+
+    /// Fits P(small right) and P(large right) on the same standardised features, for the
+    /// `calibrated_gain` signal.
+    pub fn fit_pair(xs: &[[f64; N]], small: &[bool], large: &[bool], l2: f64) -> Self {
+        let mut m = Self::fit(xs, small, l2);
+        let (mean, scale) = standardisation(xs);
+        let (w, b) = fit_weights(&standardise(xs, &mean, &scale), large, l2);
+        m.large_weights = w;
+        m.large_bias = b;
+        m
+    }
+}
+
+fn standardisation(xs: &[[f64; N]]) -> ([f64; N], [f64; N]) {
+    let n = xs.len().max(1) as f64;
+    let mut mean = [0.0; N];
+    let mut var = [0.0; N];
+    for x in xs {
+        for i in 0..N {
+            mean[i] += x[i] / n;
+        }
+    }
+    for x in xs {
+        for i in 0..N {
+            var[i] += (x[i] - mean[i]).powi(2) / n;
+        }
+    }
+    // A constant feature gets scale 1 (and weight 0 under the penalty).
+    (mean, var.map(|v| if v > 1e-12 { v.sqrt() } else { 1.0 }))
+}
+
+fn standardise(xs: &[[f64; N]], mean: &[f64; N], scale: &[f64; N]) -> Vec<[f64; N]> {
+    xs.iter()
+        .map(|x| std::array::from_fn(|i| (x[i] - mean[i]) / scale[i]))
+        .collect()
+}
+
+/// Newton's method on the penalised log-loss: the weights and the bias.
+fn fit_weights(z: &[[f64; N]], ys: &[bool], l2: f64) -> (Vec<f64>, f64) {
+    assert_eq!(z.len(), ys.len());
+    // Parameters: N weights, then the bias.
+    let d = N + 1;
+    let mut w = vec![0.0; d];
+    for _ in 0..50 {
+        let mut g = vec![0.0; d];
+        let mut h = vec![0.0; d * d];
+        for (zi, &y) in z.iter().zip(ys) {
+            let row: Vec<f64> = zi.iter().copied().chain(std::iter::once(1.0)).collect();
+            let p = sigmoid(row.iter().zip(&w).map(|(a, b)| a * b).sum());
+            let r = p - f64::from(u8::from(y));
+            let s = (p * (1.0 - p)).max(1e-9);
+            for a in 0..d {
+                g[a] += r * row[a];
+                for b in 0..=a {
+                    h[a * d + b] += s * row[a] * row[b];
+                }
+            }
+        }
+        for a in 0..d {
+            for b in 0..a {
+                h[b * d + a] = h[a * d + b];
+            }
+        }
+        for a in 0..N {
+            g[a] += l2 * w[a];
+            h[a * d + a] += l2;
+        }
+        h[N * d + N] += 1e-9;
+        let Some(step) = solve(&h, &g, d) else { break };
+        let mut change = 0.0f64;
+        for a in 0..d {
+            w[a] -= step[a];
+            change = change.max(step[a].abs());
+        }
+        if change < 1e-8 {
+            break;
+        }
+    }
+    let bias = w[N];
+    w.truncate(N);
+    (w, bias)
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -337,6 +396,35 @@ pub fn cross_validate(
         let m = CalibratedModel::fit(&train_x, &train_y, l2);
         for i in (0..xs.len()).filter(|&i| fold[i] == f) {
             out[i] = m.predict(&xs[i]);
+        }
+    }
+    out
+}
+
+/// Out-of-fold `calibrated_gain` scores: P(small right) - P(large right), each item scored by a
+/// pair fitted without its fold.
+pub fn cross_validate_gain(
+    xs: &[[f64; N]],
+    small: &[bool],
+    large: &[bool],
+    groups: &[usize],
+    folds: usize,
+    seed: u64,
+    l2: f64,
+) -> Vec<f64> {
+    let fold = assign_folds(groups, folds, seed);
+    let mut out = vec![f64::NAN; xs.len()];
+    for f in 0..folds {
+        let train: Vec<usize> = (0..xs.len()).filter(|&i| fold[i] != f).collect();
+        if train.is_empty() {
+            continue;
+        }
+        let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
+        let ts: Vec<bool> = train.iter().map(|&i| small[i]).collect();
+        let tl: Vec<bool> = train.iter().map(|&i| large[i]).collect();
+        let m = CalibratedModel::fit_pair(&tx, &ts, &tl, l2);
+        for i in (0..xs.len()).filter(|&i| fold[i] == f) {
+            out[i] = m.gain_score(&xs[i]).unwrap_or(f64::NAN);
         }
     }
     out
@@ -426,6 +514,38 @@ mod tests {
         let mut bad = m.clone();
         bad.features.swap(0, 1);
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn the_gain_pair_ranks_items_the_large_model_fixes_first() {
+        // Small is right when x0 > 0; large is right when x1 > 0. Escalating helps most where
+        // x0 < 0 and x1 > 0.
+        let mut xs = Vec::new();
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let mut x = [0.0; N];
+            x[0] = f64::from(i % 20) / 10.0 - 0.95;
+            x[1] = f64::from((i / 20) % 20) / 10.0 - 0.95;
+            small.push(x[0] > 0.0);
+            large.push(x[1] > 0.0);
+            xs.push(x);
+        }
+        let m = CalibratedModel::fit_pair(&xs, &small, &large, 1.0);
+        m.validate().unwrap();
+        let at = |a: f64, b: f64| {
+            let mut x = [0.0; N];
+            x[0] = a;
+            x[1] = b;
+            m.gain_score(&x).unwrap()
+        };
+        assert!(at(-0.9, 0.9) < at(-0.9, -0.9), "fixable items rank lowest");
+        assert!(
+            at(-0.9, -0.9) < at(0.9, -0.9),
+            "items only small gets right rank highest"
+        );
+        assert!(CalibratedModel::fit(&xs, &small, 1.0)
+            .gain_score(&xs[0])
+            .is_none());
     }
 
     #[test]

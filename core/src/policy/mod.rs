@@ -153,6 +153,9 @@ pub enum Signal {
     MeanEntropy,
     /// P(the small model is right) from the calibrated model (escalate below).
     Calibrated,
+    /// P(small right) - P(large right) from the calibrated pair: the accuracy expected to be
+    /// lost by escalating (escalate below; a negative value means escalating should help).
+    CalibratedGain,
 }
 
 impl Signal {
@@ -164,6 +167,7 @@ impl Signal {
             "p10_prob" => Signal::P10Prob,
             "mean_entropy" => Signal::MeanEntropy,
             "calibrated" => Signal::Calibrated,
+            "calibrated_gain" => Signal::CalibratedGain,
             _ => return None,
         })
     }
@@ -176,6 +180,7 @@ impl Signal {
             Signal::P10Prob => "p10_prob",
             Signal::MeanEntropy => "mean_entropy",
             Signal::Calibrated => "calibrated",
+            Signal::CalibratedGain => "calibrated_gain",
         }
     }
 
@@ -187,7 +192,7 @@ impl Signal {
             Signal::MinProb => c.min_prob,
             Signal::P10Prob => c.p10_prob,
             Signal::MeanEntropy => c.mean_entropy,
-            Signal::Calibrated => return None,
+            Signal::Calibrated | Signal::CalibratedGain => return None,
         })
     }
 
@@ -218,14 +223,14 @@ impl Cascade {
     pub fn new(c: &CascadeConfig) -> Result<Self, String> {
         let signal = Signal::parse(&c.signal).ok_or_else(|| {
             format!(
-                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy, calibrated",
+                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy, calibrated, calibrated_gain",
                 c.signal
             )
         })?;
         if let Some(m) = &c.calibrated {
             m.validate()?;
         }
-        if signal == Signal::Calibrated && c.calibrated.is_none() {
+        if matches!(signal, Signal::Calibrated | Signal::CalibratedGain) && c.calibrated.is_none() {
             return Err(
                 "cascade.signal = \"calibrated\" needs a [cascade.calibrated] section: fit one with `edgecascade eval --write-config`".into(),
             );
@@ -235,6 +240,20 @@ impl Cascade {
                 "cascade.threshold {} must be a probability (0 to 1) for the calibrated signal",
                 c.threshold
             ));
+        }
+        if signal == Signal::CalibratedGain {
+            if c.calibrated
+                .as_ref()
+                .is_some_and(|m| m.large_weights.is_empty())
+            {
+                return Err("cascade.signal = \"calibrated_gain\" needs large_weights in [cascade.calibrated]: refit with `edgecascade eval --write-config`".into());
+            }
+            if !(-1.0..=1.0).contains(&c.threshold) {
+                return Err(format!(
+                    "cascade.threshold {} must be between -1 and 1 for calibrated_gain",
+                    c.threshold
+                ));
+            }
         }
         Ok(Self {
             signal,
@@ -249,6 +268,9 @@ impl Cascade {
     pub fn score(&self, e: &Evidence<'_>) -> f64 {
         match (self.signal, &self.model) {
             (Signal::Calibrated, Some(m)) => m.predict(&calibrated::features(e)),
+            (Signal::CalibratedGain, Some(m)) => {
+                m.gain_score(&calibrated::features(e)).unwrap_or(f64::NAN)
+            }
             (s, _) => s
                 .value(&crate::engine::local::confidence::summarize(e.signals))
                 .unwrap_or(f64::NAN),
@@ -499,6 +521,23 @@ mod tests {
         })
         .unwrap_err()
         .contains("[cascade.calibrated]"));
+        // The gain signal needs the large half, and a threshold in [-1, 1].
+        let xs = vec![[0.0; calibrated::N], [1.0; calibrated::N]];
+        let small_only = CalibratedModel::fit(&xs, &[false, true], 1.0);
+        let gain = |m: &CalibratedModel, threshold| {
+            Cascade::new(&CascadeConfig {
+                signal: "calibrated_gain".into(),
+                threshold,
+                calibrated: Some(m.clone()),
+                ..CascadeConfig::default()
+            })
+        };
+        assert!(gain(&small_only, 0.0)
+            .unwrap_err()
+            .contains("large_weights"));
+        let pair = CalibratedModel::fit_pair(&xs, &[false, true], &[true, true], 1.0);
+        assert!(gain(&pair, 0.0).is_ok());
+        assert!(gain(&pair, 2.0).is_err());
         assert!(Cascade::new(&CascadeConfig {
             signal: "vibes".into(),
             ..CascadeConfig::default()

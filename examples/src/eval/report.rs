@@ -206,6 +206,7 @@ pub fn report(
         .collect();
     let labels: Vec<bool> = outcomes.iter().map(|o| o.small).collect();
     let both = labels.iter().any(|&l| l) && labels.iter().any(|&l| !l);
+    let large_labels: Vec<bool> = outcomes.iter().map(|o| o.large).collect();
     let model = both.then(|| {
         let held_out =
             calibrated::cross_validate(&features, &labels, &groups, args.folds, args.seed, L2);
@@ -216,47 +217,31 @@ pub fn report(
             sign: 1.0,
             report,
         });
-        let mut m = CalibratedModel::fit(&features, &labels, L2);
+        if large_labels.iter().any(|&l| l) && large_labels.iter().any(|&l| !l) {
+            let gain = calibrated::cross_validate_gain(
+                &features,
+                &labels,
+                &large_labels,
+                &groups,
+                args.folds,
+                args.seed,
+                L2,
+            );
+            let report = metrics::report(&outcomes, &gain);
+            ranked.push(Ranked {
+                name: "calibrated_gain",
+                scores: gain,
+                sign: 1.0,
+                report,
+            });
+        }
+        let mut m = CalibratedModel::fit_pair(&features, &labels, &large_labels, L2);
         m.fitted_on = format!(
             "edgecascade eval: {n} items ({}), small {small_name}, large {large_name}",
             dataset_names.join(", ")
         );
         m
     });
-    if std::env::var_os("EC_EXPERIMENT").is_some() {
-        let large_labels: Vec<bool> = outcomes.iter().map(|o| o.large).collect();
-        for l2 in [0.1, 1.0, 10.0, 100.0] {
-            let ps =
-                calibrated::cross_validate(&features, &labels, &groups, args.folds, args.seed, l2);
-            let pl = calibrated::cross_validate(
-                &features,
-                &large_labels,
-                &groups,
-                args.folds,
-                args.seed,
-                l2,
-            );
-            let gain: Vec<f64> = ps.iter().zip(&pl).map(|(a, b)| a - b).collect();
-            let r1 = metrics::report(&outcomes, &ps);
-            let r2 = metrics::report(&outcomes, &gain);
-            eprintln!(
-                "l2 {l2}: p_small apgr {:?} auroc {:?} | gain apgr {:?}",
-                r1.apgr, r1.auroc, r2.apgr
-            );
-        }
-        // Task identity alone (the per-dataset small-minus-large rate, in-sample).
-        let mut rate = vec![0.0; dataset_names.len()];
-        let mut cnt = vec![0.0; dataset_names.len()];
-        for (i, o) in outcomes.iter().enumerate() {
-            rate[groups[i]] += f64::from(u8::from(o.small)) - f64::from(u8::from(o.large));
-            cnt[groups[i]] += 1.0;
-        }
-        let task: Vec<f64> = groups.iter().map(|&g| rate[g] / cnt[g]).collect();
-        eprintln!(
-            "task identity only (in-sample): apgr {:?}",
-            metrics::report(&outcomes, &task).apgr
-        );
-    }
     let oracle_scores = metrics::oracle_scores(&outcomes);
     let oracle = metrics::report(&outcomes, &oracle_scores);
     let (oracle_escalation, oracle_accuracy) = metrics::oracle(&outcomes);
@@ -369,7 +354,7 @@ pub fn report(
                 "auroc": opt(r.report.auroc),
                 "apgr": opt(r.report.apgr),
                 "cpt": {"50": opt(r.report.cpt[0]), "80": opt(r.report.cpt[1]), "95": opt(r.report.cpt[2])},
-                "held_out": r.name == "calibrated",
+                "held_out": r.name.starts_with("calibrated"),
                 "sweep": sweep_of(r),
             }),
         );
@@ -450,7 +435,9 @@ pub fn report(
             path,
             best.name,
             config_threshold,
-            model.as_ref().filter(|_| best.name == "calibrated"),
+            model
+                .as_ref()
+                .filter(|_| best.name.starts_with("calibrated")),
         )?;
     }
     if args.json {
@@ -499,7 +486,7 @@ fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &st
             fmt(r.report.cpt[0]),
             fmt(r.report.cpt[1]),
             fmt(r.report.cpt[2]),
-            if r.name == "calibrated" {
+            if r.name.starts_with("calibrated") {
                 "  (held-out)"
             } else {
                 ""
@@ -690,6 +677,10 @@ fn write_config(
         t["scale"] = arr(&m.scale);
         t["weights"] = arr(&m.weights);
         t["bias"] = toml_edit::value((m.bias * 1e6).round() / 1e6);
+        if !m.large_weights.is_empty() {
+            t["large_weights"] = arr(&m.large_weights);
+            t["large_bias"] = toml_edit::value((m.large_bias * 1e6).round() / 1e6);
+        }
         t["fitted_on"] = toml_edit::value(m.fitted_on.as_str());
         cascade.insert("calibrated", toml_edit::Item::Table(t));
     }
