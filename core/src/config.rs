@@ -210,7 +210,8 @@ pub struct CascadeConfig {
     pub signal: String,
     /// Escalate when the signal is on the unsure side of this.
     pub threshold: f64,
-    /// Mid-stream: escalate when rolling token probability falls under this.
+    /// Mid-stream: escalate when the mean top-token probability of the last 8 tokens falls
+    /// under this (0 disables).
     pub mid_stream_floor: f64,
     /// Mid-stream: only after this many tokens.
     pub mid_stream_min_tokens: u32,

@@ -473,13 +473,13 @@ fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &st
     );
     let _ = writeln!(
         t,
-        "\n{:<14} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "\n{:<16} {:>6} {:>6} {:>7} {:>7} {:>7}",
         "signal", "AUROC", "APGR", "CPT50", "CPT80", "CPT95"
     );
     for r in ranked {
         let _ = writeln!(
             t,
-            "{:<14} {:>6} {:>6} {:>7} {:>7} {:>7}{}",
+            "{:<16} {:>6} {:>6} {:>7} {:>7} {:>7}{}",
             r.name,
             fmt(r.report.auroc),
             fmt(r.report.apgr),
@@ -504,7 +504,7 @@ fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &st
             t,
             "{:<12} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
             d["dataset"].as_str().unwrap_or_default(),
-            d["items"],
+            d["items"].as_u64().unwrap_or(0),
             f(&d["small_accuracy"]),
             f(&d["large_accuracy"]),
             f(&d["cascade_accuracy"]),
