@@ -383,22 +383,17 @@ pub fn cross_validate(
     seed: u64,
     l2: f64,
 ) -> Vec<f64> {
-    let fold = assign_folds(groups, folds, seed);
-    let mut out = vec![f64::NAN; xs.len()];
-    for f in 0..folds {
-        let (train_x, train_y): (Vec<[f64; N]>, Vec<bool>) = (0..xs.len())
-            .filter(|&i| fold[i] != f)
-            .map(|i| (xs[i], ys[i]))
-            .unzip();
-        if train_x.is_empty() {
-            continue;
-        }
-        let m = CalibratedModel::fit(&train_x, &train_y, l2);
-        for i in (0..xs.len()).filter(|&i| fold[i] == f) {
-            out[i] = m.predict(&xs[i]);
-        }
-    }
-    out
+    out_of_fold(
+        groups,
+        folds,
+        seed,
+        |train| {
+            let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
+            let ty: Vec<bool> = train.iter().map(|&i| ys[i]).collect();
+            CalibratedModel::fit(&tx, &ty, l2)
+        },
+        |m, i| m.predict(&xs[i]),
+    )
 }
 
 /// Out-of-fold `calibrated_gain` scores: P(small right) - P(large right), each item scored by a
@@ -412,19 +407,38 @@ pub fn cross_validate_gain(
     seed: u64,
     l2: f64,
 ) -> Vec<f64> {
+    out_of_fold(
+        groups,
+        folds,
+        seed,
+        |train| {
+            let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
+            let ts: Vec<bool> = train.iter().map(|&i| small[i]).collect();
+            let tl: Vec<bool> = train.iter().map(|&i| large[i]).collect();
+            CalibratedModel::fit_pair(&tx, &ts, &tl, l2)
+        },
+        |m, i| m.gain_score(&xs[i]).unwrap_or(f64::NAN),
+    )
+}
+
+/// Fits on every fold but one and scores the held-out fold, for each fold.
+fn out_of_fold<M>(
+    groups: &[usize],
+    folds: usize,
+    seed: u64,
+    fit: impl Fn(&[usize]) -> M,
+    score: impl Fn(&M, usize) -> f64,
+) -> Vec<f64> {
     let fold = assign_folds(groups, folds, seed);
-    let mut out = vec![f64::NAN; xs.len()];
+    let mut out = vec![f64::NAN; groups.len()];
     for f in 0..folds {
-        let train: Vec<usize> = (0..xs.len()).filter(|&i| fold[i] != f).collect();
+        let train: Vec<usize> = (0..groups.len()).filter(|&i| fold[i] != f).collect();
         if train.is_empty() {
             continue;
         }
-        let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
-        let ts: Vec<bool> = train.iter().map(|&i| small[i]).collect();
-        let tl: Vec<bool> = train.iter().map(|&i| large[i]).collect();
-        let m = CalibratedModel::fit_pair(&tx, &ts, &tl, l2);
-        for i in (0..xs.len()).filter(|&i| fold[i] == f) {
-            out[i] = m.gain_score(&xs[i]).unwrap_or(f64::NAN);
+        let m = fit(&train);
+        for i in (0..groups.len()).filter(|&i| fold[i] == f) {
+            out[i] = score(&m, i);
         }
     }
     out
