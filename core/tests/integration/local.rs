@@ -452,3 +452,46 @@ fn a_full_disk_under_the_ledger_loses_no_answer() {
     assert!(e.contains("No space left on device"), "{e}");
     assert!(r.to_contract_json()["ledger_error"].is_string());
 }
+
+#[test]
+fn score_options_prefers_the_likely_answer_and_leaves_the_slot_usable() {
+    let rt = Runtime::new(config_for(smollm2())).unwrap();
+    let engine = rt.local_engine();
+    let req = greedy(
+        "What is the capital of France? Answer with the city only.",
+        8,
+    );
+    let cancel = AtomicBool::new(false);
+    let before = engine
+        .generate(&req, &cancel, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    let options: Vec<String> = ["Paris", "Banana smoothie recipe", "Berlin"]
+        .map(String::from)
+        .to_vec();
+    let scores = engine
+        .score_options(&req.messages, &options, &cancel)
+        .unwrap();
+    assert_eq!(scores.len(), 3);
+    assert!(
+        scores.iter().all(|s| s.is_finite() && *s <= 0.0),
+        "{scores:?}"
+    );
+    assert!(scores[0] > scores[1] && scores[0] > scores[2], "{scores:?}");
+    // The same again: scoring is deterministic, options do not leak into each other.
+    assert_eq!(
+        engine
+            .score_options(&req.messages, &options, &cancel)
+            .unwrap(),
+        scores
+    );
+    // The slot still answers exactly as before.
+    let after = engine
+        .generate(&req, &cancel, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(before.text, after.text);
+    // An empty option is refused, not sent into llama.cpp.
+    let err = engine
+        .score_options(&req.messages, &[String::new()], &cancel)
+        .unwrap_err();
+    assert!(matches!(err, LocalError::InvalidRequest(_)), "{err}");
+}

@@ -149,15 +149,31 @@ fn bar(len: usize, label: &str) -> ProgressBar {
 }
 
 /// Runs `reqs` through the local engine, cached. Returns one result per request.
+///
+/// A request with `options` is answered by likelihood instead: the option the small model
+/// scores highest, with one synthetic token signal from the softmax over the options (its
+/// log-probability, entropy and top-two margin).
 pub fn run_local(
     cache: &mut Cache,
     engine: &LocalEngine,
     model_id: &str,
     reqs: &[ChatRequest],
+    options: &[Option<Vec<String>>],
     cancel: &AtomicBool,
     quiet: bool,
 ) -> Result<Vec<LocalResult>, Failure> {
-    let keys: Vec<String> = reqs.iter().map(|r| key("local", model_id, r)).collect();
+    let keys: Vec<String> = reqs
+        .iter()
+        .zip(options)
+        .map(|(r, o)| match o {
+            None => key("local", model_id, r),
+            Some(o) => key(
+                &format!("local-score {}", serde_json::json!(o)),
+                model_id,
+                r,
+            ),
+        })
+        .collect();
     let todo = keys
         .iter()
         .filter(|k| !cache.local.contains_key(*k))
@@ -167,12 +183,25 @@ pub fn run_local(
     } else {
         bar(todo, "local")
     };
-    for (req, k) in reqs.iter().zip(&keys) {
+    for ((req, k), opts) in reqs.iter().zip(&keys).zip(options) {
         if cache.local.contains_key(k) {
             continue;
         }
         if cancel.load(Ordering::SeqCst) {
             return Err(Failure::Interrupted);
+        }
+        if let Some(opts) = opts {
+            let t = std::time::Instant::now();
+            let scores = engine.score_options(&req.messages, opts, cancel)?;
+            let r = scored(opts, &scores, engine.count_prompt_tokens(&req.messages)?, t);
+            cache.append(&Line {
+                key: k.clone(),
+                local: Some(r.clone()),
+                remote: None,
+            })?;
+            cache.local.insert(k.clone(), r);
+            b.inc(1);
+            continue;
         }
         let out = engine.generate(req, cancel, &mut |_| ControlFlow::Continue(()))?;
         if out.finish_reason == FinishReason::Cancelled {
@@ -254,6 +283,38 @@ pub fn run_remote(
     }
     b.finish_and_clear();
     Ok(keys.iter().map(|k| cache.remote[k].clone()).collect())
+}
+
+/// A likelihood-scored answer: the best option, and the softmax over options as its signal.
+fn scored(
+    opts: &[String],
+    scores: &[f64],
+    prompt_tokens: u32,
+    t: std::time::Instant,
+) -> LocalResult {
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+    let mut p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / z).collect();
+    let best = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i);
+    let entropy = -p
+        .iter()
+        .filter(|&&q| q > 0.0)
+        .map(|q| q * q.ln())
+        .sum::<f64>();
+    let top = p[best];
+    p.sort_by(|a, b| b.total_cmp(a));
+    let margin = p[0] - p.get(1).copied().unwrap_or(0.0);
+    LocalResult {
+        text: opts[best].clone(),
+        finish: "stop".into(),
+        prompt_tokens,
+        signals: vec![[top.ln() as f32, entropy as f32, margin as f32]],
+        ms: t.elapsed().as_secs_f64() * 1e3,
+    }
 }
 
 fn finish_name(f: FinishReason) -> &'static str {

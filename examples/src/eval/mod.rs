@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use clap::Args as ClapArgs;
 use edgecascade::engine::remote::RemoteEngine;
-use edgecascade::eval::{default_max_tokens, Item, Prompts};
+use edgecascade::eval::{default_max_tokens, Item, Kind, Prompts};
 use edgecascade::ChatRequest;
 use sha2::{Digest, Sha256};
 
@@ -66,6 +66,10 @@ pub struct Args {
     /// Per-item results (JSONL): answers, correctness and signals.
     #[arg(long, value_name = "FILE")]
     details: Option<PathBuf>,
+    /// How the local tier answers choice and yes/no items: `generate` a reply (as apps do),
+    /// or `score` each option's likelihood and take the best (classification by likelihood).
+    #[arg(long, default_value = "generate", value_parser = ["generate", "score"])]
+    local_answers: String,
     /// Print one JSON object (see the CLI contract).
     #[arg(long)]
     json: bool,
@@ -122,6 +126,7 @@ fn default_cache_dir() -> PathBuf {
         .join("edgecascade/eval")
 }
 
+#[allow(clippy::too_many_lines)]
 pub fn run(args: Args) -> Result<(), Failure> {
     if !(0.0..=1.0).contains(&args.target_quality) {
         return Err(Failure::Usage(
@@ -201,12 +206,32 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let mut cache = collect::Cache::open(&cache_dir)?;
     let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
+    let options: Vec<Option<Vec<String>>> = prepared
+        .iter()
+        .map(|p| {
+            let i = &p.item;
+            (args.local_answers == "score" && i.messages.is_none())
+                .then(|| match i.kind() {
+                    Kind::Choice => Some(
+                        i.choices
+                            .iter()
+                            .enumerate()
+                            .map(|(n, c)| format!("{}. {c}", (b'A' + n as u8) as char))
+                            .collect(),
+                    ),
+                    Kind::YesNo => Some(vec!["Yes".into(), "No".into()]),
+                    Kind::Number | Kind::Exact => None,
+                })
+                .flatten()
+        })
+        .collect();
     interrupt.busy.store(true, Ordering::SeqCst);
     let local = collect::run_local(
         &mut cache,
         rt.local_engine(),
         &model_id,
         &reqs,
+        &options,
         &interrupt.cancel,
         quiet,
     )?;

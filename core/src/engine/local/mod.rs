@@ -334,6 +334,98 @@ impl LocalEngine {
         )
     }
 
+    /// Scores each of `options` as the start of the assistant's answer to `messages`: the
+    /// mean log-probability per token of its text. The prompt is evaluated once; each option is
+    /// evaluated on top of it and removed again. For choosing among labels (classification,
+    /// multiple choice) by likelihood rather than by generating a label, which small models do
+    /// far better.
+    pub fn score_options(
+        &self,
+        messages: &[ChatMessage],
+        options: &[String],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f64>, LocalError> {
+        validate_request(&ChatRequest {
+            messages: messages.to_vec(),
+            ..ChatRequest::default()
+        })?;
+        let (tokens, _) = self.fit_prompt(messages)?;
+        let vocab = self.model.vocab();
+        let option_tokens: Vec<Vec<LlamaToken>> = options
+            .iter()
+            .map(|o| vocab.tokenize(o.as_bytes(), false, false))
+            .collect();
+        if let Some(i) = option_tokens.iter().position(Vec::is_empty) {
+            return Err(LocalError::InvalidRequest(format!("option {i} is empty")));
+        }
+        let longest = option_tokens.iter().map(Vec::len).max().unwrap_or(0);
+        let n_ctx = self.info.n_ctx;
+        if (tokens.len() + longest) as u32 >= n_ctx {
+            return Err(LocalError::ContextOverflow {
+                prompt_tokens: (tokens.len() + longest) as u32,
+                n_ctx,
+            });
+        }
+        let mut guard = self.acquire(&tokens)?;
+        let slot = guard.slot.as_mut().expect("slot present");
+        let n_batch = slot.ctx.n_batch() as usize;
+        if longest > n_batch {
+            return Err(LocalError::InvalidRequest(format!(
+                "an option of {longest} tokens is longer than n_batch ({n_batch})"
+            )));
+        }
+        // A cold evaluation of the prompt, in aligned chunks: its rows are exact afterwards.
+        slot.tokens.clear();
+        slot.exact_rows = 0;
+        slot.ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        if prefill(&mut slot.ctx, &mut batch, &tokens, 0, n_batch, cancel)?.is_some() {
+            return Err(LocalError::InvalidRequest("cancelled".into()));
+        }
+        let first = slot.ctx.get_logits_ith(batch.n_tokens() - 1).to_vec();
+        let mut scores = Vec::with_capacity(options.len());
+        for ot in &option_tokens {
+            let mut lp = f64::from(confidence::token_signal(&first, ot[0].0 as usize).logprob);
+            if ot.len() > 1 {
+                batch.clear();
+                for (i, &t) in ot[..ot.len() - 1].iter().enumerate() {
+                    let pos = tokens.len() + i;
+                    batch
+                        .add(t, pos as i32, &[0], true)
+                        .map_err(|e| LocalError::Decode {
+                            pos: pos as u32,
+                            detail: e.to_string(),
+                        })?;
+                }
+                if let Err(e) = slot.ctx.decode(&mut batch) {
+                    slot.ctx.clear_kv_cache();
+                    return Err(LocalError::Decode {
+                        pos: tokens.len() as u32,
+                        detail: e.to_string(),
+                    });
+                }
+                for (j, t) in ot.iter().enumerate().skip(1) {
+                    let logits = slot.ctx.get_logits_ith((j - 1) as i32);
+                    lp += f64::from(confidence::token_signal(logits, t.0 as usize).logprob);
+                }
+                let removed = slot
+                    .ctx
+                    .clear_kv_cache_seq(Some(0), Some(tokens.len() as u32), None)
+                    .unwrap_or(false);
+                if !removed {
+                    slot.ctx.clear_kv_cache();
+                    return Err(LocalError::InvalidRequest(
+                        "the context could not drop an option's cache rows".into(),
+                    ));
+                }
+            }
+            scores.push(lp / ot.len() as f64);
+        }
+        slot.exact_rows = tokens.len() / n_batch * n_batch;
+        slot.tokens = tokens;
+        Ok(scores)
+    }
+
     /// One benchmark repetition: a cold prompt of exactly `prompt_tokens` tokens, then exactly
     /// `gen_tokens` greedy tokens, through the same path as a real request.
     pub fn bench_once(
@@ -601,38 +693,16 @@ impl LocalEngine {
         let mut batch = LlamaBatch::new(n_batch.max(1), 1);
         let t_prefill = Instant::now();
         let to_eval = &tokens[keep..];
-        let mut pos = keep;
-        while pos < tokens.len() {
-            if cancel.load(Ordering::Relaxed) {
-                slot.ctx.clear_kv_cache();
-                return Ok(empty_output(
-                    &tokens,
-                    pos - keep,
-                    truncated,
-                    t0,
-                    FinishReason::Cancelled,
-                ));
-            }
-            let end = ((pos / n_batch + 1) * n_batch).min(tokens.len());
-            batch.clear();
-            for (i, &tok) in tokens[pos..end].iter().enumerate() {
-                let want_logits = pos + i == tokens.len() - 1;
-                batch
-                    .add(tok, (pos + i) as i32, &[0], want_logits)
-                    .map_err(|e| LocalError::Decode {
-                        pos: (pos + i) as u32,
-                        detail: e.to_string(),
-                    })?;
-            }
-            if let Err(e) = slot.ctx.decode(&mut batch) {
-                slot.ctx.clear_kv_cache();
-                return Err(LocalError::Decode {
-                    pos: pos as u32,
-                    detail: e.to_string(),
-                });
-            }
-            pos = end;
+        if let Some(pos) = prefill(&mut slot.ctx, &mut batch, &tokens, keep, n_batch, cancel)? {
+            return Ok(empty_output(
+                &tokens,
+                pos - keep,
+                truncated,
+                t0,
+                FinishReason::Cancelled,
+            ));
         }
+        let mut pos = tokens.len();
         cached.extend_from_slice(to_eval);
         // Rows in whole aligned chunks are exact if everything before them was.
         let exact_rows = if keep <= exact_before && keep % n_batch == 0 {
@@ -813,6 +883,46 @@ impl Drop for SlotGuard<'_> {
             self.engine.returned.notify_one();
         }
     }
+}
+
+/// Evaluates `tokens[from..]` in chunks aligned to multiples of `n_batch` (so a warm request
+/// splits where a cold run would), with logits for the last token only. `Ok(Some(pos))` if
+/// cancelled before `pos`. On cancellation or error the context's cache is cleared.
+fn prefill(
+    ctx: &mut LlamaContext<'static>,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+    from: usize,
+    n_batch: usize,
+    cancel: &AtomicBool,
+) -> Result<Option<usize>, LocalError> {
+    let mut pos = from;
+    while pos < tokens.len() {
+        if cancel.load(Ordering::Relaxed) {
+            ctx.clear_kv_cache();
+            return Ok(Some(pos));
+        }
+        let end = ((pos / n_batch + 1) * n_batch).min(tokens.len());
+        batch.clear();
+        for (i, &tok) in tokens[pos..end].iter().enumerate() {
+            let want_logits = pos + i == tokens.len() - 1;
+            batch
+                .add(tok, (pos + i) as i32, &[0], want_logits)
+                .map_err(|e| LocalError::Decode {
+                    pos: (pos + i) as u32,
+                    detail: e.to_string(),
+                })?;
+        }
+        if let Err(e) = ctx.decode(batch) {
+            ctx.clear_kv_cache();
+            return Err(LocalError::Decode {
+                pos: pos as u32,
+                detail: e.to_string(),
+            });
+        }
+        pos = end;
+    }
+    Ok(None)
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
