@@ -887,6 +887,17 @@ mod eval {
         assert_eq!(w["small_accuracy"], v["small_accuracy"]);
         assert_eq!(w["large_accuracy"], v["large_accuracy"]);
         assert!(w["recommended"]["escalation_rate"].as_f64().unwrap() <= 0.3 + 1e-9);
+        // Local answers by likelihood (cloze for choices, Yes/No scored): the remote side is
+        // unchanged and still cached.
+        let o = eval(
+            "http://127.0.0.1:9",
+            dir.path(),
+            &["--local-answers", "cloze"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(c["large_accuracy"], v["large_accuracy"]);
+        assert_eq!(c["items"], 10);
 
         // A bad dataset line is a clear error naming the file and line.
         let bad = dir.path().join("bad.jsonl");

@@ -19,6 +19,15 @@ use sha2::{Digest, Sha256};
 
 use crate::Failure;
 
+/// How to answer an item by likelihood: the conversation to score after, and the options.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scoring {
+    /// The conversation the options continue.
+    pub messages: Vec<edgecascade::ChatMessage>,
+    /// The candidate answers.
+    pub options: Vec<String>,
+}
+
 /// What the local tier produced for one item.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalResult {
@@ -158,7 +167,7 @@ pub fn run_local(
     engine: &LocalEngine,
     model_id: &str,
     reqs: &[ChatRequest],
-    options: &[Option<Vec<String>>],
+    options: &[Option<Scoring>],
     cancel: &AtomicBool,
     quiet: bool,
 ) -> Result<Vec<LocalResult>, Failure> {
@@ -190,10 +199,15 @@ pub fn run_local(
         if cancel.load(Ordering::SeqCst) {
             return Err(Failure::Interrupted);
         }
-        if let Some(opts) = opts {
+        if let Some(sc) = opts {
             let t = std::time::Instant::now();
-            let scores = engine.score_options(&req.messages, opts, cancel)?;
-            let r = scored(opts, &scores, engine.count_prompt_tokens(&req.messages)?, t);
+            let scores = engine.score_options(&sc.messages, &sc.options, cancel)?;
+            let r = scored(
+                &sc.options,
+                &scores,
+                engine.count_prompt_tokens(&sc.messages)?,
+                t,
+            );
             cache.append(&Line {
                 key: k.clone(),
                 local: Some(r.clone()),

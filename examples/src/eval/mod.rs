@@ -67,8 +67,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     details: Option<PathBuf>,
     /// How the local tier answers choice and yes/no items: `generate` a reply (as apps do),
-    /// or `score` each option's likelihood and take the best (classification by likelihood).
-    #[arg(long, default_value = "generate", value_parser = ["generate", "score"])]
+    /// `score` each option's likelihood ("B. text", after the same prompt) and take the best,
+    /// or `cloze`: the question alone, each choice's text as the continuation.
+    #[arg(long, default_value = "generate", value_parser = ["generate", "score", "cloze"])]
     local_answers: String,
     /// Print one JSON object (see the CLI contract).
     #[arg(long)]
@@ -206,20 +207,33 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let mut cache = collect::Cache::open(&cache_dir)?;
     let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
-    let options: Vec<Option<Vec<String>>> = prepared
+    let options: Vec<Option<collect::Scoring>> = prepared
         .iter()
         .map(|p| {
             let i = &p.item;
-            (args.local_answers == "score" && i.messages.is_none())
+            let cloze = args.local_answers == "cloze";
+            let scoring = |options: Vec<String>, messages: Vec<edgecascade::ChatMessage>| {
+                Some(collect::Scoring { messages, options })
+            };
+            (args.local_answers != "generate" && i.messages.is_none())
                 .then(|| match i.kind() {
-                    Kind::Choice => Some(
+                    Kind::Choice if cloze => scoring(
+                        i.choices.clone(),
+                        vec![edgecascade::ChatMessage::user(
+                            i.question.clone().unwrap_or_default(),
+                        )],
+                    ),
+                    Kind::Choice => scoring(
                         i.choices
                             .iter()
                             .enumerate()
                             .map(|(n, c)| format!("{}. {c}", (b'A' + n as u8) as char))
                             .collect(),
+                        p.request.messages.clone(),
                     ),
-                    Kind::YesNo => Some(vec!["Yes".into(), "No".into()]),
+                    Kind::YesNo => {
+                        scoring(vec!["Yes".into(), "No".into()], p.request.messages.clone())
+                    }
                     Kind::Number | Kind::Exact => None,
                 })
                 .flatten()
