@@ -17,9 +17,17 @@ log=$(mktemp)
 server=$!
 trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 300); do grep -q '^listening on' "$log" && break; sleep 0.2; done
+# SmolLM2 answering choice and yes/no items by likelihood (cloze) instead of generating.
+"$bin" eval --model "$models/smollm2-135m-instruct-q4_1.gguf" "${sets[@]}" --limit 300 --remote-url "$url" \
+  --remote-model qwen15 --local-answers cloze --plot docs/eval/smollm2-cloze-vs-qwen15.svg --json \
+  >docs/eval/smollm2-cloze-vs-qwen15.json
 url=$(sed -n 's/^listening on //p' "$log")
 sets=()
 for d in arc_easy sciq mmlu boolq sst2 arithmetic triviaqa; do sets+=(--dataset "data/eval/$d.jsonl"); done
+# SmolLM2 answering choice and yes/no items by likelihood (cloze) instead of generating.
+"$bin" eval --model "$models/smollm2-135m-instruct-q4_1.gguf" "${sets[@]}" --limit 300 --remote-url "$url" \
+  --remote-model qwen15 --local-answers cloze --plot docs/eval/smollm2-cloze-vs-qwen15.svg --json \
+  >docs/eval/smollm2-cloze-vs-qwen15.json
 mkdir -p docs/eval
 for pair in "smollm2:smollm2-135m-instruct-q4_1.gguf" "qwen05:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"; do
   name=${pair%%:*}
@@ -27,3 +35,7 @@ for pair in "smollm2:smollm2-135m-instruct-q4_1.gguf" "qwen05:qwen2.5-coder-0.5b
     --plot "docs/eval/$name-vs-qwen15.svg" --json >"docs/eval/$name-vs-qwen15.json"
   "$bin" eval --model "$models/${pair#*:}" "${sets[@]}" --limit 300 --remote-url "$url" --remote-model qwen15
 done
+# SmolLM2 answering choice and yes/no items by likelihood (cloze) instead of generating.
+"$bin" eval --model "$models/smollm2-135m-instruct-q4_1.gguf" "${sets[@]}" --limit 300 --remote-url "$url" \
+  --remote-model qwen15 --local-answers cloze --plot docs/eval/smollm2-cloze-vs-qwen15.svg --json \
+  >docs/eval/smollm2-cloze-vs-qwen15.json
