@@ -81,6 +81,15 @@ impl Item {
         })
     }
 
+    /// The choices lettered as the prompts show them: "A. text", "B. text", ...
+    pub fn lettered_choices(&self) -> Vec<String> {
+        self.choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}. {c}", (b'A' + i as u8) as char))
+            .collect()
+    }
+
     /// Checks the item can be run and scored.
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
@@ -155,13 +164,7 @@ impl Prompts {
             Kind::Exact => &self.exact,
             Kind::YesNo => &self.yesno,
         };
-        let choices = item
-            .choices
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{}. {c}", (b'A' + i as u8) as char))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let choices = item.lettered_choices().join("\n");
         let text = template
             .replace("{choices}", &choices)
             .replace("{question}", item.question.as_deref().unwrap_or_default());

@@ -245,30 +245,31 @@ impl CalibratedModel {
     /// Fits an L2-regularised logistic regression (Newton's method) on standardised features.
     /// `l2` is the penalty on the standardised weights (the intercept is not penalised).
     pub fn fit(xs: &[[f64; N]], ys: &[bool], l2: f64) -> Self {
+        Self::fit_standardised(xs, ys, None, l2)
+    }
+
+    /// Fits P(small right) and P(large right) on the same standardised features, for the
+    /// `calibrated_gain` signal.
+    pub fn fit_pair(xs: &[[f64; N]], small: &[bool], large: &[bool], l2: f64) -> Self {
+        Self::fit_standardised(xs, small, Some(large), l2)
+    }
+
+    fn fit_standardised(xs: &[[f64; N]], ys: &[bool], large: Option<&[bool]>, l2: f64) -> Self {
         let (mean, scale) = standardisation(xs);
         let z = standardise(xs, &mean, &scale);
         let (weights, bias) = fit_weights(&z, ys, l2);
+        let (large_weights, large_bias) =
+            large.map_or_else(|| (Vec::new(), 0.0), |l| fit_weights(&z, l, l2));
         Self {
             features: FEATURES.iter().map(|s| (*s).to_owned()).collect(),
             mean: mean.to_vec(),
             scale: scale.to_vec(),
             weights,
             bias,
-            large_weights: Vec::new(),
-            large_bias: 0.0,
+            large_weights,
+            large_bias,
             fitted_on: String::new(),
         }
-    }
-
-    /// Fits P(small right) and P(large right) on the same standardised features, for the
-    /// `calibrated_gain` signal.
-    pub fn fit_pair(xs: &[[f64; N]], small: &[bool], large: &[bool], l2: f64) -> Self {
-        let mut m = Self::fit(xs, small, l2);
-        let (mean, scale) = standardisation(xs);
-        let (w, b) = fit_weights(&standardise(xs, &mean, &scale), large, l2);
-        m.large_weights = w;
-        m.large_bias = b;
-        m
     }
 }
 
@@ -387,11 +388,7 @@ pub fn cross_validate(
         groups,
         folds,
         seed,
-        |train| {
-            let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
-            let ty: Vec<bool> = train.iter().map(|&i| ys[i]).collect();
-            CalibratedModel::fit(&tx, &ty, l2)
-        },
+        |train| CalibratedModel::fit(&pick(xs, train), &pick(ys, train), l2),
         |m, i| m.predict(&xs[i]),
     )
 }
@@ -412,13 +409,20 @@ pub fn cross_validate_gain(
         folds,
         seed,
         |train| {
-            let tx: Vec<[f64; N]> = train.iter().map(|&i| xs[i]).collect();
-            let ts: Vec<bool> = train.iter().map(|&i| small[i]).collect();
-            let tl: Vec<bool> = train.iter().map(|&i| large[i]).collect();
-            CalibratedModel::fit_pair(&tx, &ts, &tl, l2)
+            CalibratedModel::fit_pair(
+                &pick(xs, train),
+                &pick(small, train),
+                &pick(large, train),
+                l2,
+            )
         },
         |m, i| m.gain_score(&xs[i]).unwrap_or(f64::NAN),
     )
+}
+
+/// The elements of `v` at `idx`.
+fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| v[i]).collect()
 }
 
 /// Fits on every fold but one and scores the held-out fold, for each fold.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edgecascade::engine::local::LocalEngine;
+use edgecascade::engine::local::{confidence, LocalEngine};
 use edgecascade::engine::remote::RemoteEngine;
 use edgecascade::{ChatRequest, FinishReason};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,6 +71,8 @@ pub struct Cache {
     path: PathBuf,
     local: HashMap<String, LocalResult>,
     remote: HashMap<String, RemoteResult>,
+    /// The file is empty or ends with a newline (false after a torn last line).
+    clean_end: bool,
 }
 
 impl Cache {
@@ -83,8 +85,14 @@ impl Cache {
             path,
             local: HashMap::new(),
             remote: HashMap::new(),
+            clean_end: true,
         };
-        if let Ok(f) = File::open(&c.path) {
+        if let Ok(mut f) = File::open(&c.path) {
+            let mut last = [0u8; 1];
+            if f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() {
+                c.clean_end = last[0] == b'\n';
+            }
+            f.rewind()?;
             for line in BufReader::new(f).lines() {
                 let Ok(line) = line else { break };
                 let Ok(l) = serde_json::from_str::<Line>(&line) else {
@@ -101,28 +109,90 @@ impl Cache {
         Ok(c)
     }
 
-    fn append(&self, line: &Line) -> Result<(), Failure> {
+    fn append(&mut self, line: &Line) -> Result<(), Failure> {
         let mut text = serde_json::to_string(line)?;
         text.push('\n');
-        let mut f = OpenOptions::new()
+        // A torn line from an earlier crash must not swallow this one.
+        if !self.clean_end {
+            text.insert(0, '\n');
+        }
+        OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| Failure::Runtime(format!("eval cache {}: {e}", self.path.display())))?;
-        // A torn line from an earlier crash must not swallow this one.
-        if f.metadata().is_ok_and(|m| m.len() > 0) {
-            let mut last = [0u8; 1];
-            let mut r = File::open(&self.path)?;
-            r.seek(SeekFrom::End(-1))?;
-            r.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                text.insert(0, '\n');
-            }
-        }
-        f.write_all(text.as_bytes())
-            .map_err(|e| Failure::Runtime(format!("eval cache {}: {e}", self.path.display())))?;
+        self.clean_end = true;
         Ok(())
     }
+}
+
+/// A result type and the half of the cache it lives in.
+trait Cached: Clone {
+    fn map(c: &mut Cache) -> &mut HashMap<String, Self>;
+    fn line(key: String, r: Self) -> Line;
+}
+
+impl Cached for LocalResult {
+    fn map(c: &mut Cache) -> &mut HashMap<String, Self> {
+        &mut c.local
+    }
+    fn line(key: String, r: Self) -> Line {
+        Line {
+            key,
+            local: Some(r),
+            remote: None,
+        }
+    }
+}
+
+impl Cached for RemoteResult {
+    fn map(c: &mut Cache) -> &mut HashMap<String, Self> {
+        &mut c.remote
+    }
+    fn line(key: String, r: Self) -> Line {
+        Line {
+            key,
+            local: None,
+            remote: Some(r),
+        }
+    }
+}
+
+/// Computes the result of every key the cache lacks (`compute(i)` for `keys[i]`), appending
+/// each to the cache as it comes, with a progress bar; then returns all results in order.
+fn run_cached<T: Cached>(
+    cache: &mut Cache,
+    keys: &[String],
+    label: &str,
+    cancel: &AtomicBool,
+    quiet: bool,
+    mut compute: impl FnMut(usize) -> Result<T, Failure>,
+) -> Result<Vec<T>, Failure> {
+    let todo = keys
+        .iter()
+        .filter(|k| !T::map(cache).contains_key(*k))
+        .count();
+    let b = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(todo, label)
+    };
+    for (i, k) in keys.iter().enumerate() {
+        if T::map(cache).contains_key(k) {
+            continue;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(Failure::Interrupted);
+        }
+        let r = compute(i)?;
+        cache.append(&T::line(k.clone(), r.clone()))?;
+        T::map(cache).insert(k.clone(), r);
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let m = T::map(cache);
+    Ok(keys.iter().map(|k| m[k].clone()).collect())
 }
 
 /// The cache key of a request to a model.
@@ -183,45 +253,22 @@ pub fn run_local(
             ),
         })
         .collect();
-    let todo = keys
-        .iter()
-        .filter(|k| !cache.local.contains_key(*k))
-        .count();
-    let b = if quiet {
-        ProgressBar::hidden()
-    } else {
-        bar(todo, "local")
-    };
-    for ((req, k), opts) in reqs.iter().zip(&keys).zip(options) {
-        if cache.local.contains_key(k) {
-            continue;
-        }
-        if cancel.load(Ordering::SeqCst) {
-            return Err(Failure::Interrupted);
-        }
-        if let Some(sc) = opts {
+    run_cached(cache, &keys, "local", cancel, quiet, |i| {
+        if let Some(sc) = &options[i] {
             let t = std::time::Instant::now();
             let scores = engine.score_options(&sc.messages, &sc.options, cancel)?;
-            let r = scored(
+            return Ok(scored(
                 &sc.options,
                 &scores,
                 engine.count_prompt_tokens(&sc.messages)?,
                 t,
-            );
-            cache.append(&Line {
-                key: k.clone(),
-                local: Some(r.clone()),
-                remote: None,
-            })?;
-            cache.local.insert(k.clone(), r);
-            b.inc(1);
-            continue;
+            ));
         }
-        let out = engine.generate(req, cancel, &mut |_| ControlFlow::Continue(()))?;
+        let out = engine.generate(&reqs[i], cancel, &mut |_| ControlFlow::Continue(()))?;
         if out.finish_reason == FinishReason::Cancelled {
             return Err(Failure::Interrupted);
         }
-        let r = LocalResult {
+        Ok(LocalResult {
             text: out.text,
             finish: finish_name(out.finish_reason).into(),
             prompt_tokens: out.prompt_tokens,
@@ -231,17 +278,8 @@ pub fn run_local(
                 .map(|s| [s.logprob, s.entropy, s.margin])
                 .collect(),
             ms: out.total_ms,
-        };
-        cache.append(&Line {
-            key: k.clone(),
-            local: Some(r.clone()),
-            remote: None,
-        })?;
-        cache.local.insert(k.clone(), r);
-        b.inc(1);
-    }
-    b.finish_and_clear();
-    Ok(keys.iter().map(|k| cache.local[k].clone()).collect())
+        })
+    })
 }
 
 /// Runs `reqs` through the remote engine, cached. A request that fails (after the engine's
@@ -257,76 +295,43 @@ pub fn run_remote(
 ) -> Result<Vec<RemoteResult>, Failure> {
     let model_id = engine.model().to_owned();
     let keys: Vec<String> = reqs.iter().map(|r| key("remote", &model_id, r)).collect();
-    let todo = keys
-        .iter()
-        .filter(|k| !cache.remote.contains_key(*k))
-        .count();
-    let b = if quiet {
-        ProgressBar::hidden()
-    } else {
-        bar(todo, "remote")
-    };
-    for (req, k) in reqs.iter().zip(&keys) {
-        if cache.remote.contains_key(k) {
-            continue;
-        }
-        if cancel.load(Ordering::SeqCst) {
-            return Err(Failure::Interrupted);
-        }
-        let out = engine.generate(req, cancel, &mut |_| {}).map_err(|e| {
-            Failure::Runtime(format!(
-                "remote tier: {e} (finished items are cached; rerun to resume)"
-            ))
-        })?;
+    run_cached(cache, &keys, "remote", cancel, quiet, |i| {
+        let out = engine
+            .generate(&reqs[i], cancel, &mut |_| {})
+            .map_err(|e| {
+                Failure::Runtime(format!(
+                    "remote tier: {e} (finished items are cached; rerun to resume)"
+                ))
+            })?;
         if out.finish_reason == FinishReason::Cancelled {
             return Err(Failure::Interrupted);
         }
-        let r = RemoteResult {
+        Ok(RemoteResult {
             text: out.text,
             prompt_tokens: out.prompt_tokens,
             completion_tokens: out.completion_tokens,
             ms: out.total_ms,
-        };
-        cache.append(&Line {
-            key: k.clone(),
-            local: None,
-            remote: Some(r.clone()),
-        })?;
-        cache.remote.insert(k.clone(), r);
-        b.inc(1);
-    }
-    b.finish_and_clear();
-    Ok(keys.iter().map(|k| cache.remote[k].clone()).collect())
+        })
+    })
 }
 
-/// A likelihood-scored answer: the best option, and the softmax over options as its signal.
+/// A likelihood-scored answer: the best option, with the signals of the softmax over the
+/// options' scores (taken as logits) as its one token.
 fn scored(
     opts: &[String],
     scores: &[f64],
     prompt_tokens: u32,
     t: std::time::Instant,
 ) -> LocalResult {
-    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-    let mut p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / z).collect();
-    let best = scores
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-        .map_or(0, |(i, _)| i);
-    let entropy = -p
-        .iter()
-        .filter(|&&q| q > 0.0)
-        .map(|q| q * q.ln())
-        .sum::<f64>();
-    let top = p[best];
-    p.sort_by(|a, b| b.total_cmp(a));
-    let margin = p[0] - p.get(1).copied().unwrap_or(0.0);
+    let logits: Vec<f32> = scores.iter().map(|&s| s as f32).collect();
+    let stats = confidence::stats(&logits);
+    let best = stats.argmax(&logits);
+    let s = stats.signal(&logits, best);
     LocalResult {
         text: opts[best].clone(),
         finish: "stop".into(),
         prompt_tokens,
-        signals: vec![[top.ln() as f32, entropy as f32, margin as f32]],
+        signals: vec![[s.logprob, s.entropy, s.margin]],
         ms: t.elapsed().as_secs_f64() * 1e3,
     }
 }

@@ -198,6 +198,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg.clone(), quiet)?;
     let info = rt.local_model();
+    // The report names the model by the first word of `general.name`.
+    let small_name = info.name.split(' ').next().unwrap_or_default().to_owned();
     let model_id = format!(
         "{} {} {}",
         info.name,
@@ -223,14 +225,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                             i.question.clone().unwrap_or_default(),
                         )],
                     ),
-                    Kind::Choice => scoring(
-                        i.choices
-                            .iter()
-                            .enumerate()
-                            .map(|(n, c)| format!("{}. {c}", (b'A' + n as u8) as char))
-                            .collect(),
-                        p.request.messages.clone(),
-                    ),
+                    Kind::Choice => scoring(i.lettered_choices(), p.request.messages.clone()),
                     Kind::YesNo => {
                         scoring(vec!["Yes".into(), "No".into()], p.request.messages.clone())
                     }
@@ -261,11 +256,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         &prepared,
         &local,
         &remote_out,
-        rt_name(&model_id),
+        &small_name,
         &remote_cfg.model,
     )
-}
-
-fn rt_name(model_id: &str) -> &str {
-    model_id.split(' ').next().unwrap_or(model_id)
 }

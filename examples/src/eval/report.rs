@@ -12,6 +12,7 @@ use edgecascade::engine::local::TokenSignal;
 use edgecascade::eval::metrics::{self, Outcome, ScoreReport};
 use edgecascade::eval::score;
 use edgecascade::policy::calibrated::{self, CalibratedModel, Evidence, N};
+use edgecascade::policy::Signal;
 use edgecascade::{Config, FinishReason};
 use serde_json::json;
 
@@ -22,12 +23,12 @@ use crate::Failure;
 /// The L2 penalty of the calibrated model (on standardised features).
 const L2: f64 = 1.0;
 
-/// The configurable signals, with the sign that makes "higher = surer".
-const RAW: [(&str, f64); 4] = [
-    ("mean_logprob", 1.0),
-    ("min_prob", 1.0),
-    ("p10_prob", 1.0),
-    ("mean_entropy", -1.0),
+/// The configurable single signals.
+const RAW: [Signal; 4] = [
+    Signal::MeanLogprob,
+    Signal::MinProb,
+    Signal::P10Prob,
+    Signal::MeanEntropy,
 ];
 
 /// One signal's ranking and what it is worth.
@@ -157,12 +158,10 @@ pub fn report(
         .collect();
 
     // Datasets as fold strata and for the per-task breakdown.
-    let mut names: Vec<String> = items.iter().map(|p| p.dataset.clone()).collect();
-    names.dedup();
     let mut dataset_names: Vec<String> = Vec::new();
-    for d in names {
-        if !dataset_names.contains(&d) {
-            dataset_names.push(d);
+    for p in items {
+        if !dataset_names.contains(&p.dataset) {
+            dataset_names.push(p.dataset.clone());
         }
     }
     let groups: Vec<usize> = items
@@ -177,27 +176,24 @@ pub fn report(
 
     let mut ranked: Vec<Ranked> = RAW
         .iter()
-        .map(|&(name, sign)| {
+        .map(|&signal| {
+            // Higher = surer: entropy escalates above its threshold, the others below.
+            let sign = if signal == Signal::MeanEntropy {
+                -1.0
+            } else {
+                1.0
+            };
             let scores: Vec<f64> = summaries
                 .iter()
-                .map(|c| {
-                    let v = match name {
-                        "mean_logprob" => c.mean_logprob,
-                        "min_prob" => c.min_prob,
-                        "p10_prob" => c.p10_prob,
-                        _ => c.mean_entropy,
-                    };
+                .map(|c| match signal.value(c) {
                     // An empty answer always escalates (the cascade does so too).
-                    if c.tokens == 0 {
-                        f64::NEG_INFINITY
-                    } else {
-                        sign * v
-                    }
+                    Some(v) if c.tokens > 0 => sign * v,
+                    _ => f64::NEG_INFINITY,
                 })
                 .collect();
             let report = metrics::report(&outcomes, &scores);
             Ranked {
-                name,
+                name: signal.name(),
                 scores,
                 sign,
                 report,
@@ -271,15 +267,20 @@ pub fn report(
         .map(|r| cost::remote_usd(prices, r.prompt_tokens, r.completion_tokens))
         .collect();
     let all_remote: f64 = remote_cost.iter().sum();
-    let order = metrics::ascending(&best.scores);
-    let cost_at = |k: usize| -> f64 {
-        local_cost.iter().sum::<f64>() + order[..k].iter().map(|&i| remote_cost[i]).sum::<f64>()
+    // USD when the first `k` items of `order` escalate.
+    let local_total: f64 = local_cost.iter().sum();
+    let usd_at = |order: &[usize], k: usize| -> f64 {
+        local_total + order[..k].iter().map(|&i| remote_cost[i]).sum::<f64>()
     };
+    let order = metrics::ascending(&best.scores);
     let per_1k = |usd: f64| usd / n.max(1) as f64 * 1000.0;
-    let cascade_cost = cost_at(pick.k);
+    let cascade_cost = usd_at(&order, pick.k);
 
     // Per task, at the recommended threshold.
-    let escalated: Vec<bool> = (0..n).map(|i| order[..pick.k].contains(&i)).collect();
+    let mut escalated = vec![false; n];
+    for &i in &order[..pick.k] {
+        escalated[i] = true;
+    }
     let mut per_task = Vec::new();
     for (g, name) in dataset_names.iter().enumerate() {
         let idx: Vec<usize> = (0..n).filter(|&i| groups[i] == g).collect();
@@ -330,11 +331,10 @@ pub fn report(
     // Accuracy, threshold and cost at every 5% of escalation, for one ranking.
     let sweep_of = |r: &Ranked| -> Vec<serde_json::Value> {
         let order = metrics::ascending(&r.scores);
-        let local_total: f64 = local_cost.iter().sum();
         (0..=20)
             .map(|t| {
                 let k = (n * t + 10) / 20;
-                let usd = local_total + order[..k].iter().map(|&i| remote_cost[i]).sum::<f64>();
+                let usd = usd_at(&order, k);
                 json!({
                     "escalation_rate": opt(Some(k as f64 / n.max(1) as f64)),
                     "threshold": opt(Some(r.sign * metrics::threshold_for(&r.scores, k))),

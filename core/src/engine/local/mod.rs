@@ -345,10 +345,11 @@ impl LocalEngine {
         options: &[String],
         cancel: &AtomicBool,
     ) -> Result<Vec<f64>, LocalError> {
-        validate_request(&ChatRequest {
-            messages: messages.to_vec(),
-            ..ChatRequest::default()
-        })?;
+        if messages.is_empty() {
+            return Err(LocalError::InvalidRequest(
+                "messages must not be empty".into(),
+            ));
+        }
         let (tokens, _) = self.fit_prompt(messages)?;
         let vocab = self.model.vocab();
         let option_tokens: Vec<Vec<LlamaToken>> = options
