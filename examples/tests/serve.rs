@@ -362,20 +362,27 @@ fn disconnect_mid_stream_frees_the_slot() {
     // The only slot is busy: a second request is refused...
     assert_eq!(post(&server.addr, &chat_json("Hi", 2, false)).status, 503);
     drop(s);
-    // ...until the disconnect cancels the first, within a token or so.
+    // ...until the disconnect cancels the first. No wall-clock bound here (speed belongs in
+    // benchmarks, and a loaded 2-core CI machine can take seconds per token): the proof is that the
+    // generation ended as cancelled, before its natural end, and the slot came back.
     let t = Instant::now();
     loop {
         let r = post(&server.addr, &chat_json("Hi", 2, false));
         if r.status == 200 {
             break;
         }
+        assert_eq!(r.status, 503, "{}", r.body);
         assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "slot not freed after disconnect: {}",
-            r.status
+            t.elapsed() < Duration::from_secs(120),
+            "slot not freed after disconnect"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let m = http(&server.addr, "GET", "/metrics", &[], b"").body;
+    assert!(
+        m.lines().any(|l| l == "edgecascade_cancelled_total 1"),
+        "the disconnected generation is counted as cancelled: {m}"
+    );
 }
 
 #[test]

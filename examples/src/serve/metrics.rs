@@ -38,6 +38,7 @@ pub struct Metrics {
     pub decode_rate: Histogram,
     pub in_flight: Gauge,
     pub rejected: Counter,
+    pub cancelled: Counter,
 }
 
 impl Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
         let decode_rate = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let in_flight = Gauge::default();
         let rejected = Counter::default();
+        let cancelled = Counter::default();
         registry.register(
             "requests",
             "Chat completion requests by route and HTTP status",
@@ -89,6 +91,11 @@ impl Metrics {
             "Requests refused with 503 because the queue was full",
             rejected.clone(),
         );
+        registry.register(
+            "cancelled",
+            "Generations stopped early because the client went away or the server shut down",
+            cancelled.clone(),
+        );
         Self {
             registry,
             requests,
@@ -100,6 +107,7 @@ impl Metrics {
             decode_rate,
             in_flight,
             rejected,
+            cancelled,
         }
     }
 

@@ -360,6 +360,9 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
             }
         };
         let out = runtime.chat_cancellable(&chat, &sink, &flag);
+        if matches!(&out, Ok(r) if r.finish_reason == edgecascade::FinishReason::Cancelled) {
+            st.metrics.cancelled.inc();
+        }
         st.metrics.in_flight.dec();
         drop(permit);
         out
