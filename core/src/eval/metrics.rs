@@ -152,6 +152,47 @@ pub fn oracle(o: &[Outcome]) -> (f64, f64) {
     )
 }
 
+/// APGR ceilings for routers that know less than the oracle, computed in-sample over `groups`
+/// (each item's task index). They say how far better routing can go with a given small model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Ranking by each task's small-minus-large accuracy: the best a router that only tells
+    /// the tasks apart can reach.
+    pub task: Option<f64>,
+    /// Knowing exactly which answers of the small model are right, plus each task's large
+    /// accuracy: the best any router that reads the small model's output (however well) can
+    /// reach without knowing per item whether the large model will be right.
+    pub small_known: Option<f64>,
+}
+
+/// The [`Bounds`] of `o`, items grouped by task in `groups`.
+pub fn bounds(o: &[Outcome], groups: &[usize]) -> Bounds {
+    assert_eq!(o.len(), groups.len());
+    let (small, large) = accuracies(o);
+    let tasks = groups.iter().max().map_or(0, |g| g + 1);
+    let mut rates = vec![(0.0, 0.0, 0usize); tasks];
+    for (x, &g) in o.iter().zip(groups) {
+        rates[g].0 += f64::from(u8::from(x.small));
+        rates[g].1 += f64::from(u8::from(x.large));
+        rates[g].2 += 1;
+    }
+    let rate = |g: usize| {
+        let (s, l, n) = rates[g];
+        let n = n.max(1) as f64;
+        (s / n, l / n)
+    };
+    let task: Vec<f64> = groups.iter().map(|&g| rate(g).0 - rate(g).1).collect();
+    let known: Vec<f64> = o
+        .iter()
+        .zip(groups)
+        .map(|(x, &g)| f64::from(u8::from(x.small)) - rate(g).1)
+        .collect();
+    Bounds {
+        task: apgr(&curve(o, &task), small, large),
+        small_known: apgr(&curve(o, &known), small, large),
+    }
+}
+
 /// The threshold that escalates the `k` lowest of `scores` (escalate when score < threshold):
 /// the midpoint between the k-th and (k+1)-th lowest. Ties make some k unreachable; the
 /// threshold then escalates fewer.
@@ -197,6 +238,22 @@ mod tests {
 
     fn o(small: bool, large: bool) -> Outcome {
         Outcome { small, large }
+    }
+
+    #[test]
+    fn bounds_by_hand() {
+        // Task 0: large fixes both. Task 1: small right once, large never.
+        let items = [o(false, true), o(false, true), o(true, false), o(false, false)];
+        let b = bounds(&items, &[0, 0, 1, 1]);
+        // Tasks told apart: escalate task 0 (+1, +1), then task 1's tie (-1 and 0, averaged):
+        // acc 0.25, 0.5, 0.75, 0.625, 0.5; PGR 0, 1, 2, 1.5, 1; area 1.25.
+        assert!((b.task.unwrap() - 1.25).abs() < 1e-12, "{b:?}");
+        // Small correctness known: task 1's wrong answer goes before its right one:
+        // PGR 0, 1, 2, 2, 1; area 1.375.
+        assert!((b.small_known.unwrap() - 1.375).abs() < 1e-12, "{b:?}");
+        // One task only: telling tasks apart is random escalation.
+        let one = bounds(&items, &[0; 4]);
+        assert!((one.task.unwrap() - 0.5).abs() < 1e-12, "{one:?}");
     }
 
     /// Four items by hand: small right on 1 of 4, large on 3 of 4.

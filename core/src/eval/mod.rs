@@ -137,6 +137,33 @@ pub struct Prompts {
     pub yesno: String,
     /// An optional system message.
     pub system: Option<String>,
+    /// Worked examples per kind, sent as earlier user/assistant turns before the item (through
+    /// the same template), so the model sees the answer's form rather than only being told it.
+    pub examples: Examples,
+}
+
+/// Few-shot examples per kind: `[[examples.exact]]` tables with `question` and `answer`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Examples {
+    /// For `choice` items (the question includes its lettered options).
+    pub choice: Vec<Shot>,
+    /// For `number` items.
+    pub number: Vec<Shot>,
+    /// For `exact` items.
+    pub exact: Vec<Shot>,
+    /// For `yesno` items.
+    pub yesno: Vec<Shot>,
+}
+
+/// One worked example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shot {
+    /// The question, filled into the kind's template like an item's.
+    pub question: String,
+    /// The answer, as the model should write it.
+    pub answer: String,
 }
 
 impl Default for Prompts {
@@ -148,6 +175,7 @@ impl Default for Prompts {
             exact: "{question}\n\nAnswer with a few words only.".into(),
             yesno: "{question}\n\nAnswer with yes or no only.".into(),
             system: None,
+            examples: Examples::default(),
         }
     }
 }
@@ -158,21 +186,31 @@ impl Prompts {
         if let Some(m) = &item.messages {
             return m.clone();
         }
-        let template = match item.kind() {
-            Kind::Choice => &self.choice,
-            Kind::Number => &self.number,
-            Kind::Exact => &self.exact,
-            Kind::YesNo => &self.yesno,
+        let (template, shots) = match item.kind() {
+            Kind::Choice => (&self.choice, &self.examples.choice),
+            Kind::Number => (&self.number, &self.examples.number),
+            Kind::Exact => (&self.exact, &self.examples.exact),
+            Kind::YesNo => (&self.yesno, &self.examples.yesno),
         };
-        let choices = item.lettered_choices().join("\n");
-        let text = template
-            .replace("{choices}", &choices)
-            .replace("{question}", item.question.as_deref().unwrap_or_default());
+        let fill = |question: &str, choices: &str| {
+            template
+                .replace("{choices}", choices)
+                .replace("{question}", question)
+        };
         let mut out = Vec::new();
         if let Some(s) = &self.system {
             out.push(ChatMessage::system(s.clone()));
         }
-        out.push(ChatMessage::user(text));
+        for shot in shots {
+            // An example's options, if any, are part of its question.
+            out.push(ChatMessage::user(fill(&shot.question, "").replace("\n\n\n\n", "\n\n")));
+            out.push(ChatMessage::assistant(shot.answer.clone()));
+        }
+        let choices = item.lettered_choices().join("\n");
+        out.push(ChatMessage::user(fill(
+            item.question.as_deref().unwrap_or_default(),
+            &choices,
+        )));
         out
     }
 }
@@ -190,6 +228,7 @@ pub fn default_max_tokens(kind: Kind) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Role;
 
     #[test]
     fn items_parse_and_format() {
@@ -211,5 +250,49 @@ mod tests {
         let none: Item = serde_json::from_str(r#"{"id":"3","answer":"x"}"#).unwrap();
         assert!(none.validate().is_err());
         assert_eq!(Kind::parse("yesno"), Some(Kind::YesNo));
+    }
+
+    #[test]
+    fn few_shot_examples_become_earlier_turns_through_the_same_template() {
+        let prompts: Prompts = toml::from_str(
+            r#"
+            system = "Be brief."
+            exact = "Q: {question}"
+            [[examples.exact]]
+            question = "Capital of France?"
+            answer = "Paris"
+            [[examples.choice]]
+            question = "Pick one.\nA. x\nB. y"
+            answer = "B"
+            "#,
+        )
+        .unwrap();
+        let item: Item =
+            serde_json::from_str(r#"{"id":"1","question":"Capital of Peru?","answer":"Lima"}"#)
+                .unwrap();
+        let m = prompts.messages(&item);
+        let turns: Vec<(Role, &str)> = m.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            turns,
+            [
+                (Role::System, "Be brief."),
+                (Role::User, "Q: Capital of France?"),
+                (Role::Assistant, "Paris"),
+                (Role::User, "Q: Capital of Peru?"),
+            ]
+        );
+        // A choice example carries its options in its question: no empty options block.
+        let choice: Item = serde_json::from_str(
+            r#"{"id":"2","question":"Which?","choices":["p","q"],"answer":"A"}"#,
+        )
+        .unwrap();
+        let m = prompts.messages(&choice);
+        assert_eq!(
+            m[1].content,
+            "Pick one.\nA. x\nB. y\n\nAnswer with the letter of the correct option only."
+        );
+        assert!(m[3].content.contains("A. p\nB. q"));
+        // Unknown keys are refused, not ignored.
+        assert!(toml::from_str::<Prompts>("[[examples.exact]]\nquestion = 'q'\nanswr = 'a'").is_err());
     }
 }

@@ -242,6 +242,7 @@ pub fn report(
     let oracle = metrics::report(&outcomes, &oracle_scores);
     let (oracle_escalation, oracle_accuracy) = metrics::oracle(&outcomes);
     let random = metrics::report(&outcomes, &vec![0.0; n]);
+    let bounds = metrics::bounds(&outcomes, &groups);
 
     // The recommended rule: the best held-out APGR.
     let best = ranked
@@ -372,6 +373,7 @@ pub fn report(
         "oracle_escalation": opt(Some(oracle_escalation)),
         "oracle_accuracy": opt(Some(oracle_accuracy)),
         "oracle_apgr": opt(oracle.apgr),
+        "bounds": {"task": opt(bounds.task), "small_known": opt(bounds.small_known)},
         "auroc": auroc,
         "recommended": {
             "signal": best.name,
@@ -473,6 +475,12 @@ fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &st
     );
     let _ = writeln!(
         t,
+        "APGR ceilings (in-sample): telling the tasks apart {}; knowing exactly when the small model is right {}",
+        f(&out["bounds"]["task"]),
+        f(&out["bounds"]["small_known"]),
+    );
+    let _ = writeln!(
+        t,
         "\n{:<16} {:>6} {:>6} {:>7} {:>7} {:>7}",
         "signal", "AUROC", "APGR", "CPT50", "CPT80", "CPT95"
     );
@@ -494,15 +502,23 @@ fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &st
         );
     }
     let _ = writeln!(t, "\nper task at the recommended threshold:");
+    let tasks = out["per_task"].as_array().map_or(&[][..], Vec::as_slice);
+    let w = tasks
+        .iter()
+        .filter_map(|d| d["dataset"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+        .max("dataset".len());
     let _ = writeln!(
         t,
-        "{:<12} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
+        "{:<w$} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
         "dataset", "items", "small", "large", "cascade", "esc", "oracle", "saving"
     );
-    for d in out["per_task"].as_array().into_iter().flatten() {
+    for d in tasks {
         let _ = writeln!(
             t,
-            "{:<12} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
+            "{:<w$} {:>5} {:>6} {:>6} {:>8} {:>6} {:>7} {:>7}",
             d["dataset"].as_str().unwrap_or_default(),
             d["items"].as_u64().unwrap_or(0),
             f(&d["small_accuracy"]),
