@@ -7,7 +7,8 @@
 #   (cloze) -> docs/eval/smollm2-cloze-vs-qwen15.{json,svg}.
 # - The short-answer mix (answers written, never picked from a list: SQuAD, NaturalQuestions,
 #   TriviaQA, common knowledge, arithmetic): local = SmolLM2-135M ->
-#   docs/eval/smollm2-short-vs-qwen15.{json,svg,html}.
+#   docs/eval/smollm2-short-vs-qwen15.{json,svg,html}, and Qwen2.5-Coder-0.5B ->
+#   docs/eval/qwen05-short-vs-qwen15.{json,svg}.
 # About 2 hours on 2 cores the first time (mostly the 1.5B remote answering); reruns come from
 # the eval cache (~/.cache/edgecascade/eval) in seconds.
 set -euo pipefail
@@ -47,3 +48,5 @@ for d in squad nq_open triviaqa common_knowledge arithmetic; do short+=(--datase
 "$bin" eval --model "$smollm2" "${short[@]}" "${remote[@]}" \
   --plot docs/eval/smollm2-short-vs-qwen15.svg --json >docs/eval/smollm2-short-vs-qwen15.json
 "$bin" eval --model "$smollm2" "${short[@]}" "${remote[@]}" --html docs/eval/smollm2-short-vs-qwen15.html
+"$bin" eval --model "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" "${short[@]}" "${remote[@]}" \
+  --plot docs/eval/qwen05-short-vs-qwen15.svg --json >docs/eval/qwen05-short-vs-qwen15.json
