@@ -35,6 +35,7 @@ fn main() {
             policy: PolicyOverride::Auto,
             private: false,
             remote_configured: true,
+            local_available: true,
             remote_unavailable: None,
             budget_refusal: None,
             overflow: None,
@@ -47,7 +48,7 @@ fn main() {
                 id: format!("r{i}"),
                 ts: now_s(),
                 route: "local".into(),
-                reason: d.reason.into(),
+                reason: d.reason.as_str().into(),
                 local_tokens: [40, 30],
                 remote_tokens: [0, 0],
                 local_usd: 1e-5,
@@ -57,6 +58,7 @@ fn main() {
                 total_ms: 300.0,
                 prompt: None,
                 answer: None,
+                error: None,
             })
             .unwrap();
         decide_append.push(t.elapsed().as_secs_f64() * 1e3);
@@ -105,7 +107,7 @@ fn main() {
         .collect();
     let ys: Vec<bool> = (0..64).map(|i| i % 3 != 0).collect();
     let cascade = Cascade::new(&CascadeConfig {
-        signal: "calibrated".into(),
+        signal: edgecascade::policy::Signal::Calibrated,
         threshold: 0.5,
         calibrated: Some(CalibratedModel::fit(&xs, &ys, 1.0)),
         ..CascadeConfig::default()

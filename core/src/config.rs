@@ -116,14 +116,17 @@ impl LocalConfig {
 }
 
 /// The `[remote]` section: an OpenAI-compatible endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteConfig {
     /// Base URL, with or without a trailing `/v1`.
     pub base_url: String,
     /// Model name sent to the endpoint.
     pub model: String,
-    /// The environment variable holding the API key.
+    /// The API key itself (apps set it directly; it is never serialised, printed or logged).
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    /// The environment variable holding the API key (when `api_key` is not set).
     pub api_key_env: Option<String>,
     /// Seconds to connect.
     pub connect_timeout_s: f64,
@@ -131,8 +134,11 @@ pub struct RemoteConfig {
     pub first_byte_timeout_s: f64,
     /// Seconds allowed between stream chunks.
     pub chunk_gap_timeout_s: f64,
-    /// Seconds for the whole request.
+    /// Seconds for one attempt (one HTTP exchange).
     pub total_timeout_s: f64,
+    /// Seconds for the whole remote leg, retries and their waits included: an escalation never
+    /// holds the answer longer than this.
+    pub deadline_s: f64,
     /// Retries on connection errors, 429 and 5xx.
     pub max_retries: u32,
     /// Extra HTTP headers.
@@ -148,16 +154,30 @@ impl Default for RemoteConfig {
         Self {
             base_url: String::new(),
             model: String::new(),
+            api_key: None,
             api_key_env: None,
             connect_timeout_s: 5.0,
-            first_byte_timeout_s: 60.0,
+            first_byte_timeout_s: 30.0,
             chunk_gap_timeout_s: 30.0,
             total_timeout_s: 300.0,
+            deadline_s: 90.0,
             max_retries: 2,
             headers: std::collections::BTreeMap::new(),
             allow_insecure_http: false,
             stream: true,
         }
+    }
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_env", &self.api_key_env)
+            .field("deadline_s", &self.deadline_s)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,7 +227,7 @@ pub struct RouterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CascadeConfig {
     /// Which confidence signal decides.
-    pub signal: String,
+    pub signal: crate::policy::Signal,
     /// Escalate when the signal is on the unsure side of this.
     pub threshold: f64,
     /// Mid-stream: escalate when the mean top-token probability of the last 8 tokens falls
@@ -222,7 +242,7 @@ pub struct CascadeConfig {
 impl Default for CascadeConfig {
     fn default() -> Self {
         Self {
-            signal: "mean_logprob".into(),
+            signal: crate::policy::Signal::MeanLogprob,
             threshold: -1.0,
             mid_stream_floor: 0.4,
             mid_stream_min_tokens: 8,
@@ -291,7 +311,7 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            source: source.into(),
         })?;
         let mut cfg = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -350,18 +370,61 @@ impl Config {
             ));
         }
         let p = &self.prices;
-        for (name, v) in [
-            ("prices.local_per_1k", p.local_per_1k),
-            ("prices.remote_input_per_1k", p.remote_input_per_1k),
-            ("prices.remote_output_per_1k", p.remote_output_per_1k),
-            ("prices.local_watts", p.local_watts.unwrap_or(0.0)),
-            ("prices.electricity_usd_per_kwh", p.electricity_usd_per_kwh),
-            ("prices.hardware_usd_per_hour", p.hardware_usd_per_hour),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be a non-negative number, got {v}"
-                )));
+        let b = &self.budget;
+        let mut amounts = vec![
+            ("prices.local_per_1k", Some(p.local_per_1k)),
+            ("prices.remote_input_per_1k", Some(p.remote_input_per_1k)),
+            ("prices.remote_output_per_1k", Some(p.remote_output_per_1k)),
+            ("prices.local_watts", p.local_watts),
+            (
+                "prices.electricity_usd_per_kwh",
+                Some(p.electricity_usd_per_kwh),
+            ),
+            (
+                "prices.hardware_usd_per_hour",
+                Some(p.hardware_usd_per_hour),
+            ),
+            ("budget.daily_usd", b.daily_usd),
+            ("budget.monthly_usd", b.monthly_usd),
+            ("budget.per_request_usd", b.per_request_usd),
+        ];
+        let c = &self.cascade;
+        amounts.push(("cascade.mid_stream_floor", Some(c.mid_stream_floor)));
+        for (name, v) in amounts {
+            if let Some(v) = v {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "{name} must be a finite non-negative number, got {v}"
+                    )));
+                }
+            }
+        }
+        if !c.threshold.is_finite() {
+            return Err(ConfigError::Invalid(format!(
+                "cascade.threshold must be a finite number, got {}",
+                c.threshold
+            )));
+        }
+        if c.mid_stream_floor > 1.0 {
+            return Err(ConfigError::Invalid(format!(
+                "cascade.mid_stream_floor is a probability (0 to 1), got {}",
+                c.mid_stream_floor
+            )));
+        }
+        if let Some(r) = &self.remote {
+            for (name, v) in [
+                ("remote.connect_timeout_s", r.connect_timeout_s),
+                ("remote.first_byte_timeout_s", r.first_byte_timeout_s),
+                ("remote.chunk_gap_timeout_s", r.chunk_gap_timeout_s),
+                ("remote.total_timeout_s", r.total_timeout_s),
+                ("remote.deadline_s", r.deadline_s),
+            ] {
+                // Finite and at most a day: Duration::from_secs_f64 panics on overflow.
+                if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{name} must be a number of seconds above 0 and at most 86400, got {v}"
+                    )));
+                }
             }
         }
         Ok(())
@@ -425,5 +488,47 @@ store_prompts = false
         assert!(Config::from_toml("[local]\nthreadz = 2").is_err());
         assert!(Config::from_toml("[local]\nparallel = 0").is_err());
         assert!(Config::from_toml("[prices]\nlocal_per_1k = -1.0").is_err());
+    }
+
+    #[test]
+    fn every_number_is_checked_and_named() {
+        for (toml, key) in [
+            ("[budget]\ndaily_usd = nan", "budget.daily_usd"),
+            ("[budget]\nmonthly_usd = inf", "budget.monthly_usd"),
+            ("[budget]\nper_request_usd = -0.5", "budget.per_request_usd"),
+            ("[cascade]\nthreshold = nan", "cascade.threshold"),
+            ("[cascade]\nmid_stream_floor = -1.0", "cascade.mid_stream_floor"),
+            ("[cascade]\nmid_stream_floor = 2.0", "cascade.mid_stream_floor"),
+            ("[prices]\nlocal_watts = inf", "prices.local_watts"),
+            (
+                "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\ntotal_timeout_s = inf",
+                "remote.total_timeout_s",
+            ),
+            (
+                "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\ndeadline_s = 0.0",
+                "remote.deadline_s",
+            ),
+            (
+                "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\nconnect_timeout_s = 1e300",
+                "remote.connect_timeout_s",
+            ),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_is_never_printed_or_serialised() {
+        let c = Config::from_toml(
+            "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\napi_key = \"sk-secret-123\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.remote.as_ref().unwrap().api_key.as_deref(),
+            Some("sk-secret-123")
+        );
+        assert!(!format!("{c:?}").contains("sk-secret-123"));
+        assert!(!toml::to_string(&c).unwrap().contains("sk-secret-123"));
     }
 }

@@ -1,11 +1,15 @@
-//! Errors. One rich enum per layer; llama-cpp-2's types never leak out of `engine::local`.
+//! Errors. One rich enum per layer ([`LocalError`], [`ConfigError`], [`RemoteError`]); one
+//! public [`Error`] for the whole runtime, whose [`Error::kind`] is the stable, machine-readable
+//! [`ErrorKind`] the SDKs expose. The mapping from rich errors to kinds lives in one place,
+//! [`Error::kind`]. llama-cpp-2's types never leak out of `engine::local`.
 
 use std::path::PathBuf;
 
 pub use crate::engine::local::gguf::GgufError;
+pub use crate::engine::remote::RemoteError;
 
 /// Errors from the local (llama.cpp) tier.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LocalError {
     /// The model file failed validation.
     #[error(transparent)]
@@ -40,6 +44,9 @@ pub enum LocalError {
     /// The request is invalid.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The caller cancelled an operation that has no partial result.
+    #[error("cancelled")]
+    Cancelled,
     /// llama.cpp failed while decoding.
     #[error("llama.cpp decode failed at position {pos}: {detail}")]
     Decode {
@@ -54,7 +61,7 @@ pub enum LocalError {
 }
 
 /// Errors reading the configuration.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config {path}: {source}")]
@@ -62,7 +69,7 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The config file is not valid TOML for our schema.
     #[error("invalid config {path}: {message}")]
@@ -77,8 +84,61 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Any error from the runtime.
-#[derive(Debug, thiserror::Error)]
+/// The stable kind of an [`Error`]: what an app branches on. Its string form
+/// ([`ErrorKind::as_str`]) never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The model file is not a valid GGUF file (or cannot be read).
+    InvalidModelFile,
+    /// llama.cpp could not load a valid-looking model, or create a context for it.
+    ModelLoad,
+    /// The prompt does not fit the local context.
+    ContextOverflow,
+    /// The request contradicts itself or the configuration.
+    InvalidRequest,
+    /// The configuration is invalid.
+    InvalidConfig,
+    /// The remote tier could not be reached or did not answer in time (retrying later may work).
+    RemoteUnavailable,
+    /// The remote tier answered, but refused the request or answered nonsense.
+    RemoteRejected,
+    /// The remote budget refuses a request that can only go remote.
+    BudgetExhausted,
+    /// The caller cancelled an operation that has no partial result.
+    Cancelled,
+    /// The runtime is closed.
+    Closed,
+    /// A bug: a panic inside the runtime or a callback, or llama.cpp failing mid-decode.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidModelFile => "invalid_model_file",
+            ErrorKind::ModelLoad => "model_load",
+            ErrorKind::ContextOverflow => "context_overflow",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::RemoteUnavailable => "remote_unavailable",
+            ErrorKind::RemoteRejected => "remote_rejected",
+            ErrorKind::BudgetExhausted => "budget_exhausted",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Any error from the runtime: the rich cause, with a stable [`ErrorKind`] from [`Error::kind`].
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// From the local tier.
     #[error(transparent)]
@@ -89,10 +149,59 @@ pub enum Error {
     /// A request contradicts itself or the configuration.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// From the remote tier, where no local answer can stand in (forced remote, or a prompt too
-    /// long for the local context).
+    /// From the remote tier, where no local answer can stand in (forced remote, no local model,
+    /// or a prompt too long for the local context).
     #[error(transparent)]
-    Remote(#[from] crate::engine::remote::RemoteError),
+    Remote(#[from] RemoteError),
+    /// The budget refuses a request that can only go remote.
+    #[error("remote budget exhausted: {0}")]
+    BudgetExhausted(String),
+    /// The runtime was closed.
+    #[error("the runtime is closed")]
+    Closed,
+    /// The cost ledger could not be read or written.
+    #[error("cost ledger: {0}")]
+    Ledger(String),
+    /// A panic inside the runtime or a callback, caught before it could cross into the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable kind. Every rich error maps to a kind here, and only here.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Local(l) => match l {
+                LocalError::InvalidModel(_) => ErrorKind::InvalidModelFile,
+                LocalError::Load { .. }
+                | LocalError::Context { .. }
+                | LocalError::Template(_)
+                | LocalError::Backend(_) => ErrorKind::ModelLoad,
+                LocalError::ContextOverflow { .. } => ErrorKind::ContextOverflow,
+                LocalError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+                LocalError::Cancelled => ErrorKind::Cancelled,
+                LocalError::Decode { .. } => ErrorKind::Internal,
+            },
+            Error::Config(_) => ErrorKind::InvalidConfig,
+            Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            Error::Remote(r) => match r {
+                RemoteError::Config(_) => ErrorKind::InvalidConfig,
+                RemoteError::Cancelled => ErrorKind::Cancelled,
+                RemoteError::Malformed { .. } => ErrorKind::RemoteRejected,
+                RemoteError::Status { status, .. } if *status != 429 && *status < 500 => {
+                    ErrorKind::RemoteRejected
+                }
+                RemoteError::Status { .. }
+                | RemoteError::Connect { .. }
+                | RemoteError::Timeout { .. }
+                | RemoteError::Cut { .. }
+                | RemoteError::CircuitOpen { .. } => ErrorKind::RemoteUnavailable,
+            },
+            Error::BudgetExhausted(_) => ErrorKind::BudgetExhausted,
+            Error::Closed => ErrorKind::Closed,
+            Error::Ledger(_) | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 impl From<GgufError> for Error {
@@ -103,3 +212,37 @@ impl From<GgufError> for Error {
 
 /// Result with the runtime's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_stable() {
+        let e: Error = LocalError::ContextOverflow {
+            prompt_tokens: 10,
+            n_ctx: 8,
+        }
+        .into();
+        assert_eq!(e.kind().as_str(), "context_overflow");
+        let e: Error = RemoteError::Status {
+            url: "u".into(),
+            status: 401,
+            body: String::new(),
+        }
+        .into();
+        assert_eq!(e.kind(), ErrorKind::RemoteRejected);
+        let e: Error = RemoteError::Status {
+            url: "u".into(),
+            status: 503,
+            body: String::new(),
+        }
+        .into();
+        assert_eq!(e.kind(), ErrorKind::RemoteUnavailable);
+        assert_eq!(Error::Closed.kind().as_str(), "closed");
+        assert_eq!(
+            Error::BudgetExhausted("x".into()).to_string(),
+            "remote budget exhausted: x"
+        );
+    }
+}

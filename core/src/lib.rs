@@ -15,6 +15,6 @@ pub mod types;
 
 pub use config::Config;
 pub use engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent, TokenSignal};
-pub use error::{Error, LocalError, Result};
+pub use error::{ConfigError, Error, ErrorKind, LocalError, RemoteError, Result};
 pub use runtime::{GenerationHandle, Runtime};
 pub use types::*;

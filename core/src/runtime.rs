@@ -1,62 +1,175 @@
 //! The runtime: one entry point for apps. It owns the engines, routes each request, runs the
 //! cascade, records the cost, and returns a [`Response`] with route, usage, timings, confidence
 //! and cost.
+//!
+//! One request flows one way: [`Runtime::chat_cancellable`] admits it, the router decides a
+//! [`Plan`], one leg function runs it (local, remote, or the cascade) and returns what happened
+//! as a value ([`Settled`] or [`Failed`]); [`Runtime::respond`] turns that into the
+//! [`Response`] and the ledger record. Every request ends with exactly one terminal event,
+//! `Done` or `Failed`, and a panic anywhere in it becomes an `Internal` error.
 
+mod lifecycle;
+#[cfg(test)]
+mod tests;
+mod tiers;
+
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::config::{Config, ContextPolicy};
-use crate::cost::{self, CostRecord, Ledger};
+use crate::cost::{self, CostRecord, CostReport, Ledger};
 use crate::engine::local::{confidence, LocalEngine, LocalOutput, ModelInfo, TokenSignal};
 use crate::engine::remote::{RemoteEngine, RemoteOutput};
 use crate::error::{ConfigError, Error, LocalError, Result};
 use crate::policy::{self, Cascade, Plan, RouteInput};
 use crate::types::{
-    ChatRequest, Cost, Event, EventSink, FinishReason, PolicyOverride, Response, Route, Tier,
-    Timings, TokenUsage, Usage,
+    ChatRequest, Cost, Event, EventSink, FinishReason, PolicyOverride, Reason, Response, Route,
+    Tier, Timings, TokenUsage, Usage,
 };
+
+pub use lifecycle::GenerationHandle;
+use lifecycle::Lifecycle;
+pub(crate) use tiers::{LocalTier, RemoteTier};
 
 /// The runtime. `Send + Sync`: share it across threads (for example in an `Arc`).
 pub struct Runtime {
     config: Config,
-    local: LocalEngine,
-    remote: Option<RemoteEngine>,
+    /// The local tier; `None` until a model is loaded (everything routes remote meanwhile).
+    /// Requests take a clone of the `Arc`, so swapping the model never disturbs one in flight.
+    local: RwLock<Option<Arc<dyn LocalTier>>>,
+    remote: Option<Arc<dyn RemoteTier>>,
     cascade: Cascade,
     ledger: Option<Ledger>,
+    lifecycle: Lifecycle,
     next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("local", &self.local)
-            .field("remote", &self.remote)
+            .field("local", &self.local_model().map(|m| m.name))
+            .field("remote", &self.remote.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The router's decision, the local overflow (prompt and context tokens) if any, and the
-/// request's worst-case remote cost in USD.
-type Routed = (policy::Decision, Option<(u32, u32)>, f64);
-
-/// Largest completion assumed when reserving budget for a request without `max_tokens`.
+/// Largest completion asked of the remote tier, and so reserved for, when a request sets no
+/// smaller `max_tokens`.
 const WORST_CASE_COMPLETION: u32 = 4096;
 
-/// What one request has produced so far, per tier.
+/// What one request produced, per tier.
 #[derive(Default)]
 struct Work {
     local: Option<LocalOutput>,
-    /// Local tokens generated before a continuation (the cut draft).
+    /// Local tokens generated after a failed escalation, continuing the cut draft.
     local_extra: Option<LocalOutput>,
     remote: Option<RemoteOutput>,
-    first_token: Option<f64>,
+}
+
+impl Work {
+    /// The local tier's token signals, draft and continuation.
+    fn signals(&self) -> Vec<TokenSignal> {
+        let mut signals = self
+            .local
+            .as_ref()
+            .map(|l| l.signals.clone())
+            .unwrap_or_default();
+        if let Some(e) = &self.local_extra {
+            signals.extend_from_slice(&e.signals);
+        }
+        signals
+    }
+}
+
+/// A leg that produced an answer.
+struct Settled {
+    route: Route,
+    reason: Reason,
+    detail: String,
+    remote_error: Option<String>,
+    work: Work,
+}
+
+/// A leg that failed. `reserved` says budget was reserved (so a record must settle it).
+struct Failed {
+    error: Box<Error>,
+    reason: Reason,
+    reserved: bool,
+}
+
+impl Failed {
+    fn new(error: impl Into<Error>, reason: Reason) -> Self {
+        Self {
+            error: Box::new(error.into()),
+            reason,
+            reserved: false,
+        }
+    }
+}
+
+/// The budget refused a reservation; the prose says which cap.
+struct Refusal(String);
+
+/// Why and how the cascade escalated.
+struct Escalation {
+    reason: Reason,
+    detail: String,
+    /// The draft was cut mid-stream (so a fallback finishes it).
+    cut_short: bool,
+}
+
+/// Why an escalation fell back to the local answer.
+enum Fallback {
+    /// The remote tier failed.
+    RemoteFailed(String),
+    /// The budget refused the escalation.
+    Refused(String),
+}
+
+/// What the router was told and decided for one request.
+struct Routed {
+    decision: policy::Decision,
+    /// Prompt and context tokens, when the prompt does not fit the local context.
+    overflow: Option<(u32, u32)>,
+    /// The remote completion cap (`max_tokens`, at most [`WORST_CASE_COMPLETION`]).
+    remote_max_tokens: u32,
+    /// The worst-case remote cost at that cap, in USD: what a reservation holds.
+    worst_usd: f64,
+}
+
+/// Streams text to the sink and notes when the first token arrived.
+struct Stream<'a> {
+    sink: &'a dyn EventSink,
+    t0: Instant,
+    first_token: Cell<Option<f64>>,
+}
+
+impl Stream<'_> {
+    fn text(&self, text: &str, tier: Tier) {
+        if text.is_empty() {
+            return;
+        }
+        if self.first_token.get().is_none() {
+            self.first_token
+                .set(Some(self.t0.elapsed().as_secs_f64() * 1e3));
+        }
+        self.sink.on_event(Event::Token {
+            text: text.to_owned(),
+            tier,
+        });
+    }
 }
 
 impl Runtime {
-    /// Validates the config, loads the local model and prepares the remote tier.
+    /// Validates the config, loads the local model (if one is configured) and prepares the
+    /// remote tier. A runtime without a local model is valid when a remote tier is configured:
+    /// it answers remotely until [`Runtime::set_local_model`] loads one.
     pub fn new(config: Config) -> Result<Self> {
         Self::with_progress(config, None)
     }
@@ -67,38 +180,62 @@ impl Runtime {
         progress: Option<Box<dyn FnMut(f32) + Send>>,
     ) -> Result<Self> {
         config.validate()?;
+        let remote = config
+            .remote
+            .as_ref()
+            .map(RemoteEngine::new)
+            .transpose()?
+            .map(|r| Arc::new(r) as Arc<dyn RemoteTier>);
+        let local = match &config.local.model {
+            Some(_) => Some(Arc::new(LocalEngine::load(&config.local, progress)?) as _),
+            None if remote.is_some() => None,
+            None => {
+                return Err(ConfigError::Invalid(
+                    "nothing to answer with: set [local] model, or configure [remote]".into(),
+                )
+                .into())
+            }
+        };
+        Self::with_tiers(config, local, remote)
+    }
+
+    /// A runtime over given tiers (the real engines, or scripted ones in tests).
+    pub(crate) fn with_tiers(
+        config: Config,
+        local: Option<Arc<dyn LocalTier>>,
+        remote: Option<Arc<dyn RemoteTier>>,
+    ) -> Result<Self> {
         let cascade = Cascade::new(&config.cascade).map_err(ConfigError::Invalid)?;
-        let remote = config.remote.as_ref().map(RemoteEngine::new).transpose()?;
-        let local = LocalEngine::load(&config.local, progress)?;
         let ledger = config.ledger.path.clone().map(Ledger::new);
         Ok(Self {
             config,
-            local,
+            local: RwLock::new(local),
             remote,
             cascade,
             ledger,
+            lifecycle: Lifecycle::default(),
             next_id: AtomicU64::new(0),
         })
     }
 
-    /// The configuration in force.
+    /// The configuration in force (as given; [`Runtime::local_model`] names the model loaded).
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The local model.
-    pub fn local_model(&self) -> &ModelInfo {
-        self.local.info()
+    /// Facts about the local model, if one is loaded.
+    pub fn local_model(&self) -> Option<ModelInfo> {
+        self.local_tier().and_then(|l| l.info().cloned())
     }
 
-    /// The local engine, for benchmarks and tools.
-    pub fn local_engine(&self) -> &LocalEngine {
-        &self.local
+    /// The local engine, for benchmarks and tools; `None` without a local model.
+    pub fn local_engine(&self) -> Option<Arc<LocalEngine>> {
+        self.local_tier().and_then(LocalTier::engine)
     }
 
-    /// The remote engine, if configured.
-    pub fn remote_engine(&self) -> Option<&RemoteEngine> {
-        self.remote.as_ref()
+    /// Whether a remote tier is configured.
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// The ledger, if configured.
@@ -106,13 +243,111 @@ impl Runtime {
         self.ledger.as_ref()
     }
 
-    /// Answers `req`, streaming events to `sink`. Blocking: call it from a worker thread.
-    pub fn chat(&self, req: &ChatRequest, sink: &dyn EventSink) -> Result<Response> {
-        self.chat_cancellable(req, sink, &AtomicBool::new(false))
+    /// Totals from the ledger since `since` (Unix seconds; `None` for all time). Without a
+    /// ledger the report is empty.
+    pub fn cost_report(&self, since: Option<f64>) -> Result<CostReport> {
+        match &self.ledger {
+            Some(l) => l.report(since).map_err(|e| Error::Ledger(e.to_string())),
+            None => Ok(CostReport::default()),
+        }
     }
 
-    /// Like [`Runtime::chat`], stopping within one token once `cancel` is set.
+    /// Loads, validates and swaps in the local model at `path`, with the `[local]` settings.
+    /// Requests in flight finish on the model they started with; later ones use the new one.
+    pub fn set_local_model(&self, path: &Path) -> Result<ModelInfo> {
+        self.lifecycle.check_open()?;
+        let mut cfg = self.config.local.clone();
+        cfg.model = Some(path.to_owned());
+        let engine = LocalEngine::load(&cfg, None)?;
+        let info = engine.info().clone();
+        let mut slot = self
+            .local
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(Arc::new(engine));
+        Ok(info)
+    }
+
+    /// Drops the local tier's KV caches and idle contexts (the model stays mapped), for the
+    /// memory warnings phones send. The next request rebuilds what it needs.
+    pub fn trim_memory(&self) {
+        if let Some(l) = self.local_tier() {
+            l.trim();
+        }
+    }
+
+    /// Cancels every request in flight, refuses new ones with [`ErrorKind::Closed`], waits for
+    /// those in flight to finish (each ends with its terminal event), then frees the local
+    /// model. Idempotent. Do not call it from inside an event sink: it would wait for itself.
+    ///
+    /// [`ErrorKind::Closed`]: crate::error::ErrorKind::Closed
+    pub fn close(&self) {
+        self.lifecycle.close();
+        let mut slot = self
+            .local
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = None;
+    }
+
+    /// Answers `req`, streaming events to `sink`. Blocking: call it from a worker thread.
+    pub fn chat(&self, req: &ChatRequest, sink: &dyn EventSink) -> Result<Response> {
+        self.chat_cancellable(req, sink, &Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like [`Runtime::chat`], stopping within one token once `cancel` is set. The sink sees
+    /// exactly one terminal event, `Done` or `Failed`, matching the result.
     pub fn chat_cancellable(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn EventSink,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Response> {
+        match self.lifecycle.admit(cancel) {
+            Err(e) => deliver(sink, Err(e)),
+            Ok(_ticket) => {
+                let result = catch_unwind(AssertUnwindSafe(|| self.answer(req, sink, cancel)))
+                    .unwrap_or_else(|panic| Err(Error::Internal(panic_text(&*panic))));
+                // The ticket outlives the terminal event: `close()` returns after it.
+                deliver(sink, result)
+            }
+        }
+    }
+
+    /// Starts `req` on a new thread; events go to `sink`, ending with exactly one `Done` or
+    /// `Failed`. The handle cancels on `cancel()` or drop, and `wait()` gives the result.
+    pub fn start_chat(
+        self: &Arc<Self>,
+        req: ChatRequest,
+        sink: Box<dyn EventSink>,
+    ) -> GenerationHandle {
+        let sink: Arc<dyn EventSink> = Arc::from(sink);
+        let handle = GenerationHandle::new();
+        let (rt, flag, outcome, s) = (
+            Arc::clone(self),
+            handle.cancel_flag(),
+            handle.outcome(),
+            Arc::clone(&sink),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("edgecascade-chat".into())
+            .spawn(move || outcome.set(rt.chat_cancellable(&req, &*s, &flag)));
+        if let Err(e) = spawned {
+            let error = Error::Internal(format!("cannot start a generation thread: {e}"));
+            handle.outcome().set(deliver(&*sink, Err(error)));
+        }
+        handle
+    }
+
+    fn local_tier(&self) -> Option<Arc<dyn LocalTier>> {
+        self.local
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// One request, from validation to the recorded response.
+    fn answer(
         &self,
         req: &ChatRequest,
         sink: &dyn EventSink,
@@ -129,6 +364,12 @@ impl Runtime {
             ));
         }
         crate::engine::local::validate_request(req)?;
+        let local = self.local_tier();
+        if local.is_none() && (req.private || req.policy == PolicyOverride::ForceLocal) {
+            return Err(Error::InvalidRequest(
+                "no local model is loaded, and this request may not leave the device".into(),
+            ));
+        }
         let t0 = Instant::now();
         let id = format!(
             "{:x}-{:x}-{}",
@@ -136,85 +377,76 @@ impl Runtime {
             std::process::id(),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-
-        let (decision, overflow, worst) = self.decide(req, &id)?;
-        log::debug!("request {id}: {:?} ({})", decision.plan, decision.detail);
-
-        let work = Mutex::new(Work::default());
-        let emit = |text: &str, tier: Tier| {
-            if !text.is_empty() {
-                if let Ok(mut w) = work.lock() {
-                    w.first_token
-                        .get_or_insert(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                sink.on_event(Event::Token {
-                    text: text.to_owned(),
-                    tier,
-                });
-            }
+        let stream = Stream {
+            sink,
+            t0,
+            first_token: Cell::new(None),
         };
-
-        let (route, reason, detail) = match decision.plan {
-            Plan::Local => {
-                if let Some((p, n)) = overflow {
-                    return Err(LocalError::ContextOverflow {
-                        prompt_tokens: p,
-                        n_ctx: n,
+        let outcome = self.decide(req, local.as_deref(), &id).and_then(|routed| {
+            log::debug!(
+                "request {id}: {:?} ({})",
+                routed.decision.plan,
+                routed.decision.detail
+            );
+            match (routed.decision.plan, local.as_deref()) {
+                (Plan::Remote, _) | (_, None) => {
+                    self.remote_leg(req, &routed, &id, cancel, &stream)
+                }
+                (Plan::Local, Some(l)) => Self::local_leg(req, l, &routed, cancel, &stream),
+                (Plan::Cascade, Some(l)) => self.cascade(req, l, &routed, &id, cancel, &stream),
+            }
+        });
+        if let Some(l) = &local {
+            // The render cache must not keep this conversation once the request is over.
+            l.forget_rendered(&req.messages);
+        }
+        let ttft = stream.first_token.get();
+        match outcome {
+            Ok(settled) => {
+                let mut response = self.respond(&id, settled, t0, ttft);
+                if let Some(ledger) = &self.ledger {
+                    if let Err(e) = ledger.record(&self.record(&response, req)) {
+                        log::warn!("answer produced, but its cost record was not written: {e}");
+                        response.ledger_error = Some(e.to_string());
                     }
-                    .into());
                 }
-                let out = self.local.generate(req, cancel, &mut |t| {
-                    emit(t.text, Tier::Local);
-                    ControlFlow::Continue(())
-                })?;
-                work.lock().expect("work").local = Some(out);
-                (Route::Local, decision.reason.to_owned(), decision.detail)
+                Ok(response)
             }
-            Plan::Remote => {
-                let remote = self.remote.as_ref().expect("remote configured");
-                if let Err(why) = self.budget_check(&id, worst, false) {
-                    return Err(Error::InvalidRequest(format!("remote budget: {why}")));
-                }
-                let out = remote.generate(req, cancel, &mut |t| emit(t, Tier::Remote))?;
-                work.lock().expect("work").remote = Some(out);
-                (Route::Remote, decision.reason.to_owned(), decision.detail)
-            }
-            Plan::Cascade => self.cascade(req, &id, worst, cancel, sink, &emit, &work)?,
-        };
-
-        let work = work.into_inner().expect("work");
-        let mut response = self.respond(&id, route, reason, detail, work, t0);
-        if let Some(ledger) = &self.ledger {
-            if let Err(e) = ledger.record(&self.record(&response, req)) {
-                log::warn!("answer produced, but its cost record was not written: {e}");
-                response.ledger_error = Some(e.to_string());
+            Err(failed) => {
+                self.record_failure(&id, req, &failed, t0);
+                Err(*failed.error)
             }
         }
-        sink.on_event(Event::Done(Box::new(response.clone())));
-        Ok(response)
     }
 
-    /// Gathers what the router needs and asks it: the decision, the local overflow (prompt and
-    /// context tokens) if any, and the worst-case remote cost of the request.
-    fn decide(&self, req: &ChatRequest, id: &str) -> Result<Routed> {
-        let prompt_tokens = self.local.count_prompt_tokens(&req.messages)?;
-        let n_ctx = self.local.n_ctx();
-        let overflow = (prompt_tokens >= n_ctx
-            && self.config.local.context_policy == ContextPolicy::Error)
-            .then_some((prompt_tokens, n_ctx));
+    /// Gathers what the router needs and asks it.
+    fn decide(
+        &self,
+        req: &ChatRequest,
+        local: Option<&dyn LocalTier>,
+        id: &str,
+    ) -> Result<Routed, Failed> {
+        let prompt_tokens = match local {
+            Some(l) => l
+                .count_prompt_tokens(&req.messages)
+                .map_err(|e| Failed::new(e, Reason::Rule))?,
+            None => crate::engine::remote::estimate_prompt_tokens(&req.messages),
+        };
+        let overflow = local.and_then(|l| {
+            let n_ctx = l.n_ctx();
+            (prompt_tokens >= n_ctx && self.config.local.context_policy == ContextPolicy::Error)
+                .then_some((prompt_tokens, n_ctx))
+        });
         let unavailable = self
             .remote
             .as_ref()
             .and_then(|r| r.check_available().err())
             .map(|e| e.to_string());
-        let worst = cost::remote_usd(
-            &self.config.prices,
-            prompt_tokens,
-            req.max_tokens.min(WORST_CASE_COMPLETION),
-        );
+        let remote_max_tokens = req.max_tokens.min(WORST_CASE_COMPLETION);
+        let worst_usd = cost::remote_usd(&self.config.prices, prompt_tokens, remote_max_tokens);
         let refusal =
             if self.remote.is_some() && !req.private && req.policy != PolicyOverride::ForceLocal {
-                self.budget_check(id, worst, true).err()
+                self.budget(id, worst_usd, false).err().map(|r| r.0)
             } else {
                 None
             };
@@ -222,6 +454,7 @@ impl Runtime {
             policy: req.policy,
             private: req.private,
             remote_configured: self.remote.is_some(),
+            local_available: local.is_some(),
             remote_unavailable: unavailable.as_deref(),
             budget_refusal: refusal.as_deref(),
             overflow,
@@ -234,12 +467,16 @@ impl Runtime {
                 .map_or("", |m| m.content.as_str()),
             rules: &self.config.router,
         });
-        Ok((decision, overflow, worst))
+        Ok(Routed {
+            decision,
+            overflow,
+            remote_max_tokens,
+            worst_usd,
+        })
     }
 
     /// Reserves (or, with `dry_run`, only checks) `usd` of remote budget for request `id`.
-    /// The outer error is the ledger failing; the inner one is a refusal, in prose.
-    fn budget_check(&self, id: &str, usd: f64, dry_run: bool) -> std::result::Result<(), String> {
+    fn budget(&self, id: &str, usd: f64, reserve: bool) -> Result<(), Refusal> {
         let b = &self.config.budget;
         if b.per_request_usd.is_none() && b.daily_usd.is_none() && b.monthly_usd.is_none() {
             return Ok(());
@@ -247,141 +484,277 @@ impl Runtime {
         let Some(ledger) = &self.ledger else {
             // Without a ledger only the per-request cap can be enforced.
             return match b.per_request_usd {
-                Some(limit) if usd > limit => Err(format!(
+                Some(limit) if usd > limit => Err(Refusal(format!(
                     "per_request remote budget of ${limit:.4} is below the worst case ${usd:.4}"
-                )),
+                ))),
                 _ => Ok(()),
             };
         };
-        let result = if dry_run {
-            ledger.check(b, usd)
-        } else {
+        let result = if reserve {
             ledger.reserve(b, id, usd)
+        } else {
+            ledger.check(b, usd)
         };
         match result {
-            Ok(r) => r.map_err(|refusal| refusal.to_string()),
+            Ok(r) => r.map_err(|refusal| Refusal(refusal.to_string())),
             Err(e) => {
                 // A ledger we cannot read cannot prove budget is left: stay local.
                 log::warn!("{e}");
-                Err(format!("budget unknown: {e}"))
+                Err(Refusal(format!("budget unknown: {e}")))
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The request as sent to the remote tier: `max_tokens` capped to what was reserved.
+    fn remote_request<'r>(req: &'r ChatRequest, routed: &Routed) -> Cow<'r, ChatRequest> {
+        if req.max_tokens <= routed.remote_max_tokens {
+            Cow::Borrowed(req)
+        } else {
+            Cow::Owned(ChatRequest {
+                max_tokens: routed.remote_max_tokens,
+                ..req.clone()
+            })
+        }
+    }
+
+    /// The local tier alone.
+    fn local_leg(
+        req: &ChatRequest,
+        local: &dyn LocalTier,
+        routed: &Routed,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+    ) -> Result<Settled, Failed> {
+        let reason = routed.decision.reason;
+        if let Some((p, n)) = routed.overflow {
+            let overflow = LocalError::ContextOverflow {
+                prompt_tokens: p,
+                n_ctx: n,
+            };
+            return Err(Failed::new(overflow, reason));
+        }
+        let out = local
+            .generate(req, cancel, &mut |t| {
+                stream.text(t.text, Tier::Local);
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| Failed::new(e, reason))?;
+        Ok(Settled {
+            route: Route::Local,
+            reason,
+            detail: routed.decision.detail.clone(),
+            remote_error: None,
+            work: Work {
+                local: Some(out),
+                ..Work::default()
+            },
+        })
+    }
+
+    /// The remote tier alone: forced, a rule, a prompt too long for the local context, or no
+    /// local model. There is no local answer to fall back on, so an unavailable tier or a
+    /// refused budget is an error.
+    fn remote_leg(
+        &self,
+        req: &ChatRequest,
+        routed: &Routed,
+        id: &str,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+    ) -> Result<Settled, Failed> {
+        let reason = routed.decision.reason;
+        let Some(remote) = &self.remote else {
+            return Err(Failed::new(
+                Error::InvalidRequest(
+                    "no local model is loaded and no remote tier is configured".into(),
+                ),
+                reason,
+            ));
+        };
+        remote
+            .check_available()
+            .map_err(|e| Failed::new(e, reason))?;
+        if let Err(Refusal(why)) = self.budget(id, routed.worst_usd, true) {
+            return Err(Failed::new(Error::BudgetExhausted(why), reason));
+        }
+        let sent = Self::remote_request(req, routed);
+        match remote.generate(&sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+            Ok(out) => Ok(Settled {
+                route: Route::Remote,
+                reason,
+                detail: routed.decision.detail.clone(),
+                remote_error: None,
+                work: Work {
+                    remote: Some(out),
+                    ..Work::default()
+                },
+            }),
+            Err(e) => Err(Failed {
+                reserved: true,
+                ..Failed::new(e, reason)
+            }),
+        }
+    }
+
+    /// Local first; escalate after the answer (low confidence) or during it (mid-stream), and
+    /// fall back to the local answer, finished if it was cut, when the remote tier fails.
     fn cascade(
         &self,
         req: &ChatRequest,
+        local: &dyn LocalTier,
+        routed: &Routed,
         id: &str,
-        worst: f64,
         cancel: &AtomicBool,
-        sink: &dyn EventSink,
-        emit: &dyn Fn(&str, Tier),
-        work: &Mutex<Work>,
-    ) -> Result<(Route, String, String)> {
+        stream: &Stream<'_>,
+    ) -> Result<Settled, Failed> {
         let mut signals: Vec<TokenSignal> = Vec::new();
         let mut mid: Option<String> = None;
-        let local = self.local.generate(req, cancel, &mut |t| {
-            emit(t.text, Tier::Local);
-            signals.push(t.signal);
-            mid = self.cascade.mid_stream(&signals);
-            if mid.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
+        let draft = local
+            .generate(req, cancel, &mut |t| {
+                stream.text(t.text, Tier::Local);
+                signals.push(t.signal);
+                mid = self.cascade.mid_stream(&signals);
+                if mid.is_some() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| Failed::new(e, Reason::Rule))?;
+        let settle = |route, reason, detail: String, work| Settled {
+            route,
+            reason,
+            detail,
+            remote_error: None,
+            work,
+        };
+        let with_draft = |draft| Work {
+            local: Some(draft),
+            ..Work::default()
+        };
+        if cancel.load(Ordering::Relaxed) {
+            let detail = "cancelled during the local answer".into();
+            return Ok(settle(
+                Route::Local,
+                Reason::Cancelled,
+                detail,
+                with_draft(draft),
+            ));
+        }
         let cut_short = mid.is_some();
-        let escalation = if cancel.load(Ordering::Relaxed) {
-            None
-        } else if let Some(m) = mid {
-            Some(("mid_stream_low_confidence", m))
+        let escalation = if let Some(m) = mid {
+            Some((Reason::MidStreamLowConfidence, m))
         } else {
             self.cascade
                 .after(&policy::Evidence {
                     messages: &req.messages,
                     hint: req.task_hint,
-                    prompt_tokens: local.prompt_tokens,
-                    signals: &local.signals,
-                    text: &local.text,
-                    finish: local.finish_reason,
+                    prompt_tokens: draft.prompt_tokens,
+                    signals: &draft.signals,
+                    text: &draft.text,
+                    finish: draft.finish_reason,
                 })
-                .map(|d| ("low_confidence", d))
+                .map(|d| (Reason::LowConfidence, d))
         };
-        let draft = local.text.clone();
-        let draft_tokens = local.completion_tokens;
-        work.lock().expect("work").local = Some(local);
         let Some((reason, detail)) = escalation else {
-            return Ok((
+            let detail = "local confidence is above the threshold".into();
+            return Ok(settle(
                 Route::Local,
-                "accepted".into(),
-                "local confidence is above the threshold".into(),
+                Reason::Accepted,
+                detail,
+                with_draft(draft),
             ));
         };
-
-        // Escalate: reserve the worst case, then ask the remote tier with the original messages.
-        sink.on_event(Event::Escalating {
-            reason: reason.to_owned(),
-        });
-        let remote = self.remote.as_ref().expect("cascade implies a remote tier");
-        let result = match self.budget_check(id, worst, false) {
-            Err(why) => Err(format!("budget_exhausted: {why}")),
-            Ok(()) => remote
-                .generate(req, cancel, &mut |t| emit(t, Tier::Remote))
-                .map_err(|e| e.to_string()),
+        let escalation = Escalation {
+            reason,
+            detail,
+            cut_short,
         };
-        match result {
-            Ok(out) => {
-                work.lock().expect("work").remote = Some(out);
-                Ok((
-                    Route::Escalated {
-                        reason: reason.into(),
-                    },
-                    reason.into(),
-                    detail,
-                ))
-            }
-            Err(remote_error) => {
-                // Never lose an answer: finish a cut draft locally, from the KV cache.
-                if cut_short && !cancel.load(Ordering::Relaxed) && draft_tokens < req.max_tokens {
-                    // The continuation gets what is left of the token budget, not a fresh one.
-                    let rest = ChatRequest {
-                        max_tokens: req.max_tokens - draft_tokens,
-                        ..req.clone()
-                    };
-                    let more = self
-                        .local
-                        .continue_answer(&rest, &draft, cancel, &mut |t| {
-                            emit(t.text, Tier::Local);
-                            ControlFlow::Continue(())
-                        })?;
-                    work.lock().expect("work").local_extra = Some(more);
+
+        stream.sink.on_event(Event::Escalating { reason });
+        let remote = self
+            .remote
+            .as_ref()
+            .expect("the router plans a cascade only with a remote tier");
+        let sent = Self::remote_request(req, routed);
+        let mut work = with_draft(draft);
+        let fallback = match self.budget(id, routed.worst_usd, true) {
+            Err(Refusal(why)) => Fallback::Refused(why),
+            Ok(()) => match remote.generate(&sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+                Ok(out) => {
+                    work.remote = Some(out);
+                    let Escalation { reason, detail, .. } = escalation;
+                    return Ok(settle(Route::Escalated, reason, detail, work));
                 }
-                if let Some(why) = remote_error.strip_prefix("budget_exhausted: ") {
-                    return Ok((Route::Local, "budget_exhausted".into(), why.to_owned()));
-                }
-                Ok((
-                    Route::DegradedLocal {
-                        remote_error: remote_error.clone(),
-                    },
-                    reason.into(),
-                    format!("{detail}; remote failed: {remote_error}"),
-                ))
-            }
-        }
+                Err(e) => Fallback::RemoteFailed(e.to_string()),
+            },
+        };
+        Self::fall_back(req, local, cancel, stream, work, &escalation, fallback)
     }
 
-    #[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
-    fn respond(
-        &self,
-        id: &str,
-        route: Route,
-        reason: String,
-        reason_detail: String,
-        w: Work,
-        t0: Instant,
-    ) -> Response {
+    /// After a failed or refused escalation: the local answer, finished from the KV cache if
+    /// the draft was cut mid-stream. Never lose an answer.
+    fn fall_back(
+        req: &ChatRequest,
+        local: &dyn LocalTier,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+        mut work: Work,
+        escalation: &Escalation,
+        fallback: Fallback,
+    ) -> Result<Settled, Failed> {
+        let Escalation {
+            reason,
+            ref detail,
+            cut_short,
+        } = *escalation;
+        let draft = work.local.as_ref().expect("the draft is kept");
+        if cut_short && !cancel.load(Ordering::Relaxed) && draft.completion_tokens < req.max_tokens
+        {
+            // The continuation gets what is left of the token budget, not a fresh one.
+            let rest = ChatRequest {
+                max_tokens: req.max_tokens - draft.completion_tokens,
+                ..req.clone()
+            };
+            let more = local
+                .continue_answer(&rest, &draft.text, cancel, &mut |t| {
+                    stream.text(t.text, Tier::Local);
+                    ControlFlow::Continue(())
+                })
+                .map_err(|e| Failed {
+                    reserved: true,
+                    ..Failed::new(e, reason)
+                })?;
+            work.local_extra = Some(more);
+        }
+        Ok(match fallback {
+            Fallback::RemoteFailed(e) => Settled {
+                route: Route::DegradedLocal,
+                reason,
+                detail: format!("{detail}; remote failed: {e}"),
+                remote_error: Some(e),
+                work,
+            },
+            Fallback::Refused(why) => Settled {
+                route: Route::Local,
+                reason: Reason::BudgetExhausted,
+                detail: format!("{detail}; the remote budget refused the escalation: {why}"),
+                remote_error: None,
+                work,
+            },
+        })
+    }
+
+    fn respond(&self, id: &str, settled: Settled, t0: Instant, ttft: Option<f64>) -> Response {
         let p = &self.config.prices;
+        let Settled {
+            route,
+            reason,
+            detail,
+            remote_error,
+            work,
+        } = settled;
+        let w = &work;
         let local_text = match (&w.local, &w.local_extra) {
             (Some(a), Some(b)) => format!("{}{}", a.text, b.text),
             (Some(a), None) => a.text.clone(),
@@ -396,7 +769,7 @@ impl Runtime {
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         });
-        let answered_remotely = matches!(route, Route::Remote | Route::Escalated { .. });
+        let answered_remotely = matches!(route, Route::Remote | Route::Escalated);
         let remote_answer = w.remote.as_ref().filter(|_| answered_remotely);
         let (text, finish_reason) = if let Some(r) = remote_answer {
             (r.text.clone(), r.finish_reason)
@@ -409,7 +782,7 @@ impl Runtime {
             // A draft cut for escalation is not "cancelled" from the caller's point of view.
             let cut = finish == FinishReason::Cancelled
                 && w.local_extra.is_none()
-                && matches!(route, Route::DegradedLocal { .. });
+                && reason == Reason::MidStreamLowConfidence;
             (local_text, if cut { FinishReason::Length } else { finish })
         };
         let local_seconds = w.local.as_ref().map_or(0.0, |l| l.total_ms)
@@ -430,40 +803,7 @@ impl Runtime {
             (None, None) => 0.0,
         };
         let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let (prefill_tok_s, decode_tok_s) = match (&w.remote, answered_remotely, &w.local) {
-            (Some(r), true, _) => {
-                let gen_ms = r.total_ms - r.ttft_ms;
-                (
-                    0.0,
-                    if r.completion_tokens > 1 && gen_ms > 0.0 {
-                        f64::from(r.completion_tokens - 1) / (gen_ms / 1e3)
-                    } else {
-                        0.0
-                    },
-                )
-            }
-            (_, _, Some(l)) => (
-                if l.prefill_ms > 0.0 {
-                    f64::from(l.prompt_tokens_evaluated) / (l.prefill_ms / 1e3)
-                } else {
-                    0.0
-                },
-                if l.completion_tokens > 1 && l.decode_ms > 0.0 {
-                    f64::from(l.completion_tokens - 1) / (l.decode_ms / 1e3)
-                } else {
-                    0.0
-                },
-            ),
-            _ => (0.0, 0.0),
-        };
-        let mut signals = w
-            .local
-            .as_ref()
-            .map(|l| l.signals.clone())
-            .unwrap_or_default();
-        if let Some(e) = &w.local_extra {
-            signals.extend_from_slice(&e.signals);
-        }
+        let (prefill_tok_s, decode_tok_s) = rates(remote_answer, w.local.as_ref());
         let sum = |f: fn(&TokenUsage) -> u32| {
             local_usage.as_ref().map_or(0, f) + remote_usage.as_ref().map_or(0, f)
         };
@@ -471,7 +811,8 @@ impl Runtime {
             text,
             route,
             reason,
-            reason_detail,
+            reason_detail: detail,
+            remote_error,
             finish_reason,
             usage: Usage {
                 prompt_tokens: sum(|u| u.prompt_tokens),
@@ -483,12 +824,15 @@ impl Runtime {
             },
             timings: Timings {
                 load_ms: 0.0,
-                ttft_ms: w.first_token.unwrap_or(total_ms),
+                ttft_ms: ttft.unwrap_or(total_ms),
                 prefill_tok_s,
                 decode_tok_s,
                 total_ms,
             },
-            confidence: w.local.as_ref().map(|_| confidence::summarize(&signals)),
+            confidence: w
+                .local
+                .as_ref()
+                .map(|_| confidence::summarize(&w.signals())),
             cost: Cost {
                 local_usd,
                 remote_usd,
@@ -509,7 +853,7 @@ impl Runtime {
             id: r.id.clone(),
             ts: cost::now_s(),
             route: r.route.name().to_owned(),
-            reason: r.reason.clone(),
+            reason: r.reason.as_str().to_owned(),
             local_tokens: pair(r.usage.local),
             remote_tokens: pair(r.usage.remote),
             local_usd: r.cost.local_usd,
@@ -524,54 +868,83 @@ impl Runtime {
                     .unwrap_or_default()
             }),
             answer: store.then(|| r.text.clone()),
+            error: None,
         }
     }
 
-    /// Starts `req` on a new thread; events go to `sink`. The handle cancels on `cancel()` or drop.
-    pub fn start_chat(
-        self: &Arc<Self>,
-        req: ChatRequest,
-        sink: Box<dyn EventSink>,
-    ) -> GenerationHandle {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let rt = Arc::clone(self);
-        let flag = Arc::clone(&cancel);
-        let thread = std::thread::Builder::new()
-            .name("edgecascade-chat".into())
-            .spawn(move || rt.chat_cancellable(&req, &*sink, &flag))
-            .expect("spawn generation thread");
-        GenerationHandle {
-            cancel,
-            thread: Some(thread),
+    /// A failed request that reserved budget still gets a record: it settles the reservation
+    /// and counts what was spent (route "failed", the error's kind beside it).
+    fn record_failure(&self, id: &str, req: &ChatRequest, f: &Failed, t0: Instant) {
+        let (Some(ledger), true) = (&self.ledger, f.reserved) else {
+            return;
+        };
+        let settled = Settled {
+            route: Route::Local,
+            reason: f.reason,
+            detail: String::new(),
+            remote_error: None,
+            work: Work::default(),
+        };
+        let mut rec = self.record(&self.respond(id, settled, t0, None), req);
+        rec.route = "failed".into();
+        rec.answer = None;
+        rec.error = Some(f.error.kind().as_str().to_owned());
+        if let Err(e) = ledger.record(&rec) {
+            log::warn!("the failed request's cost record was not written: {e}");
         }
     }
 }
 
-/// A running request. `cancel()` stops it within one token; dropping the handle cancels too.
-pub struct GenerationHandle {
-    cancel: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<Response>>>,
-}
-
-impl GenerationHandle {
-    /// Asks the request to stop; it finishes with `FinishReason::Cancelled`.
-    pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::Relaxed);
-    }
-
-    /// Waits for the request and returns its result.
-    pub fn wait(mut self) -> Result<Response> {
-        let thread = self.thread.take().expect("thread present until waited");
-        thread
-            .join()
-            .unwrap_or_else(|_| Err(Error::InvalidRequest("generation thread panicked".into())))
-    }
-}
-
-impl Drop for GenerationHandle {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.cancel();
+/// Prefill and decode rates (tokens per second) of the tier that answered.
+fn rates(remote_answer: Option<&RemoteOutput>, local: Option<&LocalOutput>) -> (f64, f64) {
+    match (remote_answer, local) {
+        (Some(r), _) => {
+            let gen_ms = r.total_ms - r.ttft_ms;
+            (0.0, per_second(r.completion_tokens, gen_ms))
         }
+        (None, Some(l)) => (
+            if l.prefill_ms > 0.0 {
+                f64::from(l.prompt_tokens_evaluated) / (l.prefill_ms / 1e3)
+            } else {
+                0.0
+            },
+            per_second(l.completion_tokens, l.decode_ms),
+        ),
+        _ => (0.0, 0.0),
     }
+}
+
+fn per_second(tokens: u32, ms: f64) -> f64 {
+    if tokens > 1 && ms > 0.0 {
+        f64::from(tokens - 1) / (ms / 1e3)
+    } else {
+        0.0
+    }
+}
+
+/// Sends the terminal event for `result` and returns it. A sink that panics on `Done` turns
+/// the result into an `Internal` error; a panic on `Failed` is swallowed (the error stands).
+fn deliver(sink: &dyn EventSink, result: Result<Response>) -> Result<Response> {
+    let event = match &result {
+        Ok(r) => Event::Done(Box::new(r.clone())),
+        Err(e) => Event::Failed(e.clone()),
+    };
+    match catch_unwind(AssertUnwindSafe(|| sink.on_event(event))) {
+        Ok(()) => result,
+        Err(panic) => result.and_then(|_| {
+            Err(Error::Internal(format!(
+                "the event sink panicked on Done: {}",
+                panic_text(&*panic)
+            )))
+        }),
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

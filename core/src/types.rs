@@ -95,6 +95,44 @@ impl Default for Sampling {
     }
 }
 
+/// The kind of answer a request expects (a task hint for the calibrated cascade signal; `eval`
+/// scores by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A choice letter (A, B, ...).
+    Choice,
+    /// A number, tolerant of commas, units and trailing text.
+    Number,
+    /// A normalised string, or one of its aliases.
+    Exact,
+    /// Yes or no.
+    #[serde(alias = "yes_no")]
+    YesNo,
+}
+
+impl Kind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [Kind; 4] = [Kind::Choice, Kind::Number, Kind::Exact, Kind::YesNo];
+
+    /// The config/JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Choice => "choice",
+            Kind::Number => "number",
+            Kind::Exact => "exact",
+            Kind::YesNo => "yesno",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s || (s == "yes_no" && *k == Kind::YesNo))
+    }
+}
+
 /// Which tier a request must use, overriding the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,7 +164,7 @@ pub struct ChatRequest {
     pub private: bool,
     /// What kind of answer the request wants, if the app knows: the calibrated cascade signal
     /// uses it (otherwise it infers the kind from the prompt's wording).
-    pub task_hint: Option<crate::eval::Kind>,
+    pub task_hint: Option<Kind>,
 }
 
 impl Default for ChatRequest {
@@ -235,34 +273,86 @@ pub struct Confidence {
     pub tokens: u32,
 }
 
-/// Where an answer came from, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where an answer came from. The why is [`Response::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Route {
     /// Answered on the device.
     Local,
     /// Answered by the remote tier.
     Remote,
     /// The local answer was not good enough; the remote tier answered.
-    Escalated {
-        /// Why it escalated.
-        reason: String,
-    },
-    /// The remote tier failed after escalation; this is the local answer.
-    DegradedLocal {
-        /// What went wrong remotely.
-        remote_error: String,
-    },
+    Escalated,
+    /// The remote tier failed after escalation; this is the local answer
+    /// ([`Response::remote_error`] says what went wrong remotely).
+    DegradedLocal,
 }
 
 impl Route {
-    /// The stable name used in JSON and metrics.
-    pub fn name(&self) -> &'static str {
+    /// The stable name used in JSON, the ledger and metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Route::Local => "local",
             Route::Remote => "remote",
-            Route::Escalated { .. } => "escalated",
-            Route::DegradedLocal { .. } => "degraded_local",
+            Route::Escalated => "escalated",
+            Route::DegradedLocal => "degraded_local",
         }
+    }
+}
+
+/// The stable code for why a request took its route. The prose is [`Response::reason_detail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The cascade kept the local answer: its confidence cleared the threshold.
+    Accepted,
+    /// The finished local answer's confidence was below the threshold.
+    LowConfidence,
+    /// The local answer's rolling confidence fell under the floor while it was generated.
+    MidStreamLowConfidence,
+    /// The request is private: it never leaves the device.
+    Private,
+    /// The request forced a tier.
+    Forced,
+    /// No remote tier is configured.
+    NoRemote,
+    /// No local model is loaded yet: everything goes to the remote tier.
+    NoLocalModel,
+    /// The remote tier is unavailable (its circuit breaker is open).
+    RemoteUnavailable,
+    /// The remote budget refuses the request's worst case.
+    BudgetExhausted,
+    /// The prompt does not fit the local context.
+    ContextTooLong,
+    /// A `[[router.rules]]` entry or `[router] default` decided.
+    Rule,
+    /// The caller cancelled before the cascade could decide.
+    Cancelled,
+}
+
+impl Reason {
+    /// The stable code, as in JSON and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "accepted",
+            Reason::LowConfidence => "low_confidence",
+            Reason::MidStreamLowConfidence => "mid_stream_low_confidence",
+            Reason::Private => "private",
+            Reason::Forced => "forced",
+            Reason::NoRemote => "no_remote",
+            Reason::NoLocalModel => "no_local_model",
+            Reason::RemoteUnavailable => "remote_unavailable",
+            Reason::BudgetExhausted => "budget_exhausted",
+            Reason::ContextTooLong => "context_too_long",
+            Reason::Rule => "rule",
+            Reason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -286,10 +376,12 @@ pub struct Response {
     pub text: String,
     /// Where it came from.
     pub route: Route,
-    /// A stable code for the routing decision (see DESIGN.md).
-    pub reason: String,
+    /// The stable code for the routing decision.
+    pub reason: Reason,
     /// The decision in prose.
     pub reason_detail: String,
+    /// What went wrong remotely, when the route is [`Route::DegradedLocal`].
+    pub remote_error: Option<String>,
     /// Why generation ended.
     pub finish_reason: FinishReason,
     /// Token counts.
@@ -308,8 +400,9 @@ pub struct Response {
     pub ledger_error: Option<String>,
 }
 
-/// What a streaming caller sees.
-#[derive(Debug, Clone, PartialEq)]
+/// What a streaming caller sees: `Token` and `Escalating` events, then exactly one terminal
+/// event, `Done` or `Failed`.
+#[derive(Debug, Clone)]
 pub enum Event {
     /// Text, as it is generated. Always whole UTF-8 characters.
     Token {
@@ -321,13 +414,16 @@ pub enum Event {
     /// The local draft is being abandoned for the remote tier.
     Escalating {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
-    /// The final answer.
+    /// The final answer. Terminal: nothing follows it.
     Done(Box<Response>),
+    /// The request failed. Terminal: nothing follows it.
+    Failed(crate::error::Error),
 }
 
-/// Receives events while a request runs. Called on the generating thread.
+/// Receives events while a request runs. Called on the generating thread. A panic in
+/// `on_event` ends the request with an `Internal` error; it never crosses into the caller.
 pub trait EventSink: Send + Sync {
     /// One event.
     fn on_event(&self, event: Event);
@@ -353,16 +449,12 @@ impl Response {
         let tier = |u: &Option<TokenUsage>| {
             u.map(|u| serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}))
         };
-        let remote_error = match &self.route {
-            Route::DegradedLocal { remote_error } => Some(remote_error.clone()),
-            _ => None,
-        };
         serde_json::json!({
             "text": self.text,
             "route": self.route.name(),
             "reason": self.reason,
             "reason_detail": self.reason_detail,
-            "remote_error": remote_error,
+            "remote_error": self.remote_error,
             "finish_reason": self.finish_reason,
             "usage": {
                 "prompt_tokens": self.usage.prompt_tokens,

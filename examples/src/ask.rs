@@ -4,7 +4,7 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 
 use clap::{Args as ClapArgs, ValueEnum};
-use edgecascade::{ChatRequest, Event, FinishReason, PolicyOverride, Response, Sampling};
+use edgecascade::{ChatRequest, Event, PolicyOverride, Response, Sampling};
 
 use crate::common::{load_config, load_runtime, Interrupt, ModelArgs};
 use crate::Failure;
@@ -91,39 +91,90 @@ pub fn run(args: Args) -> Result<(), Failure> {
         stop: args.stop,
         policy,
         private: args.private,
-        task_hint: args
-            .task
-            .as_deref()
-            .and_then(edgecascade::eval::Kind::parse),
+        task_hint: args.task.as_deref().and_then(edgecascade::Kind::parse),
     };
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg, args.json)?;
     interrupt.busy.store(true, Ordering::SeqCst);
-    let json = args.json;
-    let sink = move |e: Event| {
-        if let (false, Event::Token { text, .. }) = (json, e) {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
-        }
-    };
-    let resp = rt.chat_cancellable(&req, &sink, &interrupt.cancel)?;
-    if json {
+    let display = Display::new(args.json, rt.has_remote());
+    let sink = |e: Event| display.event(&e);
+    let result = rt.chat_cancellable(&req, &sink, &interrupt.cancel);
+    if interrupt.cancel.load(Ordering::SeqCst) {
+        // Ctrl-C in any leg: print what there is, then exit 130.
+        display.finish(result.as_ref().ok());
+        return Err(Failure::Interrupted);
+    }
+    let resp = result?;
+    if args.json {
         println!("{}", resp.to_contract_json());
     } else {
-        println!();
+        display.finish(Some(&resp));
         eprintln!("{}", summary_line(&resp));
     }
     if let Some(e) = &resp.ledger_error {
         // The answer stands; only its cost record is missing.
         eprintln!("warning: {e}");
     }
-    if resp.finish_reason == FinishReason::Cancelled && interrupt.cancel.load(Ordering::SeqCst) {
-        return Err(Failure::Interrupted);
-    }
     Ok(())
 }
 
+/// Shows an answer as it streams. On a terminal the local draft streams; when the cascade
+/// escalates, a dim marker line on stderr makes the switch visible and the remote answer
+/// follows. When stdout is not a terminal (a pipe, a file) it carries exactly the final answer:
+/// with a remote tier (so an escalation may replace the draft) it is written once the route is
+/// settled; without one it streams. With `--json` nothing streams.
+pub struct Display {
+    live: bool,
+    quiet: bool,
+    hold: bool,
+}
+
+impl Display {
+    /// For `ask --json` (`quiet`) or text; `cascade` when a remote tier may replace the draft.
+    pub fn new(quiet: bool, cascade: bool) -> Self {
+        use std::io::IsTerminal;
+        let live = !quiet && std::io::stdout().is_terminal();
+        Self {
+            live,
+            quiet,
+            hold: !quiet && !live && cascade,
+        }
+    }
+
+    /// One event.
+    pub fn event(&self, e: &Event) {
+        if self.quiet || self.hold {
+            return;
+        }
+        match e {
+            Event::Token { text, .. } => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Event::Escalating { reason } if self.live => {
+                println!();
+                eprintln!(
+                    "\x1b[2m── escalating to remote: {} ──\x1b[0m",
+                    reason.as_str().replace('_', " ")
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// After the request: the final answer where it was held back, and a newline.
+    pub fn finish(&self, response: Option<&Response>) {
+        if self.quiet {
+            return;
+        }
+        if let (true, Some(r)) = (self.hold, response) {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(r.text.as_bytes());
+        }
+        println!();
+    }
+}
 /// `[local · no_remote] 42 tokens · TTFT 85 ms · prefill 900 tok/s · decode 110 tok/s · ...`
 pub fn summary_line(r: &Response) -> String {
     let conf = r.confidence.map_or(String::new(), |c| {

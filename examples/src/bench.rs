@@ -66,7 +66,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if let Some(history) = args.prefix_reuse {
         return prefix_reuse(&rt, history, args.reps, args.json);
     }
-    let engine = rt.local_engine();
+    let engine = crate::common::local_engine(&rt)?;
     let info = engine.info().clone();
     engine.bench_once(args.prompt_tokens, args.gen_tokens)?; // warm-up
     let (mut pp, mut tg, mut ttft, mut conf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -118,7 +118,7 @@ fn prefix_reuse(
     json: bool,
 ) -> Result<(), Failure> {
     use edgecascade::{ChatMessage, ChatRequest, NullSink};
-    let engine = rt.local_engine();
+    let engine = crate::common::local_engine(rt)?;
     let system = ChatMessage::system("You are a helpful assistant. Answer briefly.");
     let filler = "The river runs past the old mill, and the miller counts the sacks of grain. ";
     let answer_tokens = 40;

@@ -30,11 +30,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let cfg = load_config(&args.model)?;
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg, false)?;
-    let info = rt.local_model();
-    eprintln!(
-        "{} ({}, n_ctx {}). Ctrl-C cancels an answer; /reset starts over; Ctrl-D quits.",
-        info.name, info.architecture, info.n_ctx
-    );
+    if let Some(info) = rt.local_model() {
+        eprintln!(
+            "{} ({}, n_ctx {}). Ctrl-C cancels an answer; /reset starts over; Ctrl-D quits.",
+            info.name, info.architecture, info.n_ctx
+        );
+    }
     let mut messages = vec![ChatMessage::system(args.system.clone())];
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -52,7 +53,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         if input == "/reset" {
             messages.truncate(1);
-            rt.local_engine().clear_cache();
+            if let Some(engine) = rt.local_engine() {
+                engine.clear_cache();
+            }
             continue;
         }
         messages.push(ChatMessage::user(input));
@@ -64,16 +67,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         req.sampling.temperature = args.temperature;
         interrupt.cancel.store(false, Ordering::SeqCst);
         interrupt.busy.store(true, Ordering::SeqCst);
-        let sink = |e: Event| {
-            if let Event::Token { text, .. } = e {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
-        };
+        let display = crate::ask::Display::new(false, rt.has_remote());
+        let sink = |e: Event| display.event(&e);
         let result = rt.chat_cancellable(&req, &sink, &interrupt.cancel);
         interrupt.busy.store(false, Ordering::SeqCst);
-        println!();
+        display.finish(result.as_ref().ok());
         match result {
             Ok(r) => {
                 if r.finish_reason == FinishReason::Cancelled {

@@ -102,6 +102,13 @@ pub fn load_config(args: &ModelArgs) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
+/// The local engine, or the error a model-only command gives without one.
+pub fn local_engine(rt: &Runtime) -> Result<std::sync::Arc<edgecascade::LocalEngine>, Failure> {
+    rt.local_engine().ok_or_else(|| {
+        Failure::Runtime("this command needs a local model: pass --model PATH".into())
+    })
+}
+
 /// Loads the runtime, with a progress bar on a terminal.
 pub fn load_runtime(cfg: Config, quiet: bool) -> Result<Runtime, Failure> {
     let bar = if quiet {

@@ -150,7 +150,7 @@ fn trial_load(path: PathBuf) -> Result<(), Failure> {
         },
         &NullSink,
     )?;
-    let i = rt.local_model();
+    let i = rt.local_model().expect("loaded with a model");
     println!(
         "{}: loads and generates ({} params, vocab {}, trained context {}, chat template: {}, load {:.0} ms, first token {:.0} ms)",
         path.display(),

@@ -4,6 +4,17 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The binary with its default ledger in a temporary folder: tests never write the user's own
+/// ledger (a config's `[ledger] path` still wins where a test sets one).
+fn edgecascade() -> Command {
+    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let data = DATA.get_or_init(|| tempfile::tempdir().expect("temporary folder"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgecascade"));
+    c.env("XDG_DATA_HOME", data.path())
+        .env("EDGECASCADE_LEDGER", data.path().join("ledger.jsonl"));
+    c
+}
+
 fn model() -> PathBuf {
     let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
@@ -19,10 +30,7 @@ fn model() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgecascade"))
-        .args(args)
-        .output()
-        .expect("run edgecascade")
+    edgecascade().args(args).output().expect("run edgecascade")
 }
 
 fn stderr(o: &Output) -> String {
@@ -206,7 +214,7 @@ fn chat_ctrl_c_cancels_the_answer_not_the_program() {
     use std::io::{Read, Write};
     use std::process::Stdio;
     let m = model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+    let mut child = edgecascade()
         .args([
             "chat",
             "--model",

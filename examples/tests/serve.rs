@@ -22,6 +22,17 @@ pub fn model_file(file: &str, name: &str) -> PathBuf {
     p
 }
 
+/// The binary with its default ledger in a temporary folder: tests never write the user's own
+/// ledger (a config's `[ledger] path` still wins where a test sets one).
+fn edgecascade() -> Command {
+    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let data = DATA.get_or_init(|| tempfile::tempdir().expect("temporary folder"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgecascade"));
+    c.env("XDG_DATA_HOME", data.path())
+        .env("EDGECASCADE_LEDGER", data.path().join("ledger.jsonl"));
+    c
+}
+
 fn model() -> PathBuf {
     model_file("smollm2-135m-instruct-q4_1.gguf", "smollm2")
 }
@@ -38,7 +49,7 @@ impl Server {
     }
 
     pub fn start_model(m: &std::path::Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+        let mut child = edgecascade()
             .args([
                 "serve",
                 "--model",
@@ -449,7 +460,7 @@ mod cascade {
             ..RemoteConfig::default()
         });
         c.cascade = CascadeConfig {
-            signal: "mean_logprob".into(),
+            signal: edgecascade::policy::Signal::MeanLogprob,
             threshold,
             mid_stream_floor: floor,
             mid_stream_min_tokens: 8,
@@ -491,10 +502,8 @@ mod cascade {
             .chat(&question(), &|e: Event| events.lock().unwrap().push(e))
             .unwrap();
         assert_eq!(
-            r.route,
-            Route::Escalated {
-                reason: "low_confidence".into()
-            }
+            (r.route, r.reason),
+            (Route::Escalated, edgecascade::Reason::LowConfidence)
         );
         assert_eq!(r.text, direct, "the answer is the remote model's");
         let (l, rm) = (r.usage.local.unwrap(), r.usage.remote.unwrap());
@@ -549,10 +558,7 @@ mod cascade {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(&server.url(), -100.0, 0.0, &dir.path().join("ledger.jsonl"));
         let r = rt.chat(&question(), &edgecascade::NullSink).unwrap();
-        assert_eq!(
-            (r.route.clone(), r.reason.as_str()),
-            (Route::Local, "accepted")
-        );
+        assert_eq!((r.route, r.reason.as_str()), (Route::Local, "accepted"));
         assert!(r.usage.remote.is_none());
         let strict = runtime(&server.url(), 0.0, 0.0, &dir.path().join("ledger2.jsonl"));
         let r = strict
@@ -600,11 +606,10 @@ mod cascade {
             plain.text
         );
         let r = rt.chat(&long, &edgecascade::NullSink).unwrap();
-        let Route::DegradedLocal { remote_error } = &r.route else {
-            panic!("expected degraded_local, got {:?}", r.route)
-        };
+        assert_eq!(r.route, Route::DegradedLocal);
+        let remote_error = r.remote_error.as_deref().unwrap();
         assert!(remote_error.contains("127.0.0.1:9"), "{remote_error}");
-        assert_eq!(r.reason, "mid_stream_low_confidence");
+        assert_eq!(r.reason.as_str(), "mid_stream_low_confidence");
         // The draft was cut after 8 tokens, then finished locally from the cache.
         assert!(r.usage.completion_tokens > 8, "{:?}", r.usage);
         assert_eq!(
@@ -689,6 +694,25 @@ mod cascade {
                     "the stream carries the remote answer only, no local draft"
                 );
             }
+            // `ask` with stdout piped carries exactly the final answer (no draft glued on).
+            let o = edgecascade()
+                .args([
+                    "ask",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--max-tokens",
+                    "24",
+                    q,
+                ])
+                .env("EDGECASCADE_LEDGER", dir.path().join("ask-ledger.jsonl"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let stdout = String::from_utf8(o.stdout).unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(stderr.contains(&format!("[{route} ·")), "{stderr}");
+            let want = full["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(stdout.trim_end_matches('\n'), want, "route {route}");
         }
     }
 
@@ -715,7 +739,7 @@ mod cascade {
         // All eight start before any is waited for: they contend for the ledger at once.
         let children: Vec<_> = (0..8)
             .map(|i| {
-                Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+                edgecascade()
                     .args([
                         "ask",
                         "--config",
@@ -779,7 +803,7 @@ mod eval {
         if !data.exists() {
             std::fs::write(&data, ITEMS).unwrap();
         }
-        Command::new(env!("CARGO_BIN_EXE_edgecascade"))
+        edgecascade()
             .args([
                 "eval",
                 "--model",
@@ -879,7 +903,7 @@ mod eval {
             "{text}"
         );
         let cfg = edgecascade::Config::from_file(&config).unwrap();
-        assert_eq!(cfg.cascade.signal, rec["signal"].as_str().unwrap());
+        assert_eq!(cfg.cascade.signal.name(), rec["signal"].as_str().unwrap());
         assert!((cfg.cascade.threshold - rec["threshold"].as_f64().unwrap()).abs() < 1e-5);
         edgecascade::policy::Cascade::new(&cfg.cascade).unwrap();
 

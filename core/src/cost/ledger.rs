@@ -54,7 +54,8 @@ pub struct CostRecord {
     pub id: String,
     /// Unix seconds.
     pub ts: f64,
-    /// "local", "remote", "escalated" or "degraded_local".
+    /// "local", "remote", "escalated", "degraded_local", or "failed" (a request that failed
+    /// after reserving budget: its record settles the reservation).
     pub route: String,
     /// Stable reason code.
     pub reason: String,
@@ -78,6 +79,9 @@ pub struct CostRecord {
     /// Answer text, only with `store_prompts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// For a failed request (route "failed"): the error's stable kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Totals over a period.
@@ -433,6 +437,7 @@ mod tests {
             total_ms: 2.0,
             prompt: None,
             answer: None,
+            error: None,
         }
     }
 

@@ -5,11 +5,11 @@
 //! stream chunks, and the whole request. Retries with exponential backoff and jitter on
 //! connection errors, 429 (honouring `Retry-After`) and 5xx, never after text has reached the
 //! caller. A circuit breaker skips the tier for a cool-down after repeated failures.
-//! The API key is read from the environment, and never logged, printed or put in an error.
+//! The API key is set in the config or read from the environment, and never logged, printed or put in an error.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::config::RemoteConfig;
 use crate::types::{ChatRequest, FinishReason};
 
 /// Errors from the remote tier. None of them carries the API key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     /// The `[remote]` section is unusable.
     #[error("invalid [remote] config: {0}")]
@@ -148,6 +148,7 @@ pub struct RemoteEngine {
     max_retries: u32,
     chunk_gap: Duration,
     total: Duration,
+    deadline: Duration,
     stream: bool,
     breaker: Mutex<Breaker>,
 }
@@ -205,9 +206,11 @@ impl RemoteEngine {
         if cfg.model.is_empty() {
             return bad("model is empty".into());
         }
-        let key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => match std::env::var(var) {
+        let key = match (&cfg.api_key, &cfg.api_key_env) {
+            (Some(k), _) if !k.is_empty() => Some(Secret(k.clone())),
+            (Some(_), _) => return bad("api_key is empty".into()),
+            (None, None) => None,
+            (None, Some(var)) => match std::env::var(var) {
                 Ok(k) if !k.is_empty() => Some(Secret(k)),
                 _ => return bad(format!("api_key_env names {var}, which is not set")),
             },
@@ -232,6 +235,7 @@ impl RemoteEngine {
             max_retries: cfg.max_retries,
             chunk_gap: secs(cfg.chunk_gap_timeout_s),
             total: secs(cfg.total_timeout_s),
+            deadline: secs(cfg.deadline_s),
             stream: cfg.stream,
             breaker: Mutex::new(Breaker::default()),
         })
@@ -275,7 +279,10 @@ impl RemoteEngine {
         }
     }
 
-    /// Streams a completion of `req`, sending text to `on_text` as it arrives.
+    /// Streams a completion of `req`, sending text to `on_text` as it arrives. The request always
+    /// carries `max_tokens` (the caller caps it to what its budget covers). Cancelling is not an
+    /// error: the output then holds what had streamed, with `FinishReason::Cancelled` and
+    /// estimated usage. Retries and their waits never run past `[remote] deadline_s`.
     pub fn generate(
         &self,
         req: &ChatRequest,
@@ -284,42 +291,57 @@ impl RemoteEngine {
     ) -> Result<RemoteOutput, RemoteError> {
         self.check_available()?;
         let t0 = Instant::now();
+        let deadline = t0 + self.deadline;
+        let body = self.body(req).to_string();
         let mut attempt = 0;
+        let mut first_byte_timeouts = 0;
         loop {
             attempt += 1;
             let mut streamed = false;
-            let result = self.attempt(req, cancel, t0, &mut |t| {
+            let until = deadline.min(Instant::now() + self.total);
+            let result = self.attempt(req, &body, cancel, t0, until, &mut |t| {
                 streamed = true;
                 on_text(t);
             });
-            match result {
+            let (e, retry_after) = match result {
                 Ok(mut out) => {
-                    self.record(true);
+                    if out.finish_reason != FinishReason::Cancelled {
+                        self.record(true);
+                    }
                     out.attempts = attempt;
                     out.total_ms = t0.elapsed().as_secs_f64() * 1e3;
                     return Ok(out);
                 }
-                Err((e, retry_after)) => {
-                    let cancelled = matches!(e, RemoteError::Cancelled);
-                    let can_retry =
-                        !streamed && !cancelled && e.retryable() && attempt <= self.max_retries;
-                    if !can_retry {
-                        if !cancelled {
-                            self.record(false);
-                        }
-                        return Err(e);
-                    }
-                    // Exponential backoff with jitter, or the server's Retry-After; never past the
-                    // total budget.
-                    let backoff = 0.25 * f64::from(1u32 << (attempt - 1).min(5)) * (0.5 + jitter());
-                    let wait = retry_after.unwrap_or(backoff).min(8.0);
-                    if t0.elapsed() + Duration::from_secs_f64(wait) >= self.total {
-                        self.record(false);
-                        return Err(e);
-                    }
-                    log::info!("remote attempt {attempt} failed ({e}); retrying in {wait:.2} s");
-                    sleep_cancellable(Duration::from_secs_f64(wait), cancel).map_err(|(e, _)| e)?;
+                Err(failure) => failure,
+            };
+            if matches!(
+                e,
+                RemoteError::Timeout {
+                    phase: "first byte",
+                    ..
                 }
+            ) {
+                first_byte_timeouts += 1;
+            }
+            // A server silent past the first-byte timeout twice is down, not slow.
+            let can_retry = !streamed
+                && e.retryable()
+                && attempt <= self.max_retries
+                && first_byte_timeouts < 2;
+            // Exponential backoff with jitter, or the server's Retry-After (capped); never past
+            // the deadline.
+            let backoff = 0.25 * f64::from(1u32 << (attempt - 1).min(5)) * (0.5 + jitter());
+            let wait = Duration::from_secs_f64(retry_after.unwrap_or(backoff).min(8.0));
+            if !can_retry || Instant::now() + wait >= deadline {
+                self.record(false);
+                return Err(e);
+            }
+            log::info!(
+                "remote attempt {attempt} failed ({e}); retrying in {:.2} s",
+                wait.as_secs_f64()
+            );
+            if sleep_cancellable(wait, cancel) {
+                return Ok(cancelled_output(req, String::new(), false, attempt, t0));
             }
         }
     }
@@ -335,12 +357,10 @@ impl RemoteEngine {
             "messages": messages,
             "stream": self.stream,
             "temperature": req.sampling.temperature,
+            "max_tokens": req.max_tokens,
         });
         if self.stream {
             body["stream_options"] = json!({"include_usage": true});
-        }
-        if req.max_tokens != u32::MAX {
-            body["max_tokens"] = json!(req.max_tokens);
         }
         if req.sampling.temperature > 0.0 && req.sampling.top_p < 1.0 {
             body["top_p"] = json!(req.sampling.top_p);
@@ -354,19 +374,18 @@ impl RemoteEngine {
         body
     }
 
-    /// One HTTP attempt. The error carries a `Retry-After` in seconds when the server sent one.
-    #[allow(clippy::too_many_lines)] // one linear walk: request, status, then the SSE loop
-    fn attempt(
-        &self,
-        req: &ChatRequest,
-        cancel: &AtomicBool,
-        t0: Instant,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<RemoteOutput, (RemoteError, Option<f64>)> {
-        let url = &self.url;
+    /// Starts one HTTP exchange on its own thread, which reports what arrives on a channel.
+    /// The caller's thread only waits on the channel, so it sees cancellation and the
+    /// chunk-gap timeout within 100 ms whatever the socket does. The thread ends when the body
+    /// ends, when its read fails (the global timeout bounds it), or at its next line once the
+    /// receiver is gone.
+    fn spawn_exchange(&self, body: &str, until: Instant) -> Result<Receiver<Wire>, RemoteError> {
+        let timeout = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let mut request = self
             .agent
-            .post(url)
+            .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "text/event-stream");
         for (k, v) in &self.headers {
@@ -375,94 +394,50 @@ impl RemoteEngine {
         if let Some(key) = &self.key {
             request = request.header("Authorization", format!("Bearer {}", key.0));
         }
-        let response = request
-            .send(self.body(req).to_string())
-            .map_err(|e| (self.transport_error(&e, "first byte"), None))?;
-        log::debug!(
-            "remote headers after {:.2} ms",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-        let status = response.status().as_u16();
-        if status != 200 {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok());
-            let mut body = response.into_body();
-            let text = body
-                .with_config()
-                .limit(4096)
-                .read_to_string()
-                .unwrap_or_default();
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            return Err((
-                RemoteError::Status {
-                    url: url.clone(),
-                    status,
-                    body: msg.chars().take(300).collect(),
-                },
-                retry_after,
-            ));
-        }
-
-        if !self.stream {
-            return self
-                .read_json(response, req, t0, on_text)
-                .map_err(|e| (e, None));
-        }
-
-        // Read SSE lines on a helper thread, so a stalled stream is caught by the gap timeout
-        // and cancellation is seen within 100 ms.
-        let (tx, rx) = sync_channel::<std::io::Result<String>>(64);
-        let reader = response.into_body().into_reader();
+        let request = request.config().timeout_global(Some(timeout)).build();
+        let (tx, rx) = sync_channel::<Wire>(64);
+        let body = body.to_owned();
+        let stream = self.stream;
         std::thread::Builder::new()
-            .name("edgecascade-sse".into())
-            .spawn(move || {
-                for line in BufReader::new(reader).lines() {
-                    let stop = line.is_err();
-                    if tx.send(line).is_err() || stop {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| {
-                (
-                    RemoteError::Connect {
-                        url: url.clone(),
-                        detail: e.to_string(),
-                    },
-                    None,
-                )
+            .name("edgecascade-remote".into())
+            .spawn(move || exchange(request, body, stream, &tx))
+            .map_err(|e| RemoteError::Connect {
+                url: self.url.clone(),
+                detail: format!("cannot start the request thread: {e}"),
             })?;
+        Ok(rx)
+    }
 
-        let mut out = RemoteOutput {
-            text: String::new(),
-            finish_reason: FinishReason::Stop,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            usage_estimated: true,
-            ttft_ms: 0.0,
-            total_ms: 0.0,
-            attempts: 1,
-            server_ttft_ms: None,
-        };
-        let mut finish: Option<FinishReason> = None;
-        let mut data = String::new();
+    /// One HTTP attempt, until `until`. The error carries a `Retry-After` in seconds when the
+    /// server sent a usable one.
+    fn attempt(
+        &self,
+        req: &ChatRequest,
+        body: &str,
+        cancel: &AtomicBool,
+        t0: Instant,
+        until: Instant,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, (RemoteError, Option<f64>)> {
+        let url = &self.url;
+        let rx = self.spawn_exchange(body, until).map_err(|e| (e, None))?;
+        let mut sse = Sse::new(t0);
+        let mut answering = false;
         let mut last = Instant::now();
-        let mut chunks = 0u32;
         loop {
             if cancel.load(Ordering::Relaxed) {
-                return Err((RemoteError::Cancelled, None));
+                return Ok(cancelled_output(
+                    req,
+                    std::mem::take(&mut sse.out.text),
+                    answering,
+                    1,
+                    t0,
+                ));
             }
-            let line = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(l)) => l,
-                Ok(Err(e)) => return Err((self.read_error(&e), None)),
+            let wire = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(w) => w,
                 Err(RecvTimeoutError::Timeout) => {
-                    if last.elapsed() > self.chunk_gap {
+                    if answering && last.elapsed() > self.chunk_gap {
                         return Err((
                             RemoteError::Timeout {
                                 url: url.clone(),
@@ -472,138 +447,78 @@ impl RemoteEngine {
                             None,
                         ));
                     }
-                    if t0.elapsed() > self.total {
+                    if Instant::now() > until + Duration::from_millis(500) {
                         return Err((
                             RemoteError::Timeout {
                                 url: url.clone(),
                                 phase: "total",
-                                seconds: self.total.as_secs_f64(),
+                                seconds: (until - t0).as_secs_f64(),
                             },
                             None,
                         ));
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err((
-                        RemoteError::Cut {
-                            url: url.clone(),
-                            detail: format!("after {chunks} chunks, no [DONE]"),
-                        },
-                        None,
-                    ));
-                }
+                Err(RecvTimeoutError::Disconnected) => Wire::End,
             };
             last = Instant::now();
-            let line = line.trim_end_matches('\r');
-            if line.is_empty() {
-                // End of one SSE event.
-                if data.is_empty() {
-                    continue;
-                }
-                let event = std::mem::take(&mut data);
-                if event == "[DONE]" {
-                    break;
-                }
-                chunks += 1;
-                let v: Value = serde_json::from_str(&event).map_err(|e| {
-                    (
-                        RemoteError::Malformed {
-                            url: url.clone(),
-                            detail: format!(
-                                "chunk {chunks} is not JSON ({e}): {}",
-                                event.chars().take(120).collect::<String>()
-                            ),
-                        },
-                        None,
-                    )
-                })?;
-                if let Some(err) = v.get("error") {
-                    let msg = err["message"]
-                        .as_str()
-                        .unwrap_or("unknown error")
-                        .to_owned();
+            match wire {
+                Wire::Refused {
+                    status,
+                    retry_after,
+                    message,
+                } => {
                     return Err((
                         RemoteError::Status {
                             url: url.clone(),
-                            status: 500,
-                            body: msg,
+                            status,
+                            body: message.chars().take(300).collect(),
                         },
-                        None,
-                    ));
+                        retry_after,
+                    ))
                 }
-                if let Some(t) = v["edgecascade"]["timings"]["ttft_ms"].as_f64() {
-                    out.server_ttft_ms = Some(t);
+                Wire::Failed(e) => return Err((self.transport_error(&e), None)),
+                Wire::ReadFailed(e) => return Err((self.read_error(&e), None)),
+                Wire::Answering => {
+                    log::debug!(
+                        "remote headers after {:.2} ms",
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    answering = true;
                 }
-                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                    out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
-                    out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
-                    out.usage_estimated = false;
+                Wire::Body(text) => {
+                    return self
+                        .read_json(&text, req, t0, on_text)
+                        .map_err(|e| (e, None))
                 }
-                let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+                Wire::Line(line) => {
+                    if sse.line(&line, url, on_text).map_err(|e| (e, None))? {
+                        return sse.finish(req, url).map_err(|e| (e, None));
+                    }
+                }
+                Wire::End => {
                     return Err((
-                        RemoteError::Malformed {
+                        RemoteError::Cut {
                             url: url.clone(),
-                            detail: format!("chunk {chunks} has no choices"),
+                            detail: format!("after {} chunks, no [DONE]", sse.chunks),
                         },
                         None,
-                    ));
-                };
-                if let Some(c) = choices.first() {
-                    if let Some(t) = c["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
-                        if out.text.is_empty() {
-                            out.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-                            log::debug!("remote first text after {:.2} ms", out.ttft_ms);
-                        }
-                        out.text.push_str(t);
-                        on_text(t);
-                    }
-                    match c["finish_reason"].as_str() {
-                        Some("length") => finish = Some(FinishReason::Length),
-                        Some(_) => finish = Some(FinishReason::Stop),
-                        None => {}
-                    }
+                    ))
                 }
-            } else if let Some(d) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
-            // Comments (":") and other fields (event:, id:, retry:) are ignored.
         }
-        let Some(finish) = finish else {
-            return Err((
-                RemoteError::Cut {
-                    url: url.clone(),
-                    detail: "[DONE] without a finish_reason".into(),
-                },
-                None,
-            ));
-        };
-        out.finish_reason = finish;
-        if out.usage_estimated {
-            (out.prompt_tokens, out.completion_tokens) = estimate_usage(req, &out.text);
-        }
-        Ok(out)
     }
 
     /// A non-streaming answer: one JSON object.
     fn read_json(
         &self,
-        response: ureq::http::Response<ureq::Body>,
+        text: &str,
         req: &ChatRequest,
         t0: Instant,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<RemoteOutput, RemoteError> {
         let url = &self.url;
-        let text = response
-            .into_body()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(|e| self.transport_error(&e, "total"))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| RemoteError::Malformed {
+        let v: Value = serde_json::from_str(text).map_err(|e| RemoteError::Malformed {
             url: url.clone(),
             detail: format!(
                 "response is not JSON ({e}): {}",
@@ -642,7 +557,7 @@ impl RemoteEngine {
         })
     }
 
-    fn transport_error(&self, e: &ureq::Error, phase: &'static str) -> RemoteError {
+    fn transport_error(&self, e: &ureq::Error) -> RemoteError {
         match e {
             ureq::Error::Timeout(t) => {
                 let phase = match t {
@@ -652,8 +567,8 @@ impl RemoteEngine {
                             detail: format!("{t:?} timeout"),
                         }
                     }
-                    ureq::Timeout::Global | ureq::Timeout::PerCall => "total",
-                    _ => phase,
+                    ureq::Timeout::RecvResponse => "first byte",
+                    _ => "total",
                 };
                 RemoteError::Timeout {
                     url: self.url.clone(),
@@ -684,12 +599,18 @@ impl RemoteEngine {
     }
 }
 
+/// Prompt tokens estimated from the text (about 4 characters per token plus a few per
+/// message), for reserving budget when no local tokenizer is loaded.
+pub fn estimate_prompt_tokens(messages: &[crate::types::ChatMessage]) -> u32 {
+    let chars: usize = messages.iter().map(|m| m.content.len() + 4).sum();
+    (chars / 4).max(1) as u32
+}
+
 /// Token counts for a server that sent no usage: about 4 characters per token, plus a few
 /// template tokens per message. Marked `usage_estimated` wherever used.
 fn estimate_usage(req: &ChatRequest, answer: &str) -> (u32, u32) {
-    let chars: usize = req.messages.iter().map(|m| m.content.len() + 4).sum();
     (
-        (chars / 4).max(1) as u32,
+        estimate_prompt_tokens(&req.messages),
         (answer.len() / 4).max(usize::from(!answer.is_empty())) as u32,
     )
 }
@@ -701,15 +622,299 @@ fn jitter() -> f64 {
     f64::from(nanos % 1000) / 1000.0
 }
 
-fn sleep_cancellable(d: Duration, cancel: &AtomicBool) -> Result<(), (RemoteError, Option<f64>)> {
+/// Sleeps for `d` unless cancelled first; true if cancelled.
+fn sleep_cancellable(d: Duration, cancel: &AtomicBool) -> bool {
     let end = Instant::now() + d;
     while Instant::now() < end {
         if cancel.load(Ordering::Relaxed) {
-            return Err((RemoteError::Cancelled, None));
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
     }
-    Ok(())
+    cancel.load(Ordering::Relaxed)
+}
+
+/// The output of a request cancelled after `text` had streamed. Usage is estimated; the
+/// prompt counts only if the server had started answering (`answering`).
+fn cancelled_output(
+    req: &ChatRequest,
+    text: String,
+    answering: bool,
+    attempts: u32,
+    t0: Instant,
+) -> RemoteOutput {
+    let (prompt, completion) = estimate_usage(req, &text);
+    RemoteOutput {
+        finish_reason: FinishReason::Cancelled,
+        prompt_tokens: if answering { prompt } else { 0 },
+        completion_tokens: if text.is_empty() { 0 } else { completion },
+        text,
+        usage_estimated: true,
+        ttft_ms: 0.0,
+        total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        attempts,
+        server_ttft_ms: None,
+    }
+}
+
+/// The longest SSE line accepted; a longer one is a malformed stream, not a reason to buffer
+/// without bound.
+const MAX_LINE: usize = 1 << 20;
+
+/// What the thread of one HTTP exchange reports.
+enum Wire {
+    /// The server answered with an error status.
+    Refused {
+        status: u16,
+        retry_after: Option<f64>,
+        message: String,
+    },
+    /// The request failed before a response.
+    Failed(ureq::Error),
+    /// Status 200: the answer follows.
+    Answering,
+    /// One line of an SSE stream (without its line ending).
+    Line(String),
+    /// A whole JSON body (non-streaming mode).
+    Body(String),
+    /// Reading the body failed.
+    ReadFailed(std::io::Error),
+    /// The body ended.
+    End,
+}
+
+/// Runs one exchange, reporting on `tx`; returns once the body ends, fails, or nobody listens.
+fn exchange(
+    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    body: String,
+    stream: bool,
+    tx: &SyncSender<Wire>,
+) {
+    let response = match request.send(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Wire::Failed(e));
+            return;
+        }
+    };
+    let status = response.status().as_u16();
+    if status != 200 {
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = response
+            .into_body()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        let _ = tx.send(Wire::Refused {
+            status,
+            retry_after,
+            message,
+        });
+        return;
+    }
+    if tx.send(Wire::Answering).is_err() {
+        return;
+    }
+    let mut body = response.into_body();
+    if !stream {
+        let wire = match body.with_config().limit(16 << 20).read_to_string() {
+            Ok(text) => Wire::Body(text),
+            Err(ureq::Error::Io(e)) => Wire::ReadFailed(e),
+            Err(e) => Wire::ReadFailed(std::io::Error::other(e.to_string())),
+        };
+        let _ = tx.send(wire);
+        return;
+    }
+    let mut reader = BufReader::new(body.into_reader());
+    let mut buf = Vec::new();
+    loop {
+        let wire = match read_line_bounded(&mut reader, &mut buf, MAX_LINE) {
+            Ok(Some(line)) => Wire::Line(line),
+            Ok(None) => Wire::End,
+            Err(e) => Wire::ReadFailed(e),
+        };
+        let last = !matches!(wire, Wire::Line(_));
+        if tx.send(wire).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line of at most `max` bytes (line endings stripped, invalid
+/// UTF-8 replaced). `Ok(None)` at the end of the stream; an error for a longer line.
+fn read_line_bounded(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<String>> {
+    buf.clear();
+    let n = reader
+        .by_ref()
+        .take(max as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("an SSE line is longer than {max} bytes"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(buf).into_owned()))
+}
+
+/// `Retry-After` in seconds: a non-negative number of seconds (fractions allowed) or an HTTP
+/// date; capped at an hour. Anything else (negative, NaN, garbage) is ignored.
+fn parse_retry_after(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let secs = if let Ok(s) = v.parse::<f64>() {
+        s
+    } else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        when.duration_since(std::time::SystemTime::now())
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| secs.min(3600.0))
+}
+
+/// The state of one SSE stream being read.
+struct Sse {
+    out: RemoteOutput,
+    finish: Option<FinishReason>,
+    data: String,
+    chunks: u32,
+    t0: Instant,
+}
+
+impl Sse {
+    fn new(t0: Instant) -> Self {
+        Self {
+            out: RemoteOutput {
+                text: String::new(),
+                finish_reason: FinishReason::Stop,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                usage_estimated: true,
+                ttft_ms: 0.0,
+                total_ms: 0.0,
+                attempts: 1,
+                server_ttft_ms: None,
+            },
+            finish: None,
+            data: String::new(),
+            chunks: 0,
+            t0,
+        }
+    }
+
+    /// Takes one line; true once the stream is complete (`[DONE]`).
+    fn line(
+        &mut self,
+        line: &str,
+        url: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<bool, RemoteError> {
+        if !line.is_empty() {
+            if let Some(d) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+            // Comments (":") and other fields (event:, id:, retry:) are ignored.
+            return Ok(false);
+        }
+        // End of one SSE event.
+        if self.data.is_empty() {
+            return Ok(false);
+        }
+        let event = std::mem::take(&mut self.data);
+        if event == "[DONE]" {
+            return Ok(true);
+        }
+        self.chunks += 1;
+        let chunks = self.chunks;
+        let malformed = |detail: String| RemoteError::Malformed {
+            url: url.to_owned(),
+            detail,
+        };
+        let v: Value = serde_json::from_str(&event).map_err(|e| {
+            malformed(format!(
+                "chunk {chunks} is not JSON ({e}): {}",
+                event.chars().take(120).collect::<String>()
+            ))
+        })?;
+        if let Some(err) = v.get("error") {
+            return Err(RemoteError::Status {
+                url: url.to_owned(),
+                status: 500,
+                body: err["message"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .chars()
+                    .take(300)
+                    .collect(),
+            });
+        }
+        if let Some(t) = v["edgecascade"]["timings"]["ttft_ms"].as_f64() {
+            self.out.server_ttft_ms = Some(t);
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
+            self.out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
+            self.out.usage_estimated = false;
+        }
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            return Err(malformed(format!("chunk {chunks} has no choices")));
+        };
+        if let Some(c) = choices.first() {
+            if let Some(t) = c["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                if self.out.text.is_empty() {
+                    self.out.ttft_ms = self.t0.elapsed().as_secs_f64() * 1e3;
+                    log::debug!("remote first text after {:.2} ms", self.out.ttft_ms);
+                }
+                self.out.text.push_str(t);
+                on_text(t);
+            }
+            match c["finish_reason"].as_str() {
+                Some("length") => self.finish = Some(FinishReason::Length),
+                Some(_) => self.finish = Some(FinishReason::Stop),
+                None => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// The output of a stream that ended with `[DONE]`.
+    fn finish(mut self, req: &ChatRequest, url: &str) -> Result<RemoteOutput, RemoteError> {
+        let Some(finish) = self.finish else {
+            return Err(RemoteError::Cut {
+                url: url.to_owned(),
+                detail: "[DONE] without a finish_reason".into(),
+            });
+        };
+        self.out.finish_reason = finish;
+        if self.out.usage_estimated {
+            (self.out.prompt_tokens, self.out.completion_tokens) =
+                estimate_usage(req, &self.out.text);
+        }
+        Ok(self.out)
+    }
 }
 
 #[cfg(test)]
@@ -761,11 +966,12 @@ mod tests {
 
     #[test]
     fn key_never_prints() {
-        std::env::set_var("EDGECASCADE_TEST_KEY_NEVER_PRINTS", "sk-very-secret");
+        // The key is set in the config (as apps do), not through the process environment,
+        // which other tests read concurrently.
         let e = RemoteEngine::new(&RemoteConfig {
             base_url: "http://127.0.0.1:1".into(),
             model: "m".into(),
-            api_key_env: Some("EDGECASCADE_TEST_KEY_NEVER_PRINTS".into()),
+            api_key: Some("sk-very-secret".into()),
             ..RemoteConfig::default()
         })
         .unwrap();
@@ -780,5 +986,46 @@ mod tests {
         assert!(missing
             .to_string()
             .contains("EDGECASCADE_TEST_KEY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("2"), Some(2.0));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(0.5));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("NaN"), None);
+        assert_eq!(parse_retry_after("inf"), None);
+        assert_eq!(parse_retry_after("1e308"), Some(3600.0));
+        assert_eq!(parse_retry_after("soon"), None);
+        // An HTTP date in the past means now; one in the future, the seconds until it.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(0.0)
+        );
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let s = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!((100.0..=120.0).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn sse_lines_are_bounded() {
+        let mut buf = Vec::new();
+        let mut ok = std::io::Cursor::new(b"data: a\r\n\nlast".to_vec());
+        assert_eq!(
+            read_line_bounded(&mut ok, &mut buf, 16).unwrap().as_deref(),
+            Some("data: a")
+        );
+        assert_eq!(
+            read_line_bounded(&mut ok, &mut buf, 16).unwrap().as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            read_line_bounded(&mut ok, &mut buf, 16).unwrap().as_deref(),
+            Some("last")
+        );
+        assert_eq!(read_line_bounded(&mut ok, &mut buf, 16).unwrap(), None);
+        let mut long = std::io::Cursor::new(vec![b'x'; 100]);
+        let e = read_line_bounded(&mut long, &mut buf, 16).unwrap_err();
+        assert!(e.to_string().contains("longer than 16"), "{e}");
     }
 }

@@ -10,42 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::ChatMessage;
 
-/// The kind of answer an item expects, which decides how it is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A choice letter (A, B, ...).
-    Choice,
-    /// A number, tolerant of commas, units and trailing text.
-    Number,
-    /// A normalised string, or one of its aliases.
-    Exact,
-    /// Yes or no.
-    #[serde(alias = "yes_no")]
-    YesNo,
-}
-
-impl Kind {
-    /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 4] = [Kind::Choice, Kind::Number, Kind::Exact, Kind::YesNo];
-
-    /// The config/JSON name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Choice => "choice",
-            Kind::Number => "number",
-            Kind::Exact => "exact",
-            Kind::YesNo => "yesno",
-        }
-    }
-
-    /// Parses a name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s || (s == "yes_no" && *k == Kind::YesNo))
-    }
-}
+pub use crate::types::Kind;
 
 /// One labelled item of an eval set (a line of the JSONL file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

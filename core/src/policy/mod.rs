@@ -5,7 +5,7 @@ pub mod calibrated;
 
 use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
 use crate::engine::local::TokenSignal;
-use crate::types::{Confidence, PolicyOverride};
+use crate::types::{Confidence, PolicyOverride, Reason};
 
 pub use calibrated::{CalibratedModel, Evidence};
 
@@ -25,9 +25,10 @@ pub enum Plan {
 pub struct Decision {
     /// Where to go.
     pub plan: Plan,
-    /// Stable code: private, forced, no_remote, remote_unavailable, budget_exhausted,
-    /// context_too_long, rule (a `[[router.rules]]` entry matched), or cascade.
-    pub reason: &'static str,
+    /// Stable code: private, forced, no_remote, no_local_model, remote_unavailable,
+    /// budget_exhausted, context_too_long or rule. For `Plan::Cascade` it is provisional: the
+    /// cascade's outcome (accepted, low_confidence, ...) replaces it.
+    pub reason: Reason,
     /// The same in prose.
     pub detail: String,
 }
@@ -41,6 +42,8 @@ pub struct RouteInput<'a> {
     pub private: bool,
     /// A remote tier is configured.
     pub remote_configured: bool,
+    /// A local model is loaded.
+    pub local_available: bool,
     /// Why the remote tier cannot be used now (breaker open), if so.
     pub remote_unavailable: Option<&'a str>,
     /// Why the budget refuses the worst case, if so.
@@ -65,45 +68,54 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
     if i.private {
         return d(
             Plan::Local,
-            "private",
+            Reason::Private,
             "the request is private: it never leaves the device".into(),
         );
     }
     if i.policy == PolicyOverride::ForceLocal {
         return d(
             Plan::Local,
-            "forced",
+            Reason::Forced,
             "the request forced the local tier".into(),
         );
     }
     if !i.remote_configured {
         return d(
             Plan::Local,
-            "no_remote",
+            Reason::NoRemote,
             "no remote tier is configured".into(),
+        );
+    }
+    // A forced remote request goes remote or fails: the runtime checks the breaker and the
+    // budget and returns an error rather than a silent local answer.
+    if i.policy == PolicyOverride::ForceRemote {
+        return d(
+            Plan::Remote,
+            Reason::Forced,
+            "the request forced the remote tier".into(),
+        );
+    }
+    if !i.local_available {
+        return d(
+            Plan::Remote,
+            Reason::NoLocalModel,
+            "no local model is loaded yet".into(),
         );
     }
     if let Some(why) = i.remote_unavailable {
         return d(
             Plan::Local,
-            "remote_unavailable",
+            Reason::RemoteUnavailable,
             format!("remote tier unavailable: {why}"),
         );
     }
     if let Some(why) = i.budget_refusal {
-        return d(Plan::Local, "budget_exhausted", why.to_owned());
-    }
-    if i.policy == PolicyOverride::ForceRemote {
-        return d(
-            Plan::Remote,
-            "forced",
-            "the request forced the remote tier".into(),
-        );
+        return d(Plan::Local, Reason::BudgetExhausted, why.to_owned());
     }
     if let Some((prompt, n_ctx)) = i.overflow {
         return d(
             Plan::Remote,
-            "context_too_long",
+            Reason::ContextTooLong,
             format!("prompt of {prompt} tokens does not fit the local context of {n_ctx}"),
         );
     }
@@ -123,27 +135,29 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("router.rules[{n}]"));
-            return d(plan(r.route), "rule", format!("matched {name}"));
+            return d(plan(r.route), Reason::Rule, format!("matched {name}"));
         }
     }
     match i.rules.default {
         RouteTarget::Cascade => d(
             Plan::Cascade,
-            "cascade",
+            Reason::Rule,
             "local first, escalating if unsure".into(),
         ),
         other => d(
             plan(other),
-            "rule",
+            Reason::Rule,
             format!("router.default = {other:?}").to_lowercase(),
         ),
     }
 }
 
-/// The confidence signals a threshold can be set on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The confidence signals a threshold can be set on (`[cascade] signal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// Mean token log-probability (escalate below).
+    #[default]
     MeanLogprob,
     /// Lowest token probability (escalate below).
     MinProb,
@@ -221,12 +235,7 @@ const WINDOW: usize = 8;
 impl Cascade {
     /// From the `[cascade]` section.
     pub fn new(c: &CascadeConfig) -> Result<Self, String> {
-        let signal = Signal::parse(&c.signal).ok_or_else(|| {
-            format!(
-                "cascade.signal {:?} is not one of mean_logprob, min_prob, p10_prob, mean_entropy, calibrated, calibrated_gain",
-                c.signal
-            )
-        })?;
+        let signal = c.signal;
         if let Some(m) = &c.calibrated {
             m.validate()?;
         }
@@ -329,6 +338,7 @@ mod tests {
             policy: PolicyOverride::Auto,
             private: false,
             remote_configured: true,
+            local_available: true,
             remote_unavailable: None,
             budget_refusal: None,
             overflow: None,
@@ -368,7 +378,7 @@ mod tests {
         });
         assert_eq!(
             (r.plan, r.reason, r.detail.as_str()),
-            (Plan::Remote, "rule", "matched code")
+            (Plan::Remote, Reason::Rule, "matched code")
         );
         let r = route(&RouteInput {
             rules: &rules,
@@ -400,7 +410,8 @@ mod tests {
                 private: true,
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "private"
         );
         // A rule that sends a request remote needs a remote tier: without one, built-ins win.
@@ -410,7 +421,8 @@ mod tests {
                 remote_configured: false,
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "no_remote"
         );
     }
@@ -423,7 +435,8 @@ mod tests {
                 private: true,
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "private"
         );
         assert_eq!(
@@ -431,20 +444,22 @@ mod tests {
                 policy: PolicyOverride::ForceLocal,
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "forced"
         );
         let r = route(&RouteInput {
             policy: PolicyOverride::ForceRemote,
             ..input()
         });
-        assert_eq!((r.plan, r.reason), (Plan::Remote, "forced"));
+        assert_eq!((r.plan, r.reason.as_str()), (Plan::Remote, "forced"));
         assert_eq!(
             route(&RouteInput {
                 remote_configured: false,
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "no_remote"
         );
         assert_eq!(
@@ -452,7 +467,8 @@ mod tests {
                 remote_unavailable: Some("breaker open"),
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "remote_unavailable"
         );
         assert_eq!(
@@ -460,14 +476,40 @@ mod tests {
                 budget_refusal: Some("daily cap"),
                 ..input()
             })
-            .reason,
+            .reason
+            .as_str(),
             "budget_exhausted"
         );
         let r = route(&RouteInput {
             overflow: Some((5000, 4096)),
             ..input()
         });
-        assert_eq!((r.plan, r.reason), (Plan::Remote, "context_too_long"));
+        assert_eq!(
+            (r.plan, r.reason.as_str()),
+            (Plan::Remote, "context_too_long")
+        );
+        // A forced remote request is never answered locally, breaker or budget: the runtime
+        // fails it with a stable error instead.
+        for r in [
+            route(&RouteInput {
+                policy: PolicyOverride::ForceRemote,
+                remote_unavailable: Some("breaker open"),
+                ..input()
+            }),
+            route(&RouteInput {
+                policy: PolicyOverride::ForceRemote,
+                budget_refusal: Some("daily cap"),
+                ..input()
+            }),
+        ] {
+            assert_eq!((r.plan, r.reason), (Plan::Remote, Reason::Forced));
+        }
+        // No local model yet: remote, unless private.
+        let r = route(&RouteInput {
+            local_available: false,
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Remote, Reason::NoLocalModel));
         // Private beats everything, even an overflow.
         assert_eq!(
             route(&RouteInput {
@@ -484,7 +526,7 @@ mod tests {
     fn thresholds_have_directions() {
         let c = |signal: &str, threshold| {
             Cascade::new(&CascadeConfig {
-                signal: signal.into(),
+                signal: Signal::parse(signal).unwrap(),
                 threshold,
                 ..CascadeConfig::default()
             })
@@ -516,7 +558,7 @@ mod tests {
             .is_some());
         // The calibrated signal needs its model.
         assert!(Cascade::new(&CascadeConfig {
-            signal: "calibrated".into(),
+            signal: Signal::Calibrated,
             ..CascadeConfig::default()
         })
         .unwrap_err()
@@ -526,7 +568,7 @@ mod tests {
         let small_only = CalibratedModel::fit(&xs, &[false, true], 1.0);
         let gain = |m: &CalibratedModel, threshold| {
             Cascade::new(&CascadeConfig {
-                signal: "calibrated_gain".into(),
+                signal: Signal::CalibratedGain,
                 threshold,
                 calibrated: Some(m.clone()),
                 ..CascadeConfig::default()
@@ -538,11 +580,11 @@ mod tests {
         let pair = CalibratedModel::fit_pair(&xs, &[false, true], &[true, true], 1.0);
         assert!(gain(&pair, 0.0).is_ok());
         assert!(gain(&pair, 2.0).is_err());
-        assert!(Cascade::new(&CascadeConfig {
-            signal: "vibes".into(),
-            ..CascadeConfig::default()
-        })
-        .is_err());
+        // An unknown signal is a config error that names the choices.
+        let e = crate::Config::from_toml("[cascade]\nsignal = \"vibes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mean_logprob"), "{e}");
     }
 
     #[test]

@@ -94,13 +94,19 @@ fn a_missing_file() {
 
 #[test]
 fn corrupted_metadata_types() {
-    // Flip the type of tokenizer.ggml.tokens' array from string to u8 in a real model: llama.cpp
-    // would read it through an asserting accessor.
+    // Retype tokenizer.ggml.token_type in a real model from an array of i32 to an array of f32:
+    // the same size, so the rest of the header still parses, and llama.cpp would read the values
+    // through an asserting accessor. The validator must catch exactly that.
     let mut real = std::fs::read(smollm2()).unwrap();
-    let key = b"tokenizer.ggml.tokens";
+    let key = b"tokenizer.ggml.token_type";
     let at = real.windows(key.len()).position(|w| w == key).unwrap() + key.len();
-    // After the key: u32 value type (9 = array), u32 element type (8 = string).
+    // After the key: u32 value type (9 = array), u32 element type (5 = i32).
     assert_eq!(&real[at..at + 4], &9u32.to_le_bytes());
-    real[at + 4..at + 8].copy_from_slice(&0u32.to_le_bytes());
-    load_err(&real[..2_000_000]);
+    assert_eq!(&real[at + 4..at + 8], &5u32.to_le_bytes());
+    real[at + 4..at + 8].copy_from_slice(&6u32.to_le_bytes());
+    let msg = load_err(&real);
+    assert!(
+        msg.contains("tokenizer.ggml.token_type must be an array of i32"),
+        "{msg}"
+    );
 }

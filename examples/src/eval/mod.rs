@@ -197,7 +197,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let quiet = args.json;
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg.clone(), quiet)?;
-    let info = rt.local_model();
+    let engine = crate::common::local_engine(&rt)?;
+    let info = engine.info().clone();
     // The report names the model by the first word of `general.name`.
     let small_name = info.name.split(' ').next().unwrap_or_default().to_owned();
     let model_id = format!(
@@ -237,7 +238,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     interrupt.busy.store(true, Ordering::SeqCst);
     let local = collect::run_local(
         &mut cache,
-        rt.local_engine(),
+        &engine,
         &model_id,
         &reqs,
         &options,

@@ -147,7 +147,7 @@ impl Metrics {
             })
             .inc_by(r.cost.remote_usd);
         self.all_remote_usd.inc_by(r.cost.all_remote_usd);
-        if matches!(r.route, edgecascade::Route::Escalated { .. }) {
+        if r.route == edgecascade::Route::Escalated {
             self.escalations.inc();
         }
         if r.timings.ttft_ms > 0.0 {

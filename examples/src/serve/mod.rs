@@ -96,7 +96,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     let parallel = cfg.local.parallel;
     let rt = load_runtime(cfg, true)?;
-    let model_name = rt.local_model().name.clone();
+    let model_name = match (rt.local_model(), &rt.config().remote) {
+        (Some(m), _) => m.name,
+        (None, Some(r)) => r.model.clone(),
+        (None, None) => "edgecascade".into(),
+    };
     let api_key = args
         .api_key
         .or_else(|| std::env::var("EDGECASCADE_SERVE_API_KEY").ok())
@@ -239,10 +243,15 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> HttpR
     if let Err(e) = authorize(&state, &headers) {
         return error_response(&e);
     }
-    let info = state.runtime.local_model();
+    let tier = match state.runtime.local_model() {
+        Some(info) => {
+            json!({"tier": "local", "path": info.path, "n_ctx": info.n_ctx, "n_params": info.n_params})
+        }
+        None => json!({"tier": "remote"}),
+    };
     Json(json!({"object": "list", "data": [{
         "id": state.model_name, "object": "model", "created": 0, "owned_by": "edgecascade",
-        "edgecascade": {"tier": "local", "path": info.path, "n_ctx": info.n_ctx, "n_params": info.n_params},
+        "edgecascade": tier,
     }]}))
     .into_response()
 }
@@ -372,7 +381,12 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         // prompt, say) is a proper HTTP error rather than a 200 with an in-band error.
         let mut rx = rx;
         let guard = CancelOnDrop::new(Arc::clone(&cancel));
-        let Some(first) = rx.recv().await else {
+        let first = rx.recv().await;
+        if let Some(Event::Failed(e)) = &first {
+            guard.disarm();
+            return Err(runtime_error(e));
+        }
+        let Some(first) = first else {
             let result = worker
                 .await
                 .map_err(|e| internal(format!("generation task failed: {e}")))?;
@@ -431,7 +445,7 @@ fn stream_response(
         // In cascade mode (a remote tier is configured) OpenAI clients cannot take back streamed
         // text, so local tokens are held until the route is settled: flushed when the local answer
         // is accepted, dropped when it escalates (the remote answer streams instead).
-        let hold = state.runtime.remote_engine().is_some();
+        let hold = state.runtime.has_remote();
         let mut draft = String::new();
         let mut escalated = false;
         let mut sent_any = false;
@@ -451,12 +465,16 @@ fn stream_response(
                     escalated = true;
                 }
                 Event::Done(r) => {
-                    done = Some(r);
+                    done = Some(Ok(r));
+                    break;
+                }
+                Event::Failed(e) => {
+                    done = Some(Err(e));
                     break;
                 }
             }
         }
-        if let Some(r) = done {
+        if let Some(Ok(r)) = done {
             // Settled: send what was held (an accepted or degraded local answer).
             if hold && !sent_any {
                 let text = if escalated { r.text.clone() } else { std::mem::take(&mut draft) };
@@ -477,10 +495,13 @@ fn stream_response(
         } else {
             // The generation failed mid-stream: report it in-band, as OpenAI does.
             state.metrics.request("local", 500);
-            let message = match worker.await {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(_)) => "generation ended without a result".to_owned(),
-                Err(e) => format!("generation task failed: {e}"),
+            let message = match done {
+                Some(Err(e)) => e.to_string(),
+                _ => match worker.await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "generation ended without a result".to_owned(),
+                    Err(e) => format!("generation task failed: {e}"),
+                },
             };
             yield data(json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}));
         }
@@ -511,19 +532,26 @@ fn internal(msg: String) -> ApiError {
     }
 }
 
+/// The HTTP answer for a runtime error, by its stable kind.
 fn runtime_error(e: &edgecascade::Error) -> ApiError {
-    use edgecascade::{Error, LocalError};
-    match e {
-        Error::Local(LocalError::ContextOverflow { .. }) => ApiError {
-            status: 400,
-            kind: "invalid_request_error",
-            code: Some("context_length_exceeded"),
+    use edgecascade::ErrorKind;
+    let api = |status, kind, code| ApiError {
+        status,
+        kind,
+        code: Some(code),
+        param: None,
+        message: e.to_string(),
+    };
+    match e.kind() {
+        ErrorKind::ContextOverflow => ApiError {
             param: Some("messages"),
-            message: e.to_string(),
+            ..api(400, "invalid_request_error", "context_length_exceeded")
         },
-        Error::Local(LocalError::InvalidRequest(_)) | Error::InvalidRequest(_) => {
-            ApiError::invalid(e.to_string(), None)
-        }
+        ErrorKind::InvalidRequest => ApiError::invalid(e.to_string(), None),
+        ErrorKind::BudgetExhausted => api(429, "insufficient_quota", "budget_exhausted"),
+        ErrorKind::RemoteUnavailable => api(503, "server_error", "remote_unavailable"),
+        ErrorKind::Closed => api(503, "server_error", "overloaded"),
+        ErrorKind::RemoteRejected => api(502, "server_error", "remote_rejected"),
         _ => internal(e.to_string()),
     }
 }

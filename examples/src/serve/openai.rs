@@ -168,7 +168,7 @@ impl CompletionRequest {
         };
         let task_hint = match ext.task.as_deref() {
             None => None,
-            Some(t) => Some(edgecascade::eval::Kind::parse(t).ok_or_else(|| {
+            Some(t) => Some(edgecascade::Kind::parse(t).ok_or_else(|| {
                 ApiError::invalid(
                     format!("edgecascade.task {t:?} must be choice, number, exact or yesno"),
                     Some("edgecascade"),

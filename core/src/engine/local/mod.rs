@@ -286,6 +286,41 @@ impl LocalEngine {
         }
     }
 
+    /// Drops the cached rendering of `messages`, if that is what the one-entry render cache
+    /// holds, so no conversation stays in memory after its request.
+    pub fn forget_rendered(&self, messages: &[ChatMessage]) {
+        if let Ok(mut cache) = self.rendered.lock() {
+            if cache
+                .as_ref()
+                .is_some_and(|(m, _)| m.as_slice() == messages)
+            {
+                *cache = None;
+            }
+        }
+    }
+
+    /// Frees every idle context (with its KV cache) and the render cache; the model stays
+    /// mapped. Contexts in use are untouched and return to the pool when their request ends.
+    /// The next request creates the context it needs.
+    pub fn trim(&self) {
+        let idle = match self.pool.lock() {
+            Ok(mut pool) => {
+                pool.created -= pool.free.len();
+                std::mem::take(&mut pool.free)
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(idle);
+        if let Ok(mut cache) = self.rendered.lock() {
+            *cache = None;
+        }
+    }
+
+    /// Contexts alive now (in use or idle).
+    pub fn contexts(&self) -> usize {
+        self.pool.lock().map_or(0, |p| p.created)
+    }
+
     /// Tokens the chat template turns `messages` into (with the assistant prefix).
     pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError> {
         Ok(self.render(messages)?.len() as u32)
@@ -367,7 +402,9 @@ impl LocalEngine {
                 n_ctx,
             });
         }
-        let mut guard = self.acquire(&tokens)?;
+        let Some(mut guard) = self.acquire(&tokens, cancel)? else {
+            return Err(LocalError::Cancelled);
+        };
         let slot = guard.slot.as_mut().expect("slot present");
         let n_batch = slot.ctx.n_batch() as usize;
         if longest > n_batch {
@@ -381,7 +418,7 @@ impl LocalEngine {
         slot.ctx.clear_kv_cache();
         let mut batch = LlamaBatch::new(n_batch.max(1), 1);
         if prefill(&mut slot.ctx, &mut batch, &tokens, 0, n_batch, cancel)?.is_some() {
-            return Err(LocalError::InvalidRequest("cancelled".into()));
+            return Err(LocalError::Cancelled);
         }
         let first = slot.ctx.get_logits_ith(batch.n_tokens() - 1).to_vec();
         let mut scores = Vec::with_capacity(options.len());
@@ -519,30 +556,46 @@ impl LocalEngine {
     }
 
     /// Takes the free slot whose cache shares the longest prefix with `prompt`, creates one if the
-    /// pool has room, or waits for one.
-    fn acquire(&self, prompt: &[LlamaToken]) -> Result<SlotGuard<'_>, LocalError> {
-        let mut pool = self.pool.lock().expect("pool lock");
+    /// pool has room, or waits for one. `Ok(None)` when `cancel` is set while waiting: the
+    /// request leaves the queue at once.
+    fn acquire(
+        &self,
+        prompt: &[LlamaToken],
+        cancel: &AtomicBool,
+    ) -> Result<Option<SlotGuard<'_>>, LocalError> {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if !pool.free.is_empty() {
                 let best = (0..pool.free.len())
                     .max_by_key(|&i| common_prefix(&pool.free[i].tokens, prompt))
                     .unwrap_or(0);
                 let slot = pool.free.swap_remove(best);
-                return Ok(SlotGuard {
+                return Ok(Some(SlotGuard {
                     engine: self,
                     slot: Some(slot),
-                });
+                }));
             }
             if pool.created < self.cfg.parallel as usize {
                 // Context creation mutates the model in llama.cpp: keep it under the pool lock.
                 let slot = self.new_slot()?;
                 pool.created += 1;
-                return Ok(SlotGuard {
+                return Ok(Some(SlotGuard {
                     engine: self,
                     slot: Some(slot),
-                });
+                }));
             }
-            pool = self.returned.wait(pool).expect("pool lock");
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            // Returned slots wake a waiter; the timeout only bounds how late a cancel is seen.
+            pool = self
+                .returned
+                .wait_timeout(pool, std::time::Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -655,7 +708,15 @@ impl LocalEngine {
                 "the prompt rendered to zero tokens".into(),
             ));
         }
-        let mut guard = self.acquire(&tokens)?;
+        let Some(mut guard) = self.acquire(&tokens, cancel)? else {
+            return Ok(empty_output(
+                &tokens,
+                0,
+                truncated,
+                t0,
+                FinishReason::Cancelled,
+            ));
+        };
         let slot = guard.slot.as_mut().expect("slot present");
 
         // Prompts are evaluated in chunks aligned to multiples of n_batch, so a warm request

@@ -1,0 +1,642 @@
+//! The request flow driven by scripted tiers: routing, the cascade, cancellation and failure in
+//! each leg, budgets and their reservations, terminal events, panics, closing. Fast, no model.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::config::BudgetConfig;
+use crate::engine::local::{LocalOutput, TokenEvent, TokenSignal};
+use crate::engine::remote::{RemoteError, RemoteOutput};
+use crate::error::ErrorKind;
+use crate::types::{ChatMessage, Event, FinishReason, NullSink};
+
+/// A local tier that "generates" a fixed list of tokens, each with a given probability.
+struct ScriptedLocal {
+    tokens: Vec<(&'static str, f32)>,
+    /// Keep generating the last token until cancelled (for cancel and close tests).
+    endless: bool,
+    generated: AtomicU32,
+}
+
+impl ScriptedLocal {
+    fn new(tokens: &[(&'static str, f32)]) -> Arc<Self> {
+        Arc::new(Self {
+            tokens: tokens.to_vec(),
+            endless: false,
+            generated: AtomicU32::new(0),
+        })
+    }
+    fn endless() -> Arc<Self> {
+        Arc::new(Self {
+            tokens: vec![("la ", 0.9)],
+            endless: true,
+            generated: AtomicU32::new(0),
+        })
+    }
+}
+
+fn output(text: String, n: u32, finish: FinishReason, signals: Vec<TokenSignal>) -> LocalOutput {
+    LocalOutput {
+        text,
+        finish_reason: finish,
+        prompt_tokens: 10,
+        prompt_tokens_evaluated: 10,
+        completion_tokens: n,
+        signals,
+        ttft_ms: 1.0,
+        prefill_ms: 1.0,
+        decode_ms: 1.0,
+        total_ms: 2.0,
+        confidence_ms: 0.0,
+        sample_ms: 0.0,
+        decode_call_ms: 0.0,
+        truncated_messages: 0,
+    }
+}
+
+impl LocalTier for ScriptedLocal {
+    fn n_ctx(&self) -> u32 {
+        512
+    }
+    fn count_prompt_tokens(&self, _: &[ChatMessage]) -> Result<u32, LocalError> {
+        Ok(10)
+    }
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        let (mut text, mut signals, mut n) = (String::new(), Vec::new(), 0u32);
+        let mut finish = FinishReason::Stop;
+        let mut i = 0;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            let Some(&(t, p)) = self
+                .tokens
+                .get(i)
+                .or_else(|| self.endless.then(|| self.tokens.last()).flatten())
+            else {
+                break;
+            };
+            if n == req.max_tokens {
+                finish = FinishReason::Length;
+                break;
+            }
+            i += 1;
+            n += 1;
+            self.generated.fetch_add(1, Ordering::SeqCst);
+            let signal = TokenSignal {
+                logprob: p.ln(),
+                entropy: 0.1,
+                margin: 0.5,
+                top_logprob: p.ln(),
+            };
+            signals.push(signal);
+            text.push_str(t);
+            let flow = on_token(TokenEvent {
+                text: t,
+                signal,
+                index: n,
+            });
+            if flow.is_break() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if self.endless {
+                std::thread::yield_now();
+            }
+        }
+        Ok(output(text, n, finish, signals))
+    }
+    fn continue_answer(
+        &self,
+        _: &ChatRequest,
+        _: &str,
+        _: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        let signal = TokenSignal {
+            logprob: 0.0,
+            entropy: 0.0,
+            margin: 1.0,
+            top_logprob: 0.0,
+        };
+        let _ = on_token(TokenEvent {
+            text: " (finished)",
+            signal,
+            index: 1,
+        });
+        Ok(output(
+            " (finished)".into(),
+            1,
+            FinishReason::Stop,
+            vec![signal],
+        ))
+    }
+    fn forget_rendered(&self, _: &[ChatMessage]) {}
+    fn trim(&self) {}
+    fn info(&self) -> Option<&crate::engine::local::ModelInfo> {
+        None
+    }
+    fn engine(self: Arc<Self>) -> Option<Arc<crate::engine::local::LocalEngine>> {
+        None
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RemoteMode {
+    Answer,
+    Fail,
+    Open,
+    /// Streams one chunk, then waits for the cancel.
+    StreamUntilCancelled,
+}
+
+struct ScriptedRemote {
+    mode: RemoteMode,
+    calls: AtomicU32,
+    max_tokens_seen: Mutex<Vec<u32>>,
+}
+
+impl ScriptedRemote {
+    fn new(mode: RemoteMode) -> Arc<Self> {
+        Arc::new(Self {
+            mode,
+            calls: AtomicU32::new(0),
+            max_tokens_seen: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+fn remote_out(text: &str, finish: FinishReason) -> RemoteOutput {
+    RemoteOutput {
+        text: text.into(),
+        finish_reason: finish,
+        prompt_tokens: 10,
+        completion_tokens: 4,
+        usage_estimated: false,
+        ttft_ms: 1.0,
+        total_ms: 2.0,
+        attempts: 1,
+        server_ttft_ms: None,
+    }
+}
+
+impl RemoteTier for ScriptedRemote {
+    fn check_available(&self) -> Result<(), RemoteError> {
+        match self.mode {
+            RemoteMode::Open => Err(RemoteError::CircuitOpen {
+                seconds: 30.0,
+                failures: 3,
+            }),
+            _ => Ok(()),
+        }
+    }
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, RemoteError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.max_tokens_seen.lock().unwrap().push(req.max_tokens);
+        match self.mode {
+            RemoteMode::Answer => {
+                on_text("Paris.");
+                Ok(remote_out("Paris.", FinishReason::Stop))
+            }
+            RemoteMode::Fail | RemoteMode::Open => Err(RemoteError::Status {
+                url: "http://127.0.0.1:1/v1/chat/completions".into(),
+                status: 503,
+                body: "down".into(),
+            }),
+            RemoteMode::StreamUntilCancelled => {
+                on_text("Par");
+                while !cancel.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+                Ok(remote_out("Par", FinishReason::Cancelled))
+            }
+        }
+    }
+}
+
+const SURE: &[(&str, f32)] = &[("The ", 0.95), ("answer ", 0.9), ("is ", 0.97), ("4.", 0.9)];
+const UNSURE: &[(&str, f32)] = &[
+    ("Maybe ", 0.05),
+    ("it ", 0.1),
+    ("is ", 0.1),
+    ("Lyon.", 0.02),
+];
+
+fn config(ledger: Option<&std::path::Path>, budget: BudgetConfig) -> Config {
+    let mut c = Config::default();
+    c.cascade.mid_stream_floor = 0.0; // the after-answer rule alone, unless a test sets it
+    c.ledger.path = ledger.map(std::path::Path::to_owned);
+    c.budget = budget;
+    c
+}
+
+fn runtime(
+    cfg: Config,
+    local: Option<Arc<ScriptedLocal>>,
+    remote: Option<Arc<ScriptedRemote>>,
+) -> Runtime {
+    Runtime::with_tiers(
+        cfg,
+        local.map(|l| l as Arc<dyn LocalTier>),
+        remote.map(|r| r as Arc<dyn RemoteTier>),
+    )
+    .unwrap()
+}
+
+/// Collects events; checks there is exactly one terminal event, last.
+#[derive(Default)]
+struct Events(Mutex<Vec<Event>>);
+
+impl EventSink for Events {
+    fn on_event(&self, e: Event) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+impl Events {
+    fn assert_one_terminal(&self) -> Event {
+        let events = self.0.lock().unwrap();
+        let terminal: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Done(_) | Event::Failed(_)))
+            .collect();
+        assert_eq!(terminal.len(), 1, "exactly one terminal event: {events:?}");
+        let last = events.last().unwrap().clone();
+        assert!(
+            matches!(last, Event::Done(_) | Event::Failed(_)),
+            "the terminal event is last"
+        );
+        last
+    }
+    fn escalations(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::Escalating { .. }))
+            .count()
+    }
+}
+
+/// Shares an [`Events`] with a boxed sink.
+struct Shared(Arc<Events>);
+
+impl EventSink for Shared {
+    fn on_event(&self, e: Event) {
+        self.0.on_event(e);
+    }
+}
+
+fn ask() -> ChatRequest {
+    ChatRequest::user("What is the capital of France?")
+}
+
+#[test]
+fn a_confident_local_answer_is_accepted() {
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(Arc::clone(&remote)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&ask(), &events).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Local, Reason::Accepted));
+    assert!(matches!(events.assert_one_terminal(), Event::Done(_)));
+    assert_eq!(remote.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_unsure_answer_escalates_with_a_capped_max_tokens() {
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(Arc::clone(&remote)),
+    );
+    let events = Events::default();
+    let req = ChatRequest {
+        max_tokens: u32::MAX,
+        ..ask()
+    };
+    let r = rt.chat(&req, &events).unwrap();
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::Escalated, Reason::LowConfidence)
+    );
+    assert_eq!(r.text, "Paris.");
+    assert_eq!(events.escalations(), 1);
+    events.assert_one_terminal();
+    assert_eq!(
+        *remote.max_tokens_seen.lock().unwrap(),
+        vec![WORST_CASE_COMPLETION],
+        "a remote request never goes out without a bounded max_tokens"
+    );
+}
+
+#[test]
+fn a_remote_failure_after_escalation_degrades_to_the_local_answer() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    assert_eq!(r.route, Route::DegradedLocal);
+    assert_eq!(r.reason, Reason::LowConfidence);
+    assert_eq!(r.text, "Maybe it is Lyon.");
+    assert!(r.remote_error.as_deref().unwrap().contains("503"));
+}
+
+#[test]
+fn a_mid_stream_escalation_that_fails_finishes_the_cut_draft() {
+    let mut cfg = config(None, BudgetConfig::default());
+    cfg.cascade.mid_stream_floor = 0.4;
+    cfg.cascade.mid_stream_min_tokens = 8;
+    let many: Vec<(&str, f32)> = (0..12).map(|_| ("uh ", 0.05)).collect();
+    let rt = runtime(
+        cfg,
+        Some(ScriptedLocal::new(&many)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::DegradedLocal, Reason::MidStreamLowConfidence)
+    );
+    assert!(r.text.ends_with(" (finished)"), "{}", r.text);
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+}
+
+#[test]
+fn cancelling_during_the_local_leg_is_recorded_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(Some(&ledger), BudgetConfig::default()),
+        Some(ScriptedLocal::endless()),
+        Some(Arc::clone(&remote)),
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let sink = move |e: Event| {
+        if matches!(e, Event::Token { .. }) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    };
+    let r = rt.chat_cancellable(&ask(), &sink, &cancel).unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    assert_eq!((r.route, r.reason), (Route::Local, Reason::Cancelled));
+    assert_eq!(remote.calls.load(Ordering::SeqCst), 0);
+    let line = std::fs::read_to_string(&ledger).unwrap();
+    assert!(line.contains("\"reason\":\"cancelled\""), "{line}");
+}
+
+#[test]
+fn cancelling_during_the_remote_leg_is_honest_and_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let budget = BudgetConfig {
+        daily_usd: Some(1.0),
+        ..BudgetConfig::default()
+    };
+    let remote = ScriptedRemote::new(RemoteMode::StreamUntilCancelled);
+    let rt = runtime(
+        config(Some(&ledger), budget.clone()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(remote),
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let sink = move |e: Event| {
+        if matches!(
+            e,
+            Event::Token {
+                tier: Tier::Remote,
+                ..
+            }
+        ) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    };
+    let r = rt.chat_cancellable(&ask(), &sink, &cancel).unwrap();
+    assert_eq!(r.route, Route::Escalated, "not degraded_local");
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    assert_eq!(r.text, "Par");
+    assert!(r.cost.remote_usd > 0.0, "what streamed is priced");
+    let report = rt.cost_report(None).unwrap();
+    assert_eq!(report.by_route["escalated"], 1);
+    // The reservation is settled: the whole budget minus what was spent is free again.
+    let l = rt.ledger().unwrap();
+    assert!(l
+        .check(&budget, 1.0 - r.cost.remote_usd - 1e-9)
+        .unwrap()
+        .is_ok());
+}
+
+#[test]
+fn a_forced_remote_failure_is_an_error_recorded_with_its_reservation_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let budget = BudgetConfig {
+        daily_usd: Some(0.01),
+        ..BudgetConfig::default()
+    };
+    let rt = runtime(
+        config(Some(&ledger), budget.clone()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let events = Events::default();
+    let req = ChatRequest {
+        policy: PolicyOverride::ForceRemote,
+        ..ask()
+    };
+    let e = rt.chat(&req, &events).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RemoteUnavailable);
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(text.contains("\"route\":\"failed\""), "{text}");
+    assert!(rt.ledger().unwrap().check(&budget, 0.01).unwrap().is_ok());
+}
+
+#[test]
+fn a_forced_remote_request_never_falls_back_to_local() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::Open)),
+    );
+    let req = ChatRequest {
+        policy: PolicyOverride::ForceRemote,
+        ..ask()
+    };
+    let e = rt.chat(&req, &NullSink).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RemoteUnavailable);
+
+    let dir = tempfile::tempdir().unwrap();
+    let budget = BudgetConfig {
+        per_request_usd: Some(1e-9),
+        ..BudgetConfig::default()
+    };
+    let rt = runtime(
+        config(Some(&dir.path().join("l.jsonl")), budget),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let e = rt.chat(&req, &NullSink).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BudgetExhausted);
+}
+
+#[test]
+fn a_budget_refusal_at_escalation_keeps_the_local_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = BudgetConfig {
+        per_request_usd: Some(1e-9),
+        ..BudgetConfig::default()
+    };
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(Some(&dir.path().join("l.jsonl")), budget),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(Arc::clone(&remote)),
+    );
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    // The router already sees the refusal and keeps the request local.
+    assert_eq!((r.route, r.reason), (Route::Local, Reason::BudgetExhausted));
+    assert_eq!(remote.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_panicking_sink_fails_the_request_without_unwinding_into_the_caller() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        None,
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let sink = move |e: Event| {
+        let token = matches!(e, Event::Token { .. });
+        s.lock().unwrap().push(e);
+        assert!(!token, "a sink bug");
+    };
+    let e = rt.chat(&ask(), &sink).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal);
+    assert!(e.to_string().contains("a sink bug"), "{e}");
+    let seen = seen.lock().unwrap();
+    assert!(matches!(seen.last(), Some(Event::Failed(_))), "{seen:?}");
+    // The runtime still works.
+    assert!(rt.chat(&ask(), &NullSink).is_ok());
+}
+
+#[test]
+fn start_chat_delivers_failures_to_the_listener_and_to_wait() {
+    let rt = Arc::new(runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        None,
+    ));
+    let events = Arc::new(Events::default());
+    let bad = ChatRequest {
+        max_tokens: 0,
+        ..ask()
+    };
+    let h = rt.start_chat(bad, Box::new(Shared(Arc::clone(&events))));
+    let e = h.wait().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+    assert!(h.wait().is_err(), "wait gives the same result again");
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+}
+
+#[test]
+fn without_a_local_model_everything_goes_remote() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        None,
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Remote, Reason::NoLocalModel));
+    let private = ChatRequest {
+        private: true,
+        ..ask()
+    };
+    assert_eq!(
+        rt.chat(&private, &NullSink).unwrap_err().kind(),
+        ErrorKind::InvalidRequest
+    );
+}
+
+#[test]
+fn close_cancels_in_flight_work_and_refuses_new_requests() {
+    let local = ScriptedLocal::endless();
+    let rt = Arc::new(runtime(
+        config(None, BudgetConfig::default()),
+        Some(Arc::clone(&local)),
+        None,
+    ));
+    let events = Arc::new(Events::default());
+    let h = rt.start_chat(ask(), Box::new(Shared(Arc::clone(&events))));
+    while local.generated.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    rt.close();
+    // close() returns once the request in flight has delivered its terminal event.
+    assert!(matches!(events.assert_one_terminal(), Event::Done(_)));
+    let r = h.wait().unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Cancelled);
+    let events = Events::default();
+    let e = rt.chat(&ask(), &events).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+    assert!(rt.local_tier().is_none(), "the model is freed");
+}
+
+#[test]
+fn many_threads_with_cancels_and_drops_all_resolve() {
+    let rt = Arc::new(runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::endless()),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    ));
+    let done = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (rt, done) = (Arc::clone(&rt), Arc::clone(&done));
+            std::thread::spawn(move || {
+                for i in 0..20u32 {
+                    let req = ChatRequest {
+                        max_tokens: 1 + (t * 7 + i) % 50,
+                        ..ask()
+                    };
+                    let h = rt.start_chat(req, Box::new(NullSink));
+                    match (t + i) % 3 {
+                        0 => h.cancel(),
+                        1 => drop(h),
+                        _ => {}
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 160);
+    rt.close(); // returns only once every request has ended
+}

@@ -1,0 +1,109 @@
+//! The two tiers as the runtime sees them: small traits over the real engines, so the request
+//! flow (routing, the cascade, budgets, cancellation, failures) can also be driven by scripted
+//! tiers in tests, fast and without a model.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent};
+use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
+use crate::error::LocalError;
+use crate::types::{ChatMessage, ChatRequest};
+
+/// The local tier.
+pub(crate) trait LocalTier: Send + Sync {
+    /// Context size.
+    fn n_ctx(&self) -> u32;
+    /// Tokens the conversation renders to.
+    fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError>;
+    /// Generates an answer (see [`LocalEngine::generate`]).
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError>;
+    /// Continues a cut draft (see [`LocalEngine::continue_answer`]).
+    fn continue_answer(
+        &self,
+        req: &ChatRequest,
+        draft: &str,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError>;
+    /// Drops any cached rendering of `messages` (privacy: nothing outlives its request).
+    fn forget_rendered(&self, messages: &[ChatMessage]);
+    /// Drops caches and idle contexts.
+    fn trim(&self);
+    /// Facts about the model, when it is a real one.
+    fn info(&self) -> Option<&ModelInfo>;
+    /// The real engine behind the tier, if it is one.
+    fn engine(self: Arc<Self>) -> Option<Arc<LocalEngine>>;
+}
+
+impl LocalTier for LocalEngine {
+    fn n_ctx(&self) -> u32 {
+        LocalEngine::n_ctx(self)
+    }
+    fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError> {
+        LocalEngine::count_prompt_tokens(self, messages)
+    }
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        LocalEngine::generate(self, req, cancel, on_token)
+    }
+    fn continue_answer(
+        &self,
+        req: &ChatRequest,
+        draft: &str,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        LocalEngine::continue_answer(self, req, draft, cancel, on_token)
+    }
+    fn forget_rendered(&self, messages: &[ChatMessage]) {
+        LocalEngine::forget_rendered(self, messages);
+    }
+    fn trim(&self) {
+        LocalEngine::trim(self);
+    }
+    fn info(&self) -> Option<&ModelInfo> {
+        Some(LocalEngine::info(self))
+    }
+    fn engine(self: Arc<Self>) -> Option<Arc<LocalEngine>> {
+        Some(self)
+    }
+}
+
+/// The remote tier.
+pub(crate) trait RemoteTier: Send + Sync {
+    /// `Err` while the breaker is open.
+    fn check_available(&self) -> Result<(), RemoteError>;
+    /// Streams an answer (see [`RemoteEngine::generate`]); a cancel is `Ok` with
+    /// `FinishReason::Cancelled`.
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, RemoteError>;
+}
+
+impl RemoteTier for RemoteEngine {
+    fn check_available(&self) -> Result<(), RemoteError> {
+        RemoteEngine::check_available(self)
+    }
+    fn generate(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, RemoteError> {
+        RemoteEngine::generate(self, req, cancel, on_text)
+    }
+}
