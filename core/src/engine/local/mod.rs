@@ -790,6 +790,9 @@ impl LocalEngine {
         let mut confidence_ms = 0.0;
         let mut sample_ms = 0.0;
         let mut decode_call_ms = 0.0;
+        if let Some((gov, _)) = slot.governor.as_mut() {
+            gov.start_request();
+        }
         while (generated as usize) < limit {
             // Greedy without penalties: the confidence pass already found the max logit, so skip
             // llama.cpp's sampler (it rebuilds an n_vocab candidate array every token).
