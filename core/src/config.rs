@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Config {
     /// The on-device model.
     pub local: LocalConfig,
@@ -32,6 +33,7 @@ pub struct Config {
 /// What to do with a prompt longer than the local context.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum ContextPolicy {
     /// Fail with `ContextOverflow` (the default: never truncate silently).
     #[default]
@@ -43,6 +45,7 @@ pub enum ContextPolicy {
 /// How a slot reuses its KV cache across requests that share a prefix.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum PrefixCache {
     /// Reuse every cached token, generated ones included: a chat turn evaluates only its new
     /// tokens. llama.cpp's kernels round differently for different batch sizes, so the output
@@ -59,6 +62,7 @@ pub enum PrefixCache {
 /// The `[local]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct LocalConfig {
     /// Path to a GGUF model.
     pub model: Option<PathBuf>,
@@ -118,6 +122,7 @@ impl LocalConfig {
 /// The `[remote]` section: an OpenAI-compatible endpoint.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct RemoteConfig {
     /// Base URL, with or without a trailing `/v1`.
     pub base_url: String,
@@ -142,7 +147,7 @@ pub struct RemoteConfig {
     /// Retries on connection errors, 429 and 5xx.
     pub max_retries: u32,
     /// Extra HTTP headers.
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: std::collections::HashMap<String, String>,
     /// Allow plain http to non-loopback hosts.
     pub allow_insecure_http: bool,
     /// Stream the answer over SSE (default); false asks for one JSON response.
@@ -162,7 +167,7 @@ impl Default for RemoteConfig {
             total_timeout_s: 300.0,
             deadline_s: 90.0,
             max_retries: 2,
-            headers: std::collections::BTreeMap::new(),
+            headers: std::collections::HashMap::new(),
             allow_insecure_http: false,
             stream: true,
         }
@@ -184,6 +189,7 @@ impl std::fmt::Debug for RemoteConfig {
 /// Where a rule sends a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum RouteTarget {
     /// The local tier only.
     Local,
@@ -197,6 +203,7 @@ pub enum RouteTarget {
 /// One routing rule: every condition given must hold; the first matching rule wins.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct RouteRule {
     /// A name for the rule, reported in `reason_detail`.
     pub name: Option<String>,
@@ -215,6 +222,7 @@ pub struct RouteRule {
 /// then apply in order; `default` takes the rest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct RouterConfig {
     /// Where requests no rule matches go.
     pub default: RouteTarget,
@@ -225,6 +233,7 @@ pub struct RouterConfig {
 /// The `[cascade]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct CascadeConfig {
     /// Which confidence signal decides.
     pub signal: crate::policy::Signal,
@@ -254,6 +263,7 @@ impl Default for CascadeConfig {
 /// The `[budget]` section: remote spend caps in USD.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct BudgetConfig {
     /// Per UTC day.
     pub daily_usd: Option<f64>,
@@ -266,6 +276,7 @@ pub struct BudgetConfig {
 /// The `[prices]` section, USD per 1k tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct PriceConfig {
     /// Local tier, all tokens.
     pub local_per_1k: f64,
@@ -298,6 +309,7 @@ impl Default for PriceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[derive(Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct LedgerConfig {
     /// The JSONL file.
     pub path: Option<PathBuf>,

@@ -4,6 +4,20 @@
 //!
 //! Start with [`Runtime`]: `Runtime::new(config)?.chat(&ChatRequest::user("hi"), &NullSink)`.
 
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!();
+
+#[cfg(feature = "uniffi")]
+use std::path::PathBuf;
+
+// Paths cross the FFI as strings.
+#[cfg(feature = "uniffi")]
+uniffi::custom_type!(PathBuf, String, {
+    remote,
+    lower: |p| p.to_string_lossy().into_owned(),
+    try_lift: |s| Ok(std::path::PathBuf::from(s)),
+});
+
 pub mod config;
 pub mod cost;
 pub mod engine;
@@ -16,5 +30,5 @@ pub mod types;
 pub use config::Config;
 pub use engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent, TokenSignal};
 pub use error::{ConfigError, Error, ErrorKind, LocalError, RemoteError, Result};
-pub use runtime::{GenerationHandle, Runtime};
+pub use runtime::{GenerationHandle, Runtime, RuntimeStats};
 pub use types::*;

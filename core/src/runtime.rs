@@ -46,8 +46,32 @@ pub struct Runtime {
     remote: Option<Arc<dyn RemoteTier>>,
     cascade: Cascade,
     ledger: Option<Ledger>,
-    lifecycle: Lifecycle,
+    lifecycle: Arc<Lifecycle>,
     next_id: AtomicU64,
+    stats: Stats,
+}
+
+/// Counts of requests by how they ended.
+#[derive(Default)]
+struct Stats {
+    finished: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// How many requests the runtime has seen end, and how many are in flight: for apps' metrics,
+/// and to prove cancellation by counts rather than clocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct RuntimeStats {
+    /// Requests that ended with `Done` (cancelled ones included).
+    pub finished: u64,
+    /// Of those, the ones that ended with `FinishReason::Cancelled`.
+    pub cancelled: u64,
+    /// Requests that ended with `Failed`.
+    pub failed: u64,
+    /// Requests admitted and not yet ended.
+    pub in_flight: u64,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -213,8 +237,9 @@ impl Runtime {
             remote,
             cascade,
             ledger,
-            lifecycle: Lifecycle::default(),
+            lifecycle: Arc::new(Lifecycle::default()),
             next_id: AtomicU64::new(0),
+            stats: Stats::default(),
         })
     }
 
@@ -231,6 +256,16 @@ impl Runtime {
     /// The local engine, for benchmarks and tools; `None` without a local model.
     pub fn local_engine(&self) -> Option<Arc<LocalEngine>> {
         self.local_tier().and_then(LocalTier::engine)
+    }
+
+    /// Requests ended so far, by outcome, and those in flight.
+    pub fn stats(&self) -> RuntimeStats {
+        RuntimeStats {
+            finished: self.stats.finished.load(Ordering::SeqCst),
+            cancelled: self.stats.cancelled.load(Ordering::SeqCst),
+            failed: self.stats.failed.load(Ordering::SeqCst),
+            in_flight: self.lifecycle.in_flight(),
+        }
     }
 
     /// Whether a remote tier is configured.
@@ -304,12 +339,49 @@ impl Runtime {
         cancel: &Arc<AtomicBool>,
     ) -> Result<Response> {
         match self.lifecycle.admit(cancel) {
-            Err(e) => deliver(sink, Err(e)),
-            Ok(_ticket) => {
-                let result = catch_unwind(AssertUnwindSafe(|| self.answer(req, sink, cancel)))
-                    .unwrap_or_else(|panic| Err(Error::Internal(panic_text(&*panic))));
-                // The ticket outlives the terminal event: `close()` returns after it.
-                deliver(sink, result)
+            Err(e) => {
+                self.count(Err(&e));
+                deliver(sink, Err(e))
+            }
+            Ok(ticket) => self.run_admitted(req, sink, cancel, ticket),
+        }
+    }
+
+    /// Runs an admitted request to its terminal event; the ticket is released after it.
+    fn run_admitted(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn EventSink,
+        cancel: &AtomicBool,
+        ticket: lifecycle::Ticket,
+    ) -> Result<Response> {
+        let result = catch_unwind(AssertUnwindSafe(|| self.answer(req, sink, cancel)))
+            .unwrap_or_else(|panic| Err(Error::Internal(panic_text(&*panic))));
+        // Counted before the terminal event, so whoever sees it sees the count.
+        self.count(result.as_ref().map(|r| r.finish_reason));
+        let answered = result.is_ok();
+        let delivered = deliver(sink, result);
+        if answered && delivered.is_err() {
+            // A sink that panicked on Done turned an answer into a failure.
+            self.stats.finished.fetch_sub(1, Ordering::SeqCst);
+            self.stats.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        // The ticket outlives the terminal event: `close()` returns after it.
+        drop(ticket);
+        delivered
+    }
+
+    fn count(&self, outcome: std::result::Result<FinishReason, &Error>) {
+        let s = &self.stats;
+        match outcome {
+            Ok(finish) => {
+                s.finished.fetch_add(1, Ordering::SeqCst);
+                if finish == FinishReason::Cancelled {
+                    s.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Err(_) => {
+                s.failed.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -323,17 +395,25 @@ impl Runtime {
     ) -> GenerationHandle {
         let sink: Arc<dyn EventSink> = Arc::from(sink);
         let handle = GenerationHandle::new();
-        let (rt, flag, outcome, s) = (
-            Arc::clone(self),
-            handle.cancel_flag(),
-            handle.outcome(),
-            Arc::clone(&sink),
-        );
+        let flag = handle.cancel_flag();
+        // Admitted here, on the caller's thread: once start_chat returns, close() waits for
+        // this request.
+        let ticket = match self.lifecycle.admit(&flag) {
+            Ok(t) => t,
+            Err(e) => {
+                self.count(Err(&e));
+                handle.outcome().set(deliver(&*sink, Err(e)));
+                return handle;
+            }
+        };
+        let (rt, outcome, s) = (Arc::clone(self), handle.outcome(), Arc::clone(&sink));
         let spawned = std::thread::Builder::new()
             .name("edgecascade-chat".into())
-            .spawn(move || outcome.set(rt.chat_cancellable(&req, &*s, &flag)));
+            .spawn(move || outcome.set(rt.run_admitted(&req, &*s, &flag, ticket)));
         if let Err(e) = spawned {
+            // The closure, and the ticket in it, were dropped with the failed spawn.
             let error = Error::Internal(format!("cannot start a generation thread: {e}"));
+            self.count(Err(&error));
             handle.outcome().set(deliver(&*sink, Err(error)));
         }
         handle

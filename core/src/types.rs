@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Role {
     /// Instructions for the model.
     System,
@@ -30,6 +31,7 @@ impl Role {
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
@@ -64,6 +66,7 @@ impl ChatMessage {
 /// Sampling parameters. `temperature <= 0` means greedy decoding, which is deterministic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Sampling {
     /// Softmax temperature; 0 is greedy.
     pub temperature: f32,
@@ -99,6 +102,7 @@ impl Default for Sampling {
 /// scores by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Kind {
     /// A choice letter (A, B, ...).
     Choice,
@@ -136,6 +140,7 @@ impl Kind {
 /// Which tier a request must use, overriding the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum PolicyOverride {
     /// Let the router and cascade decide.
     #[default]
@@ -149,6 +154,7 @@ pub enum PolicyOverride {
 /// One chat completion request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ChatRequest {
     /// The conversation so far, ending with the user's turn.
     pub messages: Vec<ChatMessage>,
@@ -194,6 +200,7 @@ impl ChatRequest {
 /// Which tier produced text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Tier {
     /// The on-device model.
     Local,
@@ -204,6 +211,7 @@ pub enum Tier {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum FinishReason {
     /// End of turn or a stop sequence.
     Stop,
@@ -215,6 +223,7 @@ pub enum FinishReason {
 
 /// Token counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct TokenUsage {
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
@@ -224,6 +233,7 @@ pub struct TokenUsage {
 
 /// Token counts, overall and per tier.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Usage {
     /// Prompt tokens, all tiers.
     pub prompt_tokens: u32,
@@ -241,6 +251,7 @@ pub struct Usage {
 
 /// Timings of one response, in milliseconds and tokens per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Timings {
     /// Time to load the model, if this request loaded it (0 otherwise).
     pub load_ms: f64,
@@ -256,6 +267,7 @@ pub struct Timings {
 
 /// Per-response summary of the local model's token-level confidence.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Confidence {
     /// Mean log-probability of the chosen tokens (natural log).
     pub mean_logprob: f64,
@@ -276,6 +288,7 @@ pub struct Confidence {
 /// Where an answer came from. The why is [`Response::reason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Route {
     /// Answered on the device.
     Local,
@@ -303,6 +316,7 @@ impl Route {
 /// The stable code for why a request took its route. The prose is [`Response::reason_detail`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Reason {
     /// The cascade kept the local answer: its confidence cleared the threshold.
     Accepted,
@@ -358,6 +372,7 @@ impl std::fmt::Display for Reason {
 
 /// Cost of one response in USD.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Cost {
     /// Spent on the local tier.
     pub local_usd: f64,
@@ -371,6 +386,7 @@ pub struct Cost {
 
 /// A finished answer, with everything known about how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Response {
     /// The answer.
     pub text: String,

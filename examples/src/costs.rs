@@ -165,7 +165,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     println!("ledger {}", ledger.path().display());
     println!("requests        {}", r.requests);
-    for (route, n) in &r.by_route {
+    let by_route: std::collections::BTreeMap<_, _> = r.by_route.iter().collect();
+    for (route, n) in by_route {
         println!("  {route:<14}{n}");
     }
     println!("escalation rate {:.1}%", r.escalation_rate * 100.0);

@@ -7,7 +7,7 @@
 //! a torn last line; readers skip it, and the next append first terminates it, so it never
 //! corrupts the record after it. A full disk is an error for the caller, never a lost answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -86,11 +86,12 @@ pub struct CostRecord {
 
 /// Totals over a period.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct CostReport {
     /// Requests.
     pub requests: u64,
     /// Requests per route.
-    pub by_route: BTreeMap<String, u64>,
+    pub by_route: std::collections::HashMap<String, u64>,
     /// Share of requests escalated.
     pub escalation_rate: f64,
     /// USD on the local tier.

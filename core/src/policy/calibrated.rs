@@ -158,6 +158,7 @@ pub fn features(e: &Evidence<'_>) -> [f64; N] {
 /// A fitted model: standardisation, weights and bias. The `[cascade.calibrated]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct CalibratedModel {
     /// Feature names, in order (must equal [`FEATURES`]).
     pub features: Vec<String>,

@@ -155,6 +155,7 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
 /// The confidence signals a threshold can be set on (`[cascade] signal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Signal {
     /// Mean token log-probability (escalate below).
     #[default]

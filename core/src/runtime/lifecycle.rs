@@ -26,8 +26,8 @@ pub(super) struct Lifecycle {
 }
 
 /// A request in flight; dropping it (however the request ends) lets `close()` proceed.
-pub(super) struct Ticket<'a> {
-    lifecycle: &'a Lifecycle,
+pub(super) struct Ticket {
+    lifecycle: Arc<Lifecycle>,
     id: u64,
 }
 
@@ -45,7 +45,7 @@ impl Lifecycle {
     }
 
     /// Admits a request whose cancel flag is `cancel`, unless the runtime is closed.
-    pub(super) fn admit(&self, cancel: &Arc<AtomicBool>) -> Result<Ticket<'_>> {
+    pub(super) fn admit(self: &Arc<Self>, cancel: &Arc<AtomicBool>) -> Result<Ticket> {
         let mut s = self.state();
         if s.closed {
             return Err(Error::Closed);
@@ -54,9 +54,14 @@ impl Lifecycle {
         let id = s.next;
         s.active.push((id, Arc::clone(cancel)));
         Ok(Ticket {
-            lifecycle: self,
+            lifecycle: Arc::clone(self),
             id,
         })
+    }
+
+    /// Requests admitted and not yet ended.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.state().active.len() as u64
     }
 
     /// Refuses new requests, cancels those in flight and waits until they have finished.
@@ -72,7 +77,7 @@ impl Lifecycle {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         let mut s = self.lifecycle.state();
         s.active.retain(|(id, _)| *id != self.id);

@@ -590,7 +590,11 @@ fn close_cancels_in_flight_work_and_refuses_new_requests() {
         None,
     ));
     let events = Arc::new(Events::default());
-    let h = rt.start_chat(ask(), Box::new(Shared(Arc::clone(&events))));
+    let endless = ChatRequest {
+        max_tokens: u32::MAX,
+        ..ask()
+    };
+    let h = rt.start_chat(endless, Box::new(Shared(Arc::clone(&events))));
     while local.generated.load(Ordering::SeqCst) == 0 {
         std::thread::yield_now();
     }
@@ -639,4 +643,8 @@ fn many_threads_with_cancels_and_drops_all_resolve() {
     }
     assert_eq!(done.load(Ordering::SeqCst), 160);
     rt.close(); // returns only once every request has ended
+    let s = rt.stats();
+    // Every request ended once: answered, or refused as closed if its thread had not yet
+    // been admitted when close() ran.
+    assert_eq!((s.finished + s.failed, s.in_flight), (160, 0), "{s:?}");
 }

@@ -89,6 +89,7 @@ pub enum GgufError {
 
 /// What a valid header says about the model.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct GgufInfo {
     /// GGUF version (2 or 3).
     pub version: u32,

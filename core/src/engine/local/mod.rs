@@ -80,6 +80,7 @@ pub struct LocalOutput {
 
 /// Facts about the loaded model.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ModelInfo {
     /// The file.
     pub path: PathBuf,

@@ -1,0 +1,276 @@
+// The idiomatic Kotlin surface of EdgeCascade. Hand-written; the generated UniFFI bindings
+// (packages uniffi.edgecascade and uniffi.edgecascade_ffi) are produced from the native library
+// by scripts/build-kotlin-jvm.sh and never edited.
+package dev.edgecascade
+
+import java.util.concurrent.atomic.AtomicBoolean
+import kotlin.coroutines.resume
+import kotlin.coroutines.resumeWithException
+import kotlinx.coroutines.CoroutineDispatcher
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.channels.awaitClose
+import kotlinx.coroutines.channels.trySendBlocking
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.suspendCancellableCoroutine
+import kotlinx.coroutines.withContext
+import uniffi.edgecascade_ffi.ChatListener
+import uniffi.edgecascade_ffi.Runtime
+import uniffi.edgecascade_ffi.configFromToml
+import uniffi.edgecascade_ffi.defaultConfig
+import uniffi.edgecascade_ffi.defaultRemoteConfig
+import uniffi.edgecascade.ChatMessage as FfiMessage
+import uniffi.edgecascade.ChatRequest as FfiRequest
+import uniffi.edgecascade.Response as FfiResponse
+
+/** Every failure: the subclass is the stable kind, the message the human text. */
+typealias EdgeCascadeException = uniffi.edgecascade_ffi.EdgeCascadeException
+/** Where an answer came from: LOCAL, REMOTE, ESCALATED, DEGRADED_LOCAL. */
+typealias Route = uniffi.edgecascade.Route
+/** The stable code for why a request took its route. */
+typealias Reason = uniffi.edgecascade.Reason
+/** Which tier produced text. */
+typealias Tier = uniffi.edgecascade.Tier
+/** Who wrote a message. */
+typealias Role = uniffi.edgecascade.Role
+/** Why generation ended. */
+typealias FinishReason = uniffi.edgecascade.FinishReason
+/** Force a tier, or let the router and cascade decide. */
+typealias Policy = uniffi.edgecascade.PolicyOverride
+/** Cost of one answer in USD, and what it would have cost all-remote. */
+typealias Cost = uniffi.edgecascade.Cost
+/** Timings of one answer. */
+typealias Timings = uniffi.edgecascade.Timings
+/** The local model's confidence in its answer. */
+typealias Confidence = uniffi.edgecascade.Confidence
+/** Requests ended so far, by outcome, and those in flight. */
+typealias RuntimeStats = uniffi.edgecascade.RuntimeStats
+
+/** An OpenAI-compatible endpoint for the remote tier. */
+data class RemoteEndpoint(
+    val baseUrl: String,
+    val model: String,
+    /** The API key; never logged. */
+    val apiKey: String? = null,
+    /** Seconds an escalation may take, retries included. */
+    val deadlineSeconds: Double = 90.0,
+)
+
+/**
+ * What the runtime runs with. `localModel` alone is enough for on-device answers; without it a
+ * `remote` endpoint answers everything until [EdgeCascade.setLocalModel] loads a model.
+ * `toml` starts from a desktop-style config file's text; the other fields override it.
+ */
+data class EdgeCascadeConfig(
+    val localModel: String? = null,
+    val remote: RemoteEndpoint? = null,
+    /** Escalate when the local answer's mean token log-probability is below this. */
+    val cascadeThreshold: Double? = null,
+    val threads: Int? = null,
+    val contextSize: Int? = null,
+    /** Requests served at once by the local model; more queue. */
+    val parallel: Int = 1,
+    /** Where cost records go (a JSONL file); none by default. */
+    val ledgerPath: String? = null,
+    val toml: String? = null,
+)
+
+/** One chat turn. */
+data class Message(val role: Role, val content: String) {
+    companion object {
+        fun system(text: String) = Message(Role.SYSTEM, text)
+        fun user(text: String) = Message(Role.USER, text)
+        fun assistant(text: String) = Message(Role.ASSISTANT, text)
+    }
+}
+
+/** A chat completion request. */
+data class ChatRequest(
+    val messages: List<Message>,
+    val maxTokens: Int = 256,
+    /** 0 is greedy (deterministic). */
+    val temperature: Float = 0.7f,
+    val topP: Float = 0.95f,
+    val seed: Int? = null,
+    val stop: List<String> = emptyList(),
+    val policy: Policy = Policy.AUTO,
+    /** A private request never leaves the device. */
+    val private: Boolean = false,
+) {
+    companion object {
+        /** A single user question. */
+        fun user(text: String, maxTokens: Int = 256, temperature: Float = 0.7f) =
+            ChatRequest(listOf(Message.user(text)), maxTokens, temperature)
+    }
+}
+
+/** Token counts of one answer. */
+data class Usage(val promptTokens: Int, val completionTokens: Int, val estimated: Boolean)
+
+/** A finished answer with its route, usage, cost, timings and confidence. */
+data class ChatResponse(
+    val text: String,
+    val route: Route,
+    val reason: Reason,
+    val reasonDetail: String,
+    val remoteError: String?,
+    val finishReason: FinishReason,
+    val usage: Usage,
+    val cost: Cost,
+    val timings: Timings,
+    val confidence: Confidence?,
+    val id: String,
+)
+
+/** What [EdgeCascade.stream] emits: tokens, maybe an escalation, then the final answer. */
+sealed class ChatEvent {
+    data class Token(val text: String, val tier: Tier) : ChatEvent()
+    data class Escalating(val reason: Reason) : ChatEvent()
+    data class Done(val response: ChatResponse) : ChatEvent()
+}
+
+/**
+ * The runtime. Loading a model blocks: create it off the main thread, or with [create].
+ * Thread-safe: share one instance. [close] it to free the model.
+ */
+class EdgeCascade(
+    config: EdgeCascadeConfig,
+    private val dispatcher: CoroutineDispatcher = Dispatchers.IO,
+) : AutoCloseable {
+    private val runtime: Runtime = Runtime(config.toFfi())
+    private val closed = AtomicBoolean(false)
+
+    companion object {
+        /** Creates the runtime on [dispatcher] (the model loads there). */
+        suspend fun create(
+            config: EdgeCascadeConfig,
+            dispatcher: CoroutineDispatcher = Dispatchers.IO,
+        ): EdgeCascade = withContext(dispatcher) { EdgeCascade(config, dispatcher) }
+
+        /** The native library's version. */
+        fun version(): String = uniffi.edgecascade_ffi.edgecascadeVersion()
+    }
+
+    /** Answers [request]. Suspends; never blocks the caller's thread. Cancelling stops it. */
+    suspend fun complete(request: ChatRequest): ChatResponse {
+        checkOpen()
+        return suspendCancellableCoroutine { cont ->
+            val handle = runtime.startChat(request.toFfi(), object : ChatListener {
+                override fun onToken(text: String, tier: Tier) {}
+                override fun onEscalating(reason: Reason) {}
+                override fun onDone(response: FfiResponse) {
+                    cont.resume(response.toSdk())
+                }
+                override fun onFailed(error: EdgeCascadeException) {
+                    cont.resumeWithException(error)
+                }
+            })
+            cont.invokeOnCancellation { handle.cancel() }
+        }
+    }
+
+    /**
+     * Streams [request]'s events. Cold: nothing runs until collected. Leaving the flow early
+     * (take(n), a cancelled scope) cancels the Rust generation; a failure ends the flow with
+     * an [EdgeCascadeException].
+     */
+    fun stream(request: ChatRequest): Flow<ChatEvent> = callbackFlow {
+        checkOpen()
+        val handle = runtime.startChat(request.toFfi(), object : ChatListener {
+            override fun onToken(text: String, tier: Tier) {
+                trySendBlocking(ChatEvent.Token(text, tier))
+            }
+            override fun onEscalating(reason: Reason) {
+                trySendBlocking(ChatEvent.Escalating(reason))
+            }
+            override fun onDone(response: FfiResponse) {
+                trySendBlocking(ChatEvent.Done(response.toSdk()))
+                channel.close()
+            }
+            override fun onFailed(error: EdgeCascadeException) {
+                channel.close(error)
+            }
+        })
+        awaitClose { handle.cancel() }
+    }
+
+    /** Loads the model at [path] and switches to it; requests in flight finish on the old one. */
+    suspend fun setLocalModel(path: String) {
+        checkOpen()
+        withContext(dispatcher) { runtime.setLocalModel(path) }
+    }
+
+    /** Requests ended so far, by outcome, and those in flight. */
+    fun stats(): RuntimeStats {
+        checkOpen()
+        return runtime.stats()
+    }
+
+    /** Frees caches and idle contexts; call it on the platform's memory warnings. */
+    fun trimMemory() {
+        if (!closed.get()) runtime.trimMemory()
+    }
+
+    /** Cancels requests in flight, waits for them, frees the model. Idempotent. */
+    override fun close() {
+        if (closed.compareAndSet(false, true)) {
+            runtime.shutdown()
+            runtime.close()
+        }
+    }
+
+    private fun checkOpen() {
+        if (closed.get()) throw uniffi.edgecascade_ffi.EdgeCascadeException.Closed("the runtime is closed")
+    }
+}
+
+internal fun EdgeCascadeConfig.toFfi(): uniffi.edgecascade.Config {
+    val base = toml?.let { configFromToml(it) } ?: defaultConfig()
+    val local = base.local.copy(
+        model = localModel ?: base.local.model,
+        threads = threads?.toUInt() ?: base.local.threads,
+        nCtx = contextSize?.toUInt() ?: base.local.nCtx,
+        parallel = parallel.toUInt(),
+    )
+    val remoteConfig = remote?.let {
+        defaultRemoteConfig(it.baseUrl, it.model).copy(apiKey = it.apiKey, deadlineS = it.deadlineSeconds)
+    } ?: base.remote
+    val cascade = cascadeThreshold?.let { base.cascade.copy(threshold = it) } ?: base.cascade
+    val ledger = ledgerPath?.let { base.ledger.copy(path = it) } ?: base.ledger
+    return base.copy(local = local, remote = remoteConfig, cascade = cascade, ledger = ledger)
+}
+
+internal fun ChatRequest.toFfi(): FfiRequest {
+    val base = uniffi.edgecascade.Sampling(
+        temperature = temperature,
+        topK = 40u,
+        topP = topP,
+        minP = 0.05f,
+        repeatPenalty = 1.0f,
+        repeatLastN = 64u,
+        seed = seed?.toUInt(),
+    )
+    return FfiRequest(
+        messages = messages.map { FfiMessage(it.role, it.content) },
+        maxTokens = maxTokens.coerceAtLeast(0).toUInt(),
+        sampling = base,
+        stop = stop,
+        policy = policy,
+        private = private,
+        taskHint = null,
+    )
+}
+
+internal fun FfiResponse.toSdk() = ChatResponse(
+    text = text,
+    route = route,
+    reason = reason,
+    reasonDetail = reasonDetail,
+    remoteError = remoteError,
+    finishReason = finishReason,
+    usage = Usage(usage.promptTokens.toInt(), usage.completionTokens.toInt(), usage.estimated),
+    cost = cost,
+    timings = timings,
+    confidence = confidence,
+    id = id,
+)
