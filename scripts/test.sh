@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: installs what the build needs, fetches the test model(s), then runs the Rust unit
 # and integration tests (real models through real llama.cpp) in release mode, then the Kotlin
-# SDK's tests on the JVM against the same native library. llama.cpp is built
+# SDK's tests on the JVM and the Python bindings' tests against the same native library. llama.cpp is built
 # once, optimised, and shared by the tests and the binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,11 +22,15 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --release --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-# The Kotlin SDK on the JVM, against the same host library (only for a whole-suite run).
+# The Kotlin SDK on the JVM and the Python bindings, against the same host library (only for a
+# whole-suite run).
 if [ $# -eq 0 ]; then
   scripts/test-kotlin.sh 2>&1 | tee -a "$log"
   kotlin=${PIPESTATUS[0]}
   [ "$status" = 0 ] && status=$kotlin
+  scripts/test-python.sh 2>&1 | tee -a "$log"
+  python=${PIPESTATUS[0]}
+  [ "$status" = 0 ] && status=$python
 fi
 set -e
 # One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).

@@ -204,6 +204,13 @@ pub fn default_config() -> core::Config {
     core::Config::default()
 }
 
+/// A request for one user question, with the default settings (greedy, 256 tokens, the
+/// router and cascade deciding).
+#[uniffi::export]
+pub fn user_request(prompt: String) -> core::ChatRequest {
+    core::ChatRequest::user(prompt)
+}
+
 /// The `[remote]` section's defaults for the endpoint `base_url` serving `model`.
 #[uniffi::export]
 pub fn default_remote_config(base_url: String, model: String) -> core::config::RemoteConfig {

@@ -110,3 +110,14 @@ fn corrupted_metadata_types() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_panicking_load_progress_callback_fails_the_load_instead_of_aborting() {
+    let progress = Box::new(|p: f32| {
+        assert!(p < 0.5, "a progress bar bug");
+    });
+    let err = Runtime::with_progress(config_for(smollm2()), Some(progress)).unwrap_err();
+    assert_eq!(err.kind(), edgecascade::ErrorKind::ModelLoad, "{err}");
+    // The process is alive and the model still loads.
+    assert!(Runtime::new(config_for(smollm2())).is_ok());
+}

@@ -45,8 +45,16 @@ pub(crate) fn take_last_error() -> Option<String> {
 unsafe extern "C" fn log_callback(
     level: llama_cpp_sys_2::ggml_log_level,
     text: *const c_char,
-    _: *mut c_void,
+    user: *mut c_void,
 ) {
+    // A panic must not unwind into C (it would abort the app): the app's logger runs in here.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: the arguments are llama.cpp's, passed through unchanged.
+        unsafe { log_line(level, text, user) }
+    });
+}
+
+unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, _: *mut c_void) {
     if text.is_null() {
         return;
     }

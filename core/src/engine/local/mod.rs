@@ -108,11 +108,12 @@ pub struct ModelInfo {
     pub load_ms: f64,
 }
 
-/// An inference context and the tokens its KV cache holds for sequence 0.
+/// An inference context and the tokens its KV cache holds for sequence 0. The slot owns what
+/// the context borrows (the model, its threadpools) and drops the context first (see `Drop`),
+/// so its soundness does not rest on where the slot is kept or on field order elsewhere.
 struct Slot {
-    // Declared before anything it borrows from: see `LocalEngine`'s field order. The context
-    // also drops before its threadpools.
-    ctx: LlamaContext<'static>,
+    /// Borrows `model` and uses `_pools`; dropped explicitly before both.
+    ctx: std::mem::ManuallyDrop<LlamaContext<'static>>,
     tokens: Vec<LlamaToken>,
     /// Leading cached tokens that were computed exactly as a cold run computes them: whole
     /// `n_batch`-aligned chunks of prompt evaluation (see `PrefixCache::Exact`).
@@ -120,6 +121,15 @@ struct Slot {
     /// Adapts the decode thread count to contention (when the context pointer is usable).
     governor: Option<(governor::Governor, threadpool::RawContext)>,
     _pools: Vec<threadpool::Threadpool>,
+    _model: Arc<LlamaModel>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` is dropped exactly once, here, while the model and threadpools it
+        // refers to are still alive (they are fields, dropped after this body).
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.ctx) };
+    }
 }
 
 /// A pool of slots; requests beyond `max` wait.
@@ -131,7 +141,6 @@ struct Pool {
 /// The on-device model. `Send + Sync`: concurrent requests share the weights and are served by
 /// up to `parallel` contexts; further ones queue.
 pub struct LocalEngine {
-    // Field order matters: slots (whose contexts borrow the model) drop before the model.
     pool: Mutex<Pool>,
     returned: Condvar,
     /// The last rendered conversation and its tokens.
@@ -184,9 +193,10 @@ impl LocalEngine {
             .with_use_mmap(true)
             .with_n_gpu_layers(cfg.n_gpu_layers);
         if let Some(mut cb) = progress {
+            // The callback runs inside llama.cpp's C loader: a panic in it must not unwind
+            // there (it would abort the app). It cancels the load instead.
             params = params.with_progress_callback(move |p| {
-                cb(p);
-                true
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(p))).is_ok()
             });
         }
         let _ = backend::take_last_error();
@@ -523,9 +533,9 @@ impl LocalEngine {
                 n_ctx,
                 detail: backend::take_last_error().unwrap_or_else(|| e.to_string()),
             })?;
-        // SAFETY: the context borrows the model. The model lives in an `Arc` owned by this engine
-        // and is declared after `pool`, so every slot is dropped before the model is; slots never
-        // leave the engine (see `SlotGuard`).
+        // SAFETY: the context borrows the model behind `self.model`'s `Arc`. The slot keeps a
+        // clone of that `Arc` and drops the context before it (`Slot`'s `Drop`), so the model
+        // outlives the context wherever the slot goes.
         let ctx: LlamaContext<'static> =
             unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         let (threads, threads_batch, poll) =
@@ -548,11 +558,12 @@ impl LocalEngine {
             None
         };
         Ok(Slot {
-            ctx,
+            ctx: std::mem::ManuallyDrop::new(ctx),
             tokens: Vec::new(),
             exact_rows: 0,
             governor,
             _pools: pools,
+            _model: Arc::clone(&self.model),
         })
     }
 

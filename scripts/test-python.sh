@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The generated Python bindings (UniFFI library mode) against the host library and SmolLM2.
+# Prints a cargo-style "test result:" line so scripts/test.sh counts them in its closing total.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+target=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release -q -p edgecascade-ffi
+# A package (the generated modules import each other relatively), with the library beside them.
+out=$target/python
+pkg=$out/edgecascade_sdk
+rm -rf "$out" && mkdir -p "$pkg"
+"$target/release/uniffi-bindgen" generate --library "$target/release/libedgecascade_ffi.so" \
+  --language python --out-dir "$pkg" >/dev/null
+touch "$pkg/__init__.py"
+cp "$target/release/libedgecascade_ffi.so" "$pkg/"
+log=$(mktemp)
+set +e
+PYTHONPATH="$out" python3 -m unittest -v bindings/tests/python/test_edgecascade.py 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+run=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log" | tail -n 1)
+bad=$(grep -cE '^(FAIL|ERROR):' "$log" || true)
+run=${run:-0}
+[ "$status" = 0 ] || [ "$bad" != 0 ] || bad=1
+echo "test result: python. $((run - bad)) passed; $bad failed; (Python bindings)"
+rm -f "$log"
+exit "$status"
