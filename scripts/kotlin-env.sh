@@ -12,6 +12,7 @@ if [ ! -x "$KOTLIN_HOME/bin/kotlinc-jvm" ]; then
 fi
 if [ ! -f /usr/share/java/jna.jar ] || [ ! -f /usr/share/java/junit4.jar ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjna-java junit4 >&2
   else
     echo "kotlin: install libjna-java and junit4 (sudo apt-get install libjna-java junit4)" >&2
