@@ -167,11 +167,14 @@ struct Routed {
     worst_usd: f64,
 }
 
-/// Streams text to the sink and notes when the first token arrived.
+/// Streams text to the sink and notes when the first token arrived. With a held draft
+/// (`ChatRequest::hold_draft`, in the cascade) local text waits in `held` until the route is
+/// settled.
 struct Stream<'a> {
     sink: &'a dyn EventSink,
     t0: Instant,
     first_token: Cell<Option<f64>>,
+    held: std::cell::RefCell<Option<String>>,
 }
 
 impl Stream<'_> {
@@ -179,6 +182,34 @@ impl Stream<'_> {
         if text.is_empty() {
             return;
         }
+        if tier == Tier::Local {
+            if let Some(held) = self.held.borrow_mut().as_mut() {
+                held.push_str(text);
+                return;
+            }
+        }
+        self.emit(text, tier);
+    }
+
+    /// Holds local text from now on.
+    fn hold(&self) {
+        *self.held.borrow_mut() = Some(String::new());
+    }
+
+    /// The route settled on the local answer: send what was held, and stop holding.
+    fn release(&self) {
+        let held = self.held.borrow_mut().take();
+        if let Some(text) = held.filter(|t| !t.is_empty()) {
+            self.emit(&text, Tier::Local);
+        }
+    }
+
+    /// The remote tier answered: the held draft is never sent.
+    fn discard(&self) {
+        self.held.borrow_mut().take();
+    }
+
+    fn emit(&self, text: &str, tier: Tier) {
         if self.first_token.get().is_none() {
             self.first_token
                 .set(Some(self.t0.elapsed().as_secs_f64() * 1e3));
@@ -461,6 +492,7 @@ impl Runtime {
             sink,
             t0,
             first_token: Cell::new(None),
+            held: std::cell::RefCell::new(None),
         };
         let outcome = self.decide(req, local.as_deref(), &id).and_then(|routed| {
             log::debug!(
@@ -687,6 +719,9 @@ impl Runtime {
         cancel: &AtomicBool,
         stream: &Stream<'_>,
     ) -> Result<Settled, Failed> {
+        if req.hold_draft {
+            stream.hold();
+        }
         let mut signals: Vec<TokenSignal> = Vec::new();
         let mut mid: Option<String> = None;
         let draft = local
@@ -713,6 +748,7 @@ impl Runtime {
             ..Work::default()
         };
         if cancel.load(Ordering::Relaxed) {
+            stream.release();
             let detail = "cancelled during the local answer".into();
             return Ok(settle(
                 Route::Local,
@@ -737,6 +773,7 @@ impl Runtime {
                 .map(|d| (Reason::LowConfidence, d))
         };
         let Some((reason, detail)) = escalation else {
+            stream.release();
             let detail = "local confidence is above the threshold".into();
             return Ok(settle(
                 Route::Local,
@@ -762,6 +799,7 @@ impl Runtime {
             Err(Refusal(why)) => Fallback::Refused(why),
             Ok(()) => match remote.generate(&sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
                 Ok(out) => {
+                    stream.discard();
                     work.remote = Some(out);
                     let Escalation { reason, detail, .. } = escalation;
                     return Ok(settle(Route::Escalated, reason, detail, work));
@@ -807,6 +845,7 @@ impl Runtime {
                 })?;
             work.local_extra = Some(more);
         }
+        stream.release();
         Ok(match fallback {
             Fallback::RemoteFailed(e) => Settled {
                 route: Route::DegradedLocal,

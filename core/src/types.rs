@@ -171,6 +171,11 @@ pub struct ChatRequest {
     /// What kind of answer the request wants, if the app knows: the calibrated cascade signal
     /// uses it (otherwise it infers the kind from the prompt's wording).
     pub task_hint: Option<Kind>,
+    /// In the cascade, hold the local draft's tokens until the route is settled: sent at once
+    /// when the local answer is kept (accepted, or degraded after a failed escalation), never
+    /// when it escalates (the remote answer streams instead). For callers that cannot take
+    /// text back, such as OpenAI clients.
+    pub hold_draft: bool,
 }
 
 impl Default for ChatRequest {
@@ -183,6 +188,7 @@ impl Default for ChatRequest {
             policy: PolicyOverride::Auto,
             private: false,
             task_hint: None,
+            hold_draft: false,
         }
     }
 }

@@ -92,23 +92,24 @@ pub fn run(args: Args) -> Result<(), Failure> {
         policy,
         private: args.private,
         task_hint: args.task.as_deref().and_then(edgecascade::Kind::parse),
+        hold_draft: Display::holds_draft(),
     };
     let interrupt = Interrupt::install();
     let rt = load_runtime(cfg, args.json)?;
     interrupt.busy.store(true, Ordering::SeqCst);
-    let display = Display::new(args.json, rt.has_remote());
+    let display = Display::new(args.json);
     let sink = |e: Event| display.event(&e);
     let result = rt.chat_cancellable(&req, &sink, &interrupt.cancel);
     if interrupt.cancel.load(Ordering::SeqCst) {
         // Ctrl-C in any leg: print what there is, then exit 130.
-        display.finish(result.as_ref().ok());
+        display.finish();
         return Err(Failure::Interrupted);
     }
     let resp = result?;
     if args.json {
         println!("{}", resp.to_contract_json());
     } else {
-        display.finish(Some(&resp));
+        display.finish();
         eprintln!("{}", summary_line(&resp));
     }
     if let Some(e) = &resp.ledger_error {
@@ -121,29 +122,32 @@ pub fn run(args: Args) -> Result<(), Failure> {
 /// Shows an answer as it streams. On a terminal the local draft streams; when the cascade
 /// escalates, a dim marker line on stderr makes the switch visible and the remote answer
 /// follows. When stdout is not a terminal (a pipe, a file) it carries exactly the final answer:
-/// with a remote tier (so an escalation may replace the draft) it is written once the route is
-/// settled; without one it streams. With `--json` nothing streams.
+/// the request then holds the local draft until the route is settled (`hold_draft`), so every
+/// token that arrives is final. With `--json` nothing streams.
 pub struct Display {
     live: bool,
     quiet: bool,
-    hold: bool,
 }
 
 impl Display {
-    /// For `ask --json` (`quiet`) or text; `cascade` when a remote tier may replace the draft.
-    pub fn new(quiet: bool, cascade: bool) -> Self {
+    /// For `ask --json` (`quiet`) or text.
+    pub fn new(quiet: bool) -> Self {
         use std::io::IsTerminal;
-        let live = !quiet && std::io::stdout().is_terminal();
         Self {
-            live,
+            live: std::io::stdout().is_terminal(),
             quiet,
-            hold: !quiet && !live && cascade,
         }
+    }
+
+    /// Whether requests should hold the local draft: when stdout cannot take text back.
+    pub fn holds_draft() -> bool {
+        use std::io::IsTerminal;
+        !std::io::stdout().is_terminal()
     }
 
     /// One event.
     pub fn event(&self, e: &Event) {
-        if self.quiet || self.hold {
+        if self.quiet {
             return;
         }
         match e {
@@ -163,18 +167,14 @@ impl Display {
         }
     }
 
-    /// After the request: the final answer where it was held back, and a newline.
-    pub fn finish(&self, response: Option<&Response>) {
-        if self.quiet {
-            return;
+    /// After the request: the closing newline.
+    pub fn finish(&self) {
+        if !self.quiet {
+            println!();
         }
-        if let (true, Some(r)) = (self.hold, response) {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(r.text.as_bytes());
-        }
-        println!();
     }
 }
+
 /// `[local · no_remote] 42 tokens · TTFT 85 ms · prefill 900 tok/s · decode 110 tok/s · ...`
 pub fn summary_line(r: &Response) -> String {
     let conf = r.confidence.map_or(String::new(), |c| {

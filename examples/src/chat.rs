@@ -65,13 +65,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
             ..ChatRequest::default()
         };
         req.sampling.temperature = args.temperature;
+        req.hold_draft = crate::ask::Display::holds_draft();
         interrupt.cancel.store(false, Ordering::SeqCst);
         interrupt.busy.store(true, Ordering::SeqCst);
-        let display = crate::ask::Display::new(false, rt.has_remote());
+        let display = crate::ask::Display::new(false);
         let sink = |e: Event| display.event(&e);
         let result = rt.chat_cancellable(&req, &sink, &interrupt.cancel);
         interrupt.busy.store(false, Ordering::SeqCst);
-        display.finish(result.as_ref().ok());
+        display.finish();
         match result {
             Ok(r) => {
                 if r.finish_reason == FinishReason::Cancelled {

@@ -346,6 +346,58 @@ fn an_unsure_answer_escalates_with_a_capped_max_tokens() {
     );
 }
 
+/// The text of the Token events, per tier, in order.
+fn streamed(events: &Events) -> Vec<(Tier, String)> {
+    events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token { text, tier } => Some((*tier, text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_draft_is_sent_only_when_the_local_answer_is_kept() {
+    let hold = ChatRequest {
+        hold_draft: true,
+        ..ask()
+    };
+    // Accepted: the draft arrives once, whole, after the route settled.
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&hold, &events).unwrap();
+    assert_eq!(r.route, Route::Local);
+    assert_eq!(streamed(&events), vec![(Tier::Local, r.text.clone())]);
+    // Escalated: the remote answer only, never the draft.
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&hold, &events).unwrap();
+    assert_eq!(r.route, Route::Escalated);
+    assert_eq!(streamed(&events), vec![(Tier::Remote, "Paris.".to_owned())]);
+    // Degraded: the local answer, once.
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&hold, &events).unwrap();
+    assert_eq!(r.route, Route::DegradedLocal);
+    assert_eq!(streamed(&events), vec![(Tier::Local, r.text.clone())]);
+}
+
 #[test]
 fn a_remote_failure_after_escalation_degrades_to_the_local_answer() {
     let rt = runtime(

@@ -442,28 +442,15 @@ fn stream_response(
         let data = |v: serde_json::Value| Ok::<_, std::convert::Infallible>(SseEvent::default().data(v.to_string()));
         yield data(openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None));
         let mut done = None;
-        // In cascade mode (a remote tier is configured) OpenAI clients cannot take back streamed
-        // text, so local tokens are held until the route is settled: flushed when the local answer
-        // is accepted, dropped when it escalates (the remote answer streams instead).
-        let hold = state.runtime.has_remote();
-        let mut draft = String::new();
-        let mut escalated = false;
-        let mut sent_any = false;
+        // In cascade mode the runtime holds the local draft until the route is settled
+        // (`hold_draft`): what arrives here is final.
         let mut next = Some(first);
         while let Some(ev) = match next.take() { Some(ev) => Some(ev), None => rx.recv().await } {
             match ev {
-                Event::Token { text, tier } => {
-                    if hold && tier == edgecascade::Tier::Local {
-                        draft.push_str(&text);
-                    } else {
-                        sent_any = true;
-                        yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
-                    }
+                Event::Token { text, .. } => {
+                    yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
                 }
-                Event::Escalating { .. } => {
-                    draft.clear();
-                    escalated = true;
-                }
+                Event::Escalating { .. } => {}
                 Event::Done(r) => {
                     done = Some(Ok(r));
                     break;
@@ -475,13 +462,6 @@ fn stream_response(
             }
         }
         if let Some(Ok(r)) = done {
-            // Settled: send what was held (an accepted or degraded local answer).
-            if hold && !sent_any {
-                let text = if escalated { r.text.clone() } else { std::mem::take(&mut draft) };
-                if !text.is_empty() {
-                    yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
-                }
-            }
             state.metrics.response(&r);
             let mut last = openai::chunk(&id, created, &model, json!({}), Some(openai::finish_reason(r.finish_reason)));
             last["edgecascade"] = openai::extension(&r);

@@ -193,6 +193,9 @@ impl CompletionRequest {
                 policy,
                 private: ext.private,
                 task_hint,
+                // OpenAI clients cannot take text back: in cascade mode the local draft is
+                // held until the route is settled.
+                hold_draft: true,
             },
             self.stream,
             include_usage,

@@ -96,6 +96,8 @@ data class ChatRequest(
     val policy: Policy = Policy.AUTO,
     /** A private request never leaves the device. */
     val private: Boolean = false,
+    /** Hold the local draft until the cascade settles: never stream text that escalation replaces. */
+    val holdDraft: Boolean = false,
 ) {
     companion object {
         /** A single user question. */
@@ -258,6 +260,7 @@ internal fun ChatRequest.toFfi(): FfiRequest {
         policy = policy,
         private = private,
         taskHint = null,
+        holdDraft = holdDraft,
     )
 }
 
