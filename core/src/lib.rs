@@ -22,6 +22,7 @@ pub mod config;
 pub mod cost;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod policy;
 pub mod runtime;

@@ -1,7 +1,10 @@
 //! Policy: the router decides before generation, the cascade during and after it. Both are pure
 //! functions of plain inputs, so every decision is testable and carries a stable reason code.
 
+pub mod answer;
 pub mod calibrated;
+#[cfg(feature = "eval")]
+mod fit;
 
 use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
 use crate::engine::local::TokenSignal;
