@@ -1,19 +1,10 @@
 //! The CLI contract (DESIGN.md): flags, JSON fields, exit codes. Runs the real binary on SmolLM2.
 #![allow(missing_docs)]
 
+mod common;
+use common::edgecascade;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-/// The binary with its default ledger in a temporary folder: tests never write the user's own
-/// ledger (a config's `[ledger] path` still wins where a test sets one).
-fn edgecascade() -> Command {
-    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let data = DATA.get_or_init(|| tempfile::tempdir().expect("temporary folder"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgecascade"));
-    c.env("XDG_DATA_HOME", data.path())
-        .env("EDGECASCADE_LEDGER", data.path().join("ledger.jsonl"));
-    c
-}
 
 fn model() -> PathBuf {
     let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(

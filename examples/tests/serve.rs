@@ -2,6 +2,8 @@
 //! admission control under load, client disconnects, auth, metrics and graceful shutdown.
 #![allow(missing_docs)]
 
+mod common;
+use common::edgecascade;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -20,17 +22,6 @@ pub fn model_file(file: &str, name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// The binary with its default ledger in a temporary folder: tests never write the user's own
-/// ledger (a config's `[ledger] path` still wins where a test sets one).
-fn edgecascade() -> Command {
-    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let data = DATA.get_or_init(|| tempfile::tempdir().expect("temporary folder"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgecascade"));
-    c.env("XDG_DATA_HOME", data.path())
-        .env("EDGECASCADE_LEDGER", data.path().join("ledger.jsonl"));
-    c
 }
 
 fn model() -> PathBuf {
