@@ -1,0 +1,189 @@
+//! The context pool: slots (a llama.cpp context, its threadpools and the tokens its KV cache
+//! holds), created on demand up to `parallel`, shared by prefix, returned on drop.
+
+use super::{
+    backend, governor, threadpool, Arc, AtomicBool, LlamaContext, LlamaContextParams, LlamaModel,
+    LlamaToken, LocalEngine, LocalError, NonZeroU32, Ordering,
+};
+
+/// An inference context and the tokens its KV cache holds for sequence 0. The slot owns what
+/// the context borrows (the model, its threadpools) and drops the context first (see `Drop`),
+/// so its soundness does not rest on where the slot is kept or on field order elsewhere.
+pub(super) struct Slot {
+    /// Borrows `model` and uses `_pools`; dropped explicitly before both.
+    pub(super) ctx: std::mem::ManuallyDrop<LlamaContext<'static>>,
+    pub(super) tokens: Vec<LlamaToken>,
+    /// Leading cached tokens that were computed exactly as a cold run computes them: whole
+    /// `n_batch`-aligned chunks of prompt evaluation (see `PrefixCache::Exact`).
+    pub(super) exact_rows: usize,
+    /// Adapts the decode thread count to contention (when the context pointer is usable).
+    pub(super) governor: Option<(governor::Governor, threadpool::RawContext)>,
+    pub(super) _pools: Vec<threadpool::Threadpool>,
+    pub(super) _model: Arc<LlamaModel>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` is dropped exactly once, here, while the model and threadpools it
+        // refers to are still alive (they are fields, dropped after this body).
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.ctx) };
+    }
+}
+
+/// A pool of slots; requests beyond `max` wait.
+pub(super) struct Pool {
+    pub(super) free: Vec<Slot>,
+    pub(super) created: usize,
+}
+
+/// Returns a slot to the pool on drop, waking one waiter.
+pub(super) struct SlotGuard<'e> {
+    pub(super) engine: &'e LocalEngine,
+    pub(super) slot: Option<Slot>,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if let Ok(mut pool) = self.engine.pool.lock() {
+                pool.free.push(slot);
+            }
+            self.engine.returned.notify_one();
+        }
+    }
+}
+
+impl LocalEngine {
+    /// Forgets every idle slot's cached prefix (the next request starts cold). Slots in use are
+    /// untouched.
+    pub fn clear_cache(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            for slot in &mut pool.free {
+                slot.ctx.clear_kv_cache();
+                slot.tokens.clear();
+                slot.exact_rows = 0;
+            }
+        }
+    }
+
+    /// Frees every idle context (with its KV cache) and the render cache; the model stays
+    /// mapped. Contexts in use are untouched and return to the pool when their request ends.
+    /// The next request creates the context it needs.
+    pub fn trim(&self) {
+        let idle = match self.pool.lock() {
+            Ok(mut pool) => {
+                pool.created -= pool.free.len();
+                std::mem::take(&mut pool.free)
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(idle);
+        if let Ok(mut cache) = self.rendered.lock() {
+            *cache = None;
+        }
+    }
+
+    /// Contexts alive now (in use or idle).
+    pub fn contexts(&self) -> usize {
+        self.pool.lock().map_or(0, |p| p.created)
+    }
+
+    pub(super) fn new_slot(&self) -> Result<Slot, LocalError> {
+        let n_ctx = self.info.n_ctx;
+        let n_batch = self.cfg.n_batch.min(n_ctx);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_threads(self.info.threads as i32)
+            .with_n_threads_batch(self.info.threads_batch as i32);
+        let backend = backend::backend()?;
+        let ctx = self
+            .model
+            .new_context(backend, params)
+            .map_err(|e| LocalError::Context {
+                n_ctx,
+                detail: backend::take_last_error().unwrap_or_else(|| e.to_string()),
+            })?;
+        // SAFETY: the context borrows the model behind `self.model`'s `Arc`. The slot keeps a
+        // clone of that `Arc` and drops the context before it (`Slot`'s `Drop`), so the model
+        // outlives the context wherever the slot goes.
+        let ctx: LlamaContext<'static> =
+            unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+        let (threads, threads_batch, poll) =
+            (self.info.threads, self.info.threads_batch, self.cfg.poll);
+        let mut pools = Vec::new();
+        if let Some(decode) = threadpool::Threadpool::new(threads, poll) {
+            let batch = if threads_batch == threads {
+                None
+            } else {
+                threadpool::Threadpool::new(threads_batch, poll)
+            };
+            if threadpool::Threadpool::attach(&ctx, &decode, batch.as_ref()) {
+                pools.push(decode);
+                pools.extend(batch);
+            }
+        }
+        let governor = if self.cfg.adaptive_threads && threads > 1 && !pools.is_empty() {
+            threadpool::RawContext::of(&ctx).map(|raw| (governor::Governor::new(threads), raw))
+        } else {
+            None
+        };
+        Ok(Slot {
+            ctx: std::mem::ManuallyDrop::new(ctx),
+            tokens: Vec::new(),
+            exact_rows: 0,
+            governor,
+            _pools: pools,
+            _model: Arc::clone(&self.model),
+        })
+    }
+
+    /// Takes the free slot whose cache shares the longest prefix with `prompt`, creates one if the
+    /// pool has room, or waits for one. `Ok(None)` when `cancel` is set while waiting: the
+    /// request leaves the queue at once.
+    pub(super) fn acquire(
+        &self,
+        prompt: &[LlamaToken],
+        cancel: &AtomicBool,
+    ) -> Result<Option<SlotGuard<'_>>, LocalError> {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if !pool.free.is_empty() {
+                let best = (0..pool.free.len())
+                    .max_by_key(|&i| common_prefix(&pool.free[i].tokens, prompt))
+                    .unwrap_or(0);
+                let slot = pool.free.swap_remove(best);
+                return Ok(Some(SlotGuard {
+                    engine: self,
+                    slot: Some(slot),
+                }));
+            }
+            if pool.created < self.cfg.parallel as usize {
+                // Context creation mutates the model in llama.cpp: keep it under the pool lock.
+                let slot = self.new_slot()?;
+                pool.created += 1;
+                return Ok(Some(SlotGuard {
+                    engine: self,
+                    slot: Some(slot),
+                }));
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            // Returned slots wake a waiter; the timeout only bounds how late a cancel is seen.
+            pool = self
+                .returned
+                .wait_timeout(pool, std::time::Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
