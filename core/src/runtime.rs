@@ -440,7 +440,15 @@ impl Runtime {
         let (rt, outcome, s) = (Arc::clone(self), handle.outcome(), Arc::clone(&sink));
         let spawned = std::thread::Builder::new()
             .name("edgecascade-chat".into())
-            .spawn(move || outcome.set(rt.run_admitted(&req, &*s, &flag, ticket)));
+            .spawn(move || {
+                let result = rt.run_admitted(&req, &*s, &flag, ticket);
+                // Release the sink (an app's listener, perhaps a foreign object) before the
+                // result is published: once `wait()` returns, this thread touches no foreign
+                // code, even if the app then exits (seen: Python aborting at shutdown when a
+                // listener was freed after its interpreter had begun finalising).
+                drop(s);
+                outcome.set(result);
+            });
         if let Err(e) = spawned {
             // The closure, and the ticket in it, were dropped with the failed spawn.
             let error = Error::Internal(format!("cannot start a generation thread: {e}"));
