@@ -83,11 +83,6 @@ impl LocalEngine {
         }
     }
 
-    /// Contexts alive now (in use or idle).
-    pub fn contexts(&self) -> usize {
-        self.pool.lock().map_or(0, |p| p.created)
-    }
-
     pub(super) fn new_slot(&self) -> Result<Slot, LocalError> {
         let n_ctx = self.info.n_ctx;
         let n_batch = self.cfg.n_batch.min(n_ctx);
