@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -140,7 +140,8 @@ const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 /// The remote tier.
 #[derive(Debug)]
 pub struct RemoteEngine {
-    agent: ureq::Agent,
+    /// Agents with an idle keep-alive connection, ready for the next exchange.
+    agents: Arc<Agents>,
     url: String,
     model: String,
     key: Option<Secret>,
@@ -215,15 +216,17 @@ impl RemoteEngine {
                 _ => return bad(format!("api_key_env names {var}, which is not set")),
             },
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_connect(Some(secs(cfg.connect_timeout_s)))
             .timeout_recv_response(Some(secs(cfg.first_byte_timeout_s)))
             .timeout_global(Some(secs(cfg.total_timeout_s)))
             .http_status_as_error(false)
-            .build()
-            .into();
+            .build();
         Ok(Self {
-            agent,
+            agents: Arc::new(Agents {
+                config,
+                idle: Mutex::new(Vec::new()),
+            }),
             url: completions_url(&cfg.base_url),
             model: cfg.model.clone(),
             key,
@@ -377,14 +380,16 @@ impl RemoteEngine {
     /// Starts one HTTP exchange on its own thread, which reports what arrives on a channel.
     /// The caller's thread only waits on the channel, so it sees cancellation and the
     /// chunk-gap timeout within 100 ms whatever the socket does. The thread ends when the body
-    /// ends, when its read fails (the global timeout bounds it), or at its next line once the
-    /// receiver is gone.
-    fn spawn_exchange(&self, body: &str, until: Instant) -> Result<Receiver<Wire>, RemoteError> {
+    /// ends or its read fails; dropping the returned [`Exchange`] before that shuts its agent
+    /// down, which fails a blocked read at once (a connect in progress stays bounded by the
+    /// connect timeout).
+    fn spawn_exchange(&self, body: &str, until: Instant) -> Result<Exchange, RemoteError> {
         let timeout = until
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let mut request = self
-            .agent
+        let agent = self.agents.take();
+        let slot = Arc::new(Mutex::new(Some(agent.clone())));
+        let mut request = agent
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "text/event-stream");
@@ -398,14 +403,20 @@ impl RemoteEngine {
         let (tx, rx) = sync_channel::<Wire>(64);
         let body = body.to_owned();
         let stream = self.stream;
+        let (agents, done) = (Arc::clone(&self.agents), Arc::clone(&slot));
         std::thread::Builder::new()
             .name("edgecascade-remote".into())
-            .spawn(move || exchange(request, body, stream, &tx))
+            .spawn(move || {
+                // Only an exchange that read its body to the end hands its agent (and its
+                // keep-alive connection) back.
+                let finished = || agents.put(done.lock().ok().and_then(|mut s| s.take()));
+                exchange(request, body, stream, &tx, finished);
+            })
             .map_err(|e| RemoteError::Connect {
                 url: self.url.clone(),
                 detail: format!("cannot start the request thread: {e}"),
             })?;
-        Ok(rx)
+        Ok(Exchange { rx, slot })
     }
 
     /// One HTTP attempt, until `until`. The error carries a `Retry-After` in seconds when the
@@ -420,7 +431,8 @@ impl RemoteEngine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<RemoteOutput, (RemoteError, Option<f64>)> {
         let url = &self.url;
-        let rx = self.spawn_exchange(body, until).map_err(|e| (e, None))?;
+        let exchange = self.spawn_exchange(body, until).map_err(|e| (e, None))?;
+        let rx = &exchange.rx;
         let mut sse = Sse::new(t0);
         let mut answering = false;
         let mut last = Instant::now();
@@ -493,6 +505,9 @@ impl RemoteEngine {
                 }
                 Wire::Line(line) => {
                     if sse.line(&line, url, on_text).map_err(|e| (e, None))? {
+                        // `[DONE]`: give the thread a moment to read the body's end, so that
+                        // its connection stays open for the next request.
+                        let _ = rx.recv_timeout(Duration::from_millis(50));
                         return sse.finish(req, url).map_err(|e| (e, None));
                     }
                 }
@@ -661,6 +676,55 @@ fn cancelled_output(
 /// without bound.
 const MAX_LINE: usize = 1 << 20;
 
+/// The ureq agents of one engine. Each exchange runs on an agent of its own, so that it can be
+/// shut down (interrupting its blocked read) without touching other requests; an agent whose
+/// exchange ended cleanly goes back here with its keep-alive connection.
+#[derive(Debug)]
+struct Agents {
+    config: ureq::config::Config,
+    idle: Mutex<Vec<ureq::Agent>>,
+}
+
+/// Idle agents kept for reuse; more concurrent exchanges than this make fresh ones.
+const IDLE_AGENTS: usize = 4;
+
+impl Agents {
+    fn take(&self) -> ureq::Agent {
+        self.idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .unwrap_or_else(|| ureq::Agent::new_with_config(self.config.clone()))
+    }
+
+    fn put(&self, agent: Option<ureq::Agent>) {
+        if let (Some(agent), Ok(mut idle)) = (agent, self.idle.lock()) {
+            if idle.len() < IDLE_AGENTS {
+                idle.push(agent);
+            }
+        }
+    }
+}
+
+/// One exchange in flight, seen from the caller: its reports, and its agent until either the
+/// thread hands it back (the body ended) or this is dropped first, which shuts it down.
+struct Exchange {
+    rx: Receiver<Wire>,
+    slot: Arc<Mutex<Option<ureq::Agent>>>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let agent = match self.slot.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(agent) = agent {
+            agent.shutdown();
+        }
+    }
+}
+
 /// What the thread of one HTTP exchange reports.
 enum Wire {
     /// The server answered with an error status.
@@ -684,11 +748,13 @@ enum Wire {
 }
 
 /// Runs one exchange, reporting on `tx`; returns once the body ends, fails, or nobody listens.
+/// `finished` runs when the whole body has been read, before that is reported.
 fn exchange(
     request: ureq::RequestBuilder<ureq::typestate::WithBody>,
     body: String,
     stream: bool,
     tx: &SyncSender<Wire>,
+    finished: impl Fn(),
 ) {
     let response = match request.send(body) {
         Ok(r) => r,
@@ -727,7 +793,10 @@ fn exchange(
     let mut body = response.into_body();
     if !stream {
         let wire = match body.with_config().limit(16 << 20).read_to_string() {
-            Ok(text) => Wire::Body(text),
+            Ok(text) => {
+                finished();
+                Wire::Body(text)
+            }
             Err(ureq::Error::Io(e)) => Wire::ReadFailed(e),
             Err(e) => Wire::ReadFailed(std::io::Error::other(e.to_string())),
         };
@@ -739,7 +808,10 @@ fn exchange(
     loop {
         let wire = match read_line_bounded(&mut reader, &mut buf, MAX_LINE) {
             Ok(Some(line)) => Wire::Line(line),
-            Ok(None) => Wire::End,
+            Ok(None) => {
+                finished();
+                Wire::End
+            }
             Err(e) => Wire::ReadFailed(e),
         };
         let last = !matches!(wire, Wire::Line(_));

@@ -20,7 +20,8 @@ pub enum Behavior {
     Malformed,
     /// One good chunk, then half an event, then the connection closes.
     CutMidEvent,
-    /// One good chunk, then silence for this long.
+    /// One good chunk, then silence for this long, watching for the client to hang up: a
+    /// hang-up within that time counts in `FaultServer::closed`.
     Stall(Duration),
     /// Accept, read the request, then close without answering.
     Hangup,
@@ -28,12 +29,17 @@ pub enum Behavior {
     SlowHeaders(Duration),
     /// A non-streaming JSON answer (or this raw body, if not JSON).
     Json(&'static str),
+    /// Answers "Hello" as a stream with a Content-Length and keeps the connection open for
+    /// the next request, up to this many requests.
+    KeepAlive(usize),
 }
 
 pub struct FaultServer {
     pub url: String,
     pub connections: Arc<AtomicUsize>,
     pub bodies: Arc<Mutex<Vec<String>>>,
+    /// Connections the client closed while the server was stalling.
+    pub closed: Arc<AtomicUsize>,
 }
 
 fn chunk(content: &str, finish: Option<&str>) -> String {
@@ -62,7 +68,7 @@ fn read_request(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-fn serve(mut s: TcpStream, b: &Behavior) {
+fn serve(mut s: TcpStream, b: &Behavior, closed: &AtomicUsize) {
     let sse_head =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
     match b {
@@ -102,9 +108,42 @@ fn serve(mut s: TcpStream, b: &Behavior) {
             let _ = s.write_all(sse_head.as_bytes());
             let _ = s.write_all(chunk("Hello", None).as_bytes());
             let _ = s.flush();
-            std::thread::sleep(*d);
+            let until = std::time::Instant::now() + *d;
+            let mut buf = [0u8; 256];
+            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(_) => {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                }
+            }
         }
         Behavior::Hangup => {}
+        Behavior::KeepAlive(n) => {
+            for i in 0..*n {
+                if i > 0 && read_request(&mut s).is_empty() {
+                    break;
+                }
+                let body = format!("{}data: [DONE]\n\n", chunk("Hello", Some("stop")));
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = s.flush();
+            }
+        }
         Behavior::Json(body) => {
             let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
@@ -122,17 +161,22 @@ impl FaultServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let (c, bs) = (Arc::clone(&connections), Arc::clone(&bodies));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (c, bs, cl) = (
+            Arc::clone(&connections),
+            Arc::clone(&bodies),
+            Arc::clone(&closed),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
                 let i = c.fetch_add(1, Ordering::SeqCst);
                 let b = script[i.min(script.len() - 1)].clone();
-                let (bs, b) = (Arc::clone(&bs), b);
+                let (bs, cl, b) = (Arc::clone(&bs), Arc::clone(&cl), b);
                 std::thread::spawn(move || {
                     let body = read_request(&mut s);
                     bs.lock().unwrap().push(body);
-                    serve(s, &b);
+                    serve(s, &b, &cl);
                 });
             }
         });
@@ -140,7 +184,17 @@ impl FaultServer {
             url,
             connections,
             bodies,
+            closed,
         }
+    }
+
+    /// Waits (polling, up to `limit`) until the client has closed `n` stalled connections.
+    pub fn wait_closed(&self, n: usize, limit: Duration) -> usize {
+        let end = std::time::Instant::now() + limit;
+        while self.closed.load(Ordering::SeqCst) < n && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {

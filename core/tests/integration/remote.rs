@@ -248,3 +248,68 @@ fn non_streaming_answers_and_their_faults() {
     let err = ask(&e).0.unwrap_err();
     assert!(err.to_string().contains("not JSON"), "{err}");
 }
+
+/// After a cancel or a chunk-gap timeout the exchange lets go of its socket at once, not when
+/// the total timeout (120 s here) would end the read. Shown by the server seeing the hang-up
+/// while it still stalls; the 30 s limit only keeps a broken build from hanging the suite.
+#[test]
+fn cancel_and_chunk_gap_release_the_socket() {
+    let config = |s: &FaultServer| RemoteConfig {
+        base_url: s.url.clone(),
+        model: "remote-model".into(),
+        max_retries: 0,
+        chunk_gap_timeout_s: 0.5,
+        total_timeout_s: 120.0,
+        deadline_s: 90.0,
+        ..RemoteConfig::default()
+    };
+    // Cancelled by the caller after the first piece of text.
+    let s = FaultServer::start(vec![Behavior::Stall(Duration::from_secs(60))]);
+    let e = RemoteEngine::new(&config(&s)).unwrap();
+    let cancel = AtomicBool::new(false);
+    let out = e
+        .generate(&ChatRequest::user("hi"), &cancel, &mut |_| {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed)
+        })
+        .unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Cancelled);
+    assert_eq!(s.wait_closed(1, Duration::from_secs(30)), 1, "cancel");
+
+    // The chunk gap times out.
+    let s = FaultServer::start(vec![Behavior::Stall(Duration::from_secs(60))]);
+    let (r, _) = ask(&RemoteEngine::new(&config(&s)).unwrap());
+    assert!(r.unwrap_err().to_string().contains("chunk gap"));
+    assert_eq!(s.wait_closed(1, Duration::from_secs(30)), 1, "chunk gap");
+}
+
+/// A finished exchange leaves its connection for the next request (keep-alive survives the
+/// per-exchange agents).
+#[test]
+fn consecutive_requests_work_after_cancels() {
+    let s = FaultServer::start(vec![
+        Behavior::Stall(Duration::from_secs(60)),
+        ok_stream(Some((3, 3))),
+    ]);
+    let e = engine(&s, 0);
+    let cancel = AtomicBool::new(false);
+    let out = e
+        .generate(&ChatRequest::user("hi"), &cancel, &mut |_| {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed)
+        })
+        .unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Cancelled);
+    let (r, streamed) = ask(&e);
+    assert_eq!(r.unwrap().text, "Hello world");
+    assert_eq!(streamed, "Hello world");
+}
+
+/// Exchanges that end cleanly leave their keep-alive connection for the next request.
+#[test]
+fn finished_exchanges_keep_their_connection() {
+    let s = FaultServer::start(vec![Behavior::KeepAlive(10)]);
+    let e = engine(&s, 0);
+    for _ in 0..3 {
+        assert_eq!(ask(&e).0.unwrap().text, "Hello");
+    }
+    assert_eq!(s.count(), 1, "one connection for three requests");
+}
