@@ -1,4 +1,5 @@
-// The Android library module: the hand-written SDK (src/main/kotlin), the UniFFI bindings
+// The Android library module: the hand-written SDK (src/main/kotlin; src/main/kotlin-android
+// for what needs android.jar, such as AndroidDeviceMonitor), the UniFFI bindings
 // generated from the native library (src/main/kotlin-generated, by scripts/build-kotlin-jvm.sh
 // or scripts/build-android.sh), and libedgecascade_ffi.so per ABI (src/main/jniLibs, by
 // scripts/build-android.sh). Not built on our CI: no Android SDK or NDK there (README).
@@ -14,7 +15,7 @@ android {
         minSdk = 26 // keep equal to scripts/build-android.sh's --platform
         consumerProguardFiles("consumer-rules.pro")
     }
-    sourceSets["main"].java.srcDirs("src/main/kotlin", "src/main/kotlin-generated")
+    sourceSets["main"].java.srcDirs("src/main/kotlin", "src/main/kotlin-android", "src/main/kotlin-generated")
     sourceSets["main"].jniLibs.srcDirs("src/main/jniLibs")
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17

@@ -47,6 +47,10 @@ pub enum EdgeCascadeError {
     /// The runtime is closed.
     #[error("{0}")]
     Closed(String),
+    /// The device's state forbids the request now (private work in the background with the
+    /// local model on a GPU).
+    #[error("{0}")]
+    DeviceState(String),
     /// A bug: a panic inside the runtime or a callback.
     #[error("{0}")]
     Internal(String),
@@ -67,6 +71,7 @@ impl From<core::Error> for EdgeCascadeError {
             K::BudgetExhausted => Self::BudgetExhausted(m),
             K::Cancelled => Self::Cancelled(m),
             K::Closed => Self::Closed(m),
+            K::DeviceState => Self::DeviceState(m),
             K::Internal => Self::Internal(m),
         }
     }
@@ -160,6 +165,16 @@ impl Runtime {
     /// Requests ended so far, by outcome, and those in flight.
     pub fn stats(&self) -> core::RuntimeStats {
         self.0.stats()
+    }
+
+    /// Tells the router about the device (heat, battery, network, background).
+    pub fn set_device_state(&self, state: core::DeviceState) {
+        self.0.set_device_state(state);
+    }
+
+    /// The device state last reported.
+    pub fn device_state(&self) -> core::DeviceState {
+        self.0.device_state()
     }
 
     /// Frees KV caches and idle contexts (the model stays mapped): for memory warnings.

@@ -22,6 +22,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// When to escalate.
     pub cascade: CascadeConfig,
+    /// How the device's state (heat, battery, network, background) moves routing.
+    pub device: DeviceConfig,
     /// Remote spend caps.
     pub budget: BudgetConfig,
     /// Prices per tier.
@@ -260,6 +262,33 @@ impl Default for CascadeConfig {
     }
 }
 
+/// The `[device]` section: how the state an app reports through `Runtime::set_device_state`
+/// moves routing. Offline keeps everything local and the background sends work to the remote
+/// tier whatever these say; the shifts move `[cascade] threshold` in the signal's own units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct DeviceConfig {
+    /// Serious or critical heat, low-power mode or a low battery: move the threshold this far
+    /// towards escalating (0 turns it off).
+    pub hot_threshold_shift: f64,
+    /// A metered network: move the threshold this far towards keeping the local answer (0 turns
+    /// it off).
+    pub metered_threshold_shift: f64,
+    /// A battery at or below this charge (0 to 1), not charging, counts as low power.
+    pub low_battery: f64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            hot_threshold_shift: 0.15,
+            metered_threshold_shift: 0.15,
+            low_battery: 0.15,
+        }
+    }
+}
+
 /// The `[budget]` section: remote spend caps in USD.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -402,6 +431,13 @@ impl Config {
         ];
         let c = &self.cascade;
         amounts.push(("cascade.mid_stream_floor", Some(c.mid_stream_floor)));
+        let d = &self.device;
+        amounts.push(("device.hot_threshold_shift", Some(d.hot_threshold_shift)));
+        amounts.push((
+            "device.metered_threshold_shift",
+            Some(d.metered_threshold_shift),
+        ));
+        amounts.push(("device.low_battery", Some(d.low_battery)));
         for (name, v) in amounts {
             if let Some(v) = v {
                 if !v.is_finite() || v < 0.0 {
@@ -415,6 +451,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "cascade.threshold must be a finite number, got {}",
                 c.threshold
+            )));
+        }
+        if d.low_battery > 1.0 {
+            return Err(ConfigError::Invalid(format!(
+                "device.low_battery is a fraction of a charge (0 to 1), got {}",
+                d.low_battery
             )));
         }
         if c.mid_stream_floor > 1.0 {
@@ -511,6 +553,9 @@ store_prompts = false
             ("[cascade]\nthreshold = nan", "cascade.threshold"),
             ("[cascade]\nmid_stream_floor = -1.0", "cascade.mid_stream_floor"),
             ("[cascade]\nmid_stream_floor = 2.0", "cascade.mid_stream_floor"),
+            ("[device]\nhot_threshold_shift = -0.1", "device.hot_threshold_shift"),
+            ("[device]\nmetered_threshold_shift = nan", "device.metered_threshold_shift"),
+            ("[device]\nlow_battery = 1.5", "device.low_battery"),
             ("[prices]\nlocal_watts = inf", "prices.local_watts"),
             (
                 "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\ntotal_timeout_s = inf",

@@ -108,6 +108,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The runtime is closed.
     Closed,
+    /// The device's state forbids the request now: private work in the background with the
+    /// local model on a GPU. Retry when the app is in the foreground.
+    DeviceState,
     /// A bug: a panic inside the runtime or a callback, or llama.cpp failing mid-decode.
     Internal,
 }
@@ -126,6 +129,7 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted => "budget_exhausted",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Closed => "closed",
+            ErrorKind::DeviceState => "device_state",
             ErrorKind::Internal => "internal",
         }
     }
@@ -159,6 +163,12 @@ pub enum Error {
     /// The runtime was closed.
     #[error("the runtime is closed")]
     Closed,
+    /// The request needs the remote tier and the app reported the device offline.
+    #[error("the device is offline and the request needs the remote tier")]
+    Offline,
+    /// The device's state forbids the request now.
+    #[error("{0}")]
+    DeviceState(String),
     /// The cost ledger could not be read or written.
     #[error("cost ledger: {0}")]
     Ledger(String),
@@ -199,6 +209,8 @@ impl Error {
             },
             Error::BudgetExhausted(_) => ErrorKind::BudgetExhausted,
             Error::Closed => ErrorKind::Closed,
+            Error::Offline => ErrorKind::RemoteUnavailable,
+            Error::DeviceState(_) => ErrorKind::DeviceState,
             Error::Ledger(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -27,10 +27,10 @@ use crate::cost::{self, CostRecord, CostReport, Ledger};
 use crate::engine::local::{confidence, LocalEngine, LocalOutput, ModelInfo, TokenSignal};
 use crate::engine::remote::{RemoteEngine, RemoteOutput};
 use crate::error::{ConfigError, Error, LocalError, Result};
-use crate::policy::{self, Cascade, Plan, RouteInput};
+use crate::policy::{self, Cascade, Plan, RouteInput, Verdict};
 use crate::types::{
-    ChatRequest, Cost, Event, EventSink, FinishReason, PolicyOverride, Reason, Response, Route,
-    Tier, Timings, TokenUsage, Usage,
+    ChatRequest, Cost, DeviceState, Event, EventSink, FinishReason, Network, PolicyOverride,
+    Reason, Response, Route, Tier, Timings, TokenUsage, Usage,
 };
 
 pub use lifecycle::GenerationHandle;
@@ -49,6 +49,8 @@ pub struct Runtime {
     lifecycle: Arc<Lifecycle>,
     next_id: AtomicU64,
     stats: Stats,
+    /// What the app last reported about the device; each request reads it once, at routing.
+    device: RwLock<DeviceState>,
 }
 
 /// Counts of requests by how they ended.
@@ -165,6 +167,8 @@ struct Routed {
     remote_max_tokens: u32,
     /// The worst-case remote cost at that cap, in USD: what a reservation holds.
     worst_usd: f64,
+    /// The device state the request was routed with.
+    device: DeviceState,
 }
 
 /// Streams text to the sink and notes when the first token arrived. With a held draft
@@ -271,6 +275,7 @@ impl Runtime {
             lifecycle: Arc::new(Lifecycle::default()),
             next_id: AtomicU64::new(0),
             stats: Stats::default(),
+            device: RwLock::new(DeviceState::default()),
         })
     }
 
@@ -332,6 +337,25 @@ impl Runtime {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = Some(Arc::new(engine));
         Ok(info)
+    }
+
+    /// Tells the router about the device: offline keeps everything local, the background sends
+    /// work to the remote tier (and refuses private work when the local model runs on a GPU),
+    /// heat and low power escalate more readily, a metered network less (`[device]`). Requests
+    /// already routed keep the state they started with.
+    pub fn set_device_state(&self, state: DeviceState) {
+        *self
+            .device
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    /// The device state last reported (the default until an app reports one).
+    pub fn device_state(&self) -> DeviceState {
+        *self
+            .device
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Drops the local tier's KV caches and idle contexts (the model stays mapped), for the
@@ -570,11 +594,14 @@ impl Runtime {
             } else {
                 None
             };
+        let device = self.device_state();
         let decision = policy::route(&RouteInput {
             policy: req.policy,
             private: req.private,
             remote_configured: self.remote.is_some(),
             local_available: local.is_some(),
+            offline: device.network == Network::None,
+            background: device.background,
             remote_unavailable: unavailable.as_deref(),
             budget_refusal: refusal.as_deref(),
             overflow,
@@ -587,11 +614,26 @@ impl Runtime {
                 .map_or("", |m| m.content.as_str()),
             rules: &self.config.router,
         });
+        // No GPU work in the background (iOS kills an app for it): what must stay local is
+        // refused when the local model runs on a GPU.
+        if device.background
+            && decision.plan != Plan::Remote
+            && local.is_some_and(LocalTier::uses_gpu)
+        {
+            return Err(Failed::new(
+                Error::DeviceState(format!(
+                    "the app is in the background and the local model runs on the GPU, which the background forbids; the request stays on the device ({}), so it cannot run now",
+                    decision.reason
+                )),
+                decision.reason,
+            ));
+        }
         Ok(Routed {
             decision,
             overflow,
             remote_max_tokens,
             worst_usd,
+            device,
         })
     }
 
@@ -691,6 +733,9 @@ impl Runtime {
                 reason,
             ));
         };
+        if routed.device.network == Network::None {
+            return Err(Failed::new(Error::Offline, reason));
+        }
         remote
             .check_available()
             .map_err(|e| Failed::new(e, reason))?;
@@ -766,29 +811,28 @@ impl Runtime {
             ));
         }
         let cut_short = mid.is_some();
-        let escalation = if let Some(m) = mid {
-            Some((Reason::MidStreamLowConfidence, m))
+        let verdict = if let Some(m) = mid {
+            Verdict::Escalate(Reason::MidStreamLowConfidence, m)
         } else {
-            self.cascade
-                .after(&policy::Evidence {
+            let shift = policy::Shift::of(&routed.device, &self.config.device);
+            self.cascade.decide(
+                &policy::Evidence {
                     messages: &req.messages,
                     hint: req.task_hint,
                     prompt_tokens: draft.prompt_tokens,
                     signals: &draft.signals,
                     text: &draft.text,
                     finish: draft.finish_reason,
-                })
-                .map(|d| (Reason::LowConfidence, d))
+                },
+                &shift,
+            )
         };
-        let Some((reason, detail)) = escalation else {
-            stream.release();
-            let detail = "local confidence is above the threshold".into();
-            return Ok(settle(
-                Route::Local,
-                Reason::Accepted,
-                detail,
-                with_draft(draft),
-            ));
+        let (reason, detail) = match verdict {
+            Verdict::Escalate(reason, detail) => (reason, detail),
+            Verdict::Accept(reason, detail) => {
+                stream.release();
+                return Ok(settle(Route::Local, reason, detail, with_draft(draft)));
+            }
         };
         let escalation = Escalation {
             reason,

@@ -348,6 +348,19 @@ pub enum Reason {
     Rule,
     /// The caller cancelled before the cascade could decide.
     Cancelled,
+    /// The device has no network: everything stays local.
+    Offline,
+    /// The app is in the background: the request went to the remote tier rather than run the
+    /// local model (no GPU work in the background, as iOS requires).
+    Background,
+    /// The device is hot (serious or critical): the cascade escalated an answer it would
+    /// otherwise have kept.
+    Thermal,
+    /// Low-power mode or a low battery: the cascade escalated an answer it would otherwise
+    /// have kept.
+    LowPower,
+    /// A metered network: the cascade kept an answer it would otherwise have escalated.
+    Metered,
 }
 
 impl Reason {
@@ -366,6 +379,11 @@ impl Reason {
             Reason::ContextTooLong => "context_too_long",
             Reason::Rule => "rule",
             Reason::Cancelled => "cancelled",
+            Reason::Offline => "offline",
+            Reason::Background => "background",
+            Reason::Thermal => "thermal",
+            Reason::LowPower => "low_power",
+            Reason::Metered => "metered",
         }
     }
 }
@@ -374,6 +392,61 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// How hot the device is, in the platforms' own four steps (iOS `ProcessInfo.ThermalState`;
+/// Android's `PowerManager` thermal status maps onto them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum Thermal {
+    /// Normal.
+    #[default]
+    Nominal,
+    /// Slightly elevated.
+    Fair,
+    /// High: the system is throttling; the cascade escalates more readily.
+    Serious,
+    /// Very high: the cascade escalates more readily.
+    Critical,
+}
+
+/// The network the device is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum Network {
+    /// Unmetered (Wi-Fi, Ethernet), or not known.
+    #[default]
+    Unmetered,
+    /// Metered (cellular, a hotspot): the cascade escalates less readily.
+    Metered,
+    /// No network: everything stays local.
+    None,
+}
+
+/// What the app reports about the device, through `Runtime::set_device_state`. The default is
+/// a cool, plugged-in device in the foreground on an unmetered network: no effect on routing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct DeviceState {
+    /// How hot the device is.
+    pub thermal: Thermal,
+    /// Battery charge, 0 to 1; `None` when unknown or on mains power.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub battery: Option<f64>,
+    /// The battery is charging.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub charging: bool,
+    /// The system's low-power (battery saver) mode is on.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub low_power: bool,
+    /// The network.
+    pub network: Network,
+    /// The app is in the background.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub background: bool,
 }
 
 /// Cost of one response in USD.

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod calibrated;
+pub mod device;
 #[cfg(feature = "eval")]
 mod fit;
 
@@ -11,6 +12,7 @@ use crate::engine::local::TokenSignal;
 use crate::types::{Confidence, PolicyOverride, Reason};
 
 pub use calibrated::{CalibratedModel, Evidence};
+pub use device::Shift;
 
 /// Where a request goes before generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +30,8 @@ pub enum Plan {
 pub struct Decision {
     /// Where to go.
     pub plan: Plan,
-    /// Stable code: private, forced, no_remote, no_local_model, remote_unavailable,
-    /// budget_exhausted, context_too_long or rule. For `Plan::Cascade` it is provisional: the
+    /// Stable code: private, forced, no_remote, offline, no_local_model, remote_unavailable,
+    /// budget_exhausted, context_too_long, background or rule. For `Plan::Cascade` it is provisional: the
     /// cascade's outcome (accepted, low_confidence, ...) replaces it.
     pub reason: Reason,
     /// The same in prose.
@@ -47,6 +49,10 @@ pub struct RouteInput<'a> {
     pub remote_configured: bool,
     /// A local model is loaded.
     pub local_available: bool,
+    /// The device has no network.
+    pub offline: bool,
+    /// The app is in the background.
+    pub background: bool,
     /// Why the remote tier cannot be used now (breaker open), if so.
     pub remote_unavailable: Option<&'a str>,
     /// Why the budget refuses the worst case, if so.
@@ -89,6 +95,22 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
             "no remote tier is configured".into(),
         );
     }
+    // Offline, a request that can only go remote fails there with remote_unavailable.
+    if i.offline {
+        return if i.policy == PolicyOverride::ForceRemote || !i.local_available {
+            d(
+                Plan::Remote,
+                Reason::Offline,
+                "the device is offline and the request needs the remote tier".into(),
+            )
+        } else {
+            d(
+                Plan::Local,
+                Reason::Offline,
+                "the device is offline: the local model answers".into(),
+            )
+        };
+    }
     // A forced remote request goes remote or fails: the runtime checks the breaker and the
     // budget and returns an error rather than a silent local answer.
     if i.policy == PolicyOverride::ForceRemote {
@@ -120,6 +142,13 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
             Plan::Remote,
             Reason::ContextTooLong,
             format!("prompt of {prompt} tokens does not fit the local context of {n_ctx}"),
+        );
+    }
+    if i.background {
+        return d(
+            Plan::Remote,
+            Reason::Background,
+            "the app is in the background: the remote tier answers, sparing the device".into(),
         );
     }
     let plan = |t: RouteTarget| match t {
@@ -233,6 +262,15 @@ pub struct Cascade {
     min_tokens: u32,
 }
 
+/// The cascade's decision after the local answer, with its reason and detail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Keep the local answer (accepted, or metered when only the shift kept it).
+    Accept(Reason, String),
+    /// Escalate (low_confidence, or thermal / low_power when only the shift escalated it).
+    Escalate(Reason, String),
+}
+
 /// Tokens in the rolling window of the mid-stream check.
 const WINDOW: usize = 8;
 
@@ -292,17 +330,53 @@ impl Cascade {
 
     /// After the local answer: `Some(detail)` to escalate.
     pub fn after(&self, e: &Evidence<'_>) -> Option<String> {
+        match self.decide(e, &Shift::NONE) {
+            Verdict::Escalate(_, detail) => Some(detail),
+            Verdict::Accept(..) => None,
+        }
+    }
+
+    /// After the local answer, with the threshold moved by the device's state. The reason is
+    /// the device's (thermal, low_power, metered) when the shift changed the outcome.
+    pub fn decide(&self, e: &Evidence<'_>, shift: &Shift) -> Verdict {
         if e.signals.is_empty() || e.text.trim().is_empty() {
-            return Some("the local answer is empty".into());
+            return Verdict::Escalate(Reason::LowConfidence, "the local answer is empty".into());
         }
         let v = self.score(e);
-        (v.is_nan() || self.signal.unsure(v, self.threshold)).then(|| {
+        // Towards escalating: up for the signals that escalate below, down for entropy.
+        let toward = if self.signal == Signal::MeanEntropy {
+            -1.0
+        } else {
+            1.0
+        };
+        let threshold = self.threshold + toward * shift.net();
+        let plain = v.is_nan() || self.signal.unsure(v, self.threshold);
+        let shifted = v.is_nan() || self.signal.unsure(v, threshold);
+        let name = self.signal.name();
+        let reason = |own| match shift.reason() {
+            Some(r) if plain != shifted => r,
+            _ => own,
+        };
+        let moved = if threshold == self.threshold {
+            String::new()
+        } else {
             format!(
-                "{} {v:.3} is past the threshold {}",
-                self.signal.name(),
+                " ({} moved it from {})",
+                shift.reason().map_or("", |r| r.as_str()),
                 self.threshold
             )
-        })
+        };
+        if shifted {
+            Verdict::Escalate(
+                reason(Reason::LowConfidence),
+                format!("{name} {v:.3} is past the threshold {threshold:.3}{moved}"),
+            )
+        } else {
+            Verdict::Accept(
+                reason(Reason::Accepted),
+                format!("{name} {v:.3} clears the threshold {threshold:.3}{moved}"),
+            )
+        }
     }
 
     /// During the local answer, after each token: `Some(detail)` to stop and escalate now, when
@@ -343,6 +417,8 @@ mod tests {
             private: false,
             remote_configured: true,
             local_available: true,
+            offline: false,
+            background: false,
             remote_unavailable: None,
             budget_refusal: None,
             overflow: None,
@@ -524,6 +600,139 @@ mod tests {
             .plan,
             Plan::Local
         );
+    }
+
+    #[test]
+    fn offline_and_background_route_with_their_own_reasons() {
+        let r = route(&RouteInput {
+            offline: true,
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Local, Reason::Offline));
+        // Offline beats rules, overflows and a background app: nothing can go remote.
+        let r = route(&RouteInput {
+            offline: true,
+            background: true,
+            overflow: Some((5000, 4096)),
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Local, Reason::Offline));
+        // A request that can only go remote goes there, to fail with remote_unavailable.
+        for i in [
+            RouteInput {
+                offline: true,
+                local_available: false,
+                ..input()
+            },
+            RouteInput {
+                offline: true,
+                policy: PolicyOverride::ForceRemote,
+                ..input()
+            },
+        ] {
+            assert_eq!(
+                (route(&i).plan, route(&i).reason),
+                (Plan::Remote, Reason::Offline)
+            );
+        }
+        // Private and forced-local requests stay private and forced, offline or not.
+        let r = route(&RouteInput {
+            offline: true,
+            private: true,
+            ..input()
+        });
+        assert_eq!(r.reason, Reason::Private);
+        let r = route(&RouteInput {
+            background: true,
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Remote, Reason::Background));
+        // In the background a private request stays local (the runtime refuses it when the
+        // local model runs on a GPU), and so does one the remote tier cannot take.
+        let r = route(&RouteInput {
+            background: true,
+            private: true,
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Local, Reason::Private));
+        let r = route(&RouteInput {
+            background: true,
+            budget_refusal: Some("daily cap"),
+            ..input()
+        });
+        assert_eq!((r.plan, r.reason), (Plan::Local, Reason::BudgetExhausted));
+    }
+
+    #[test]
+    fn device_shifts_move_the_threshold_and_name_themselves() {
+        use crate::types::{DeviceState, Network, Thermal};
+        let signals = [TokenSignal {
+            logprob: -0.5,
+            entropy: 1.5,
+            margin: 0.2,
+            top_logprob: -0.5,
+        }; 10];
+        let messages = [crate::types::ChatMessage::user("hi")];
+        let e = Evidence {
+            messages: &messages,
+            hint: None,
+            prompt_tokens: 5,
+            signals: &signals,
+            text: "hello",
+            finish: crate::types::FinishReason::Stop,
+        };
+        let cascade = |signal, threshold| {
+            Cascade::new(&CascadeConfig {
+                signal,
+                threshold,
+                ..CascadeConfig::default()
+            })
+            .unwrap()
+        };
+        let cfg = crate::config::DeviceConfig::default();
+        let hot = Shift::of(
+            &DeviceState {
+                thermal: Thermal::Serious,
+                ..DeviceState::default()
+            },
+            &cfg,
+        );
+        let metered = Shift::of(
+            &DeviceState {
+                network: Network::Metered,
+                ..DeviceState::default()
+            },
+            &cfg,
+        );
+        let reason = |v: Verdict| match v {
+            Verdict::Accept(r, _) => ("accept", r),
+            Verdict::Escalate(r, _) => ("escalate", r),
+        };
+        // Mean logprob -0.5 against -0.6: kept; heat moves the threshold to -0.45: escalated,
+        // and the reason says heat did it.
+        let c = cascade(Signal::MeanLogprob, -0.6);
+        assert_eq!(
+            reason(c.decide(&e, &Shift::NONE)),
+            ("accept", Reason::Accepted)
+        );
+        assert_eq!(reason(c.decide(&e, &hot)), ("escalate", Reason::Thermal));
+        // Far past the threshold the shift changes nothing, and the reason stays the signal's.
+        let c = cascade(Signal::MeanLogprob, -2.0);
+        assert_eq!(reason(c.decide(&e, &hot)), ("accept", Reason::Accepted));
+        // Metered: -0.5 against -0.4 escalates; shifted to -0.55 it is kept, for metered.
+        let c = cascade(Signal::MeanLogprob, -0.4);
+        assert_eq!(
+            reason(c.decide(&e, &Shift::NONE)),
+            ("escalate", Reason::LowConfidence)
+        );
+        assert_eq!(reason(c.decide(&e, &metered)), ("accept", Reason::Metered));
+        // Entropy escalates above its threshold, so heat moves it down: 1.5 against 1.6.
+        let c = cascade(Signal::MeanEntropy, 1.6);
+        assert_eq!(
+            reason(c.decide(&e, &Shift::NONE)),
+            ("accept", Reason::Accepted)
+        );
+        assert_eq!(reason(c.decide(&e, &hot)), ("escalate", Reason::Thermal));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::types::{ChatMessage, Event, FinishReason, NullSink};
 /// A local tier that "generates" a fixed list of tokens, each with a given probability.
 struct ScriptedLocal {
     tokens: Vec<(&'static str, f32)>,
+    /// Claims to run on a GPU.
+    gpu: bool,
     /// Keep generating the last token until cancelled (for cancel and close tests).
     endless: bool,
     generated: AtomicU32,
@@ -23,6 +25,7 @@ impl ScriptedLocal {
     fn new(tokens: &[(&'static str, f32)]) -> Arc<Self> {
         Arc::new(Self {
             tokens: tokens.to_vec(),
+            gpu: false,
             endless: false,
             generated: AtomicU32::new(0),
         })
@@ -30,6 +33,7 @@ impl ScriptedLocal {
     fn endless() -> Arc<Self> {
         Arc::new(Self {
             tokens: vec![("la ", 0.9)],
+            gpu: false,
             endless: true,
             generated: AtomicU32::new(0),
         })
@@ -142,6 +146,9 @@ impl LocalTier for ScriptedLocal {
     fn trim(&self) {}
     fn info(&self) -> Option<&crate::engine::local::ModelInfo> {
         None
+    }
+    fn uses_gpu(&self) -> bool {
+        self.gpu
     }
     fn engine(self: Arc<Self>) -> Option<Arc<crate::engine::local::LocalEngine>> {
         None
@@ -699,4 +706,152 @@ fn many_threads_with_cancels_and_drops_all_resolve() {
     // Every request ended once: answered, or refused as closed if its thread had not yet
     // been admitted when close() ran.
     assert_eq!((s.finished + s.failed, s.in_flight), (160, 0), "{s:?}");
+}
+
+/// Borderline: mean logprob about -0.36, kept at the default threshold moved to -0.4.
+const BORDERLINE: &[(&str, f32)] = &[("It ", 0.7), ("is ", 0.7), ("Paris.", 0.7)];
+
+#[test]
+fn device_state_moves_routes_with_its_own_reasons() {
+    use crate::types::{DeviceState, Network, Thermal};
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let mut cfg = config(None, BudgetConfig::default());
+    cfg.cascade.threshold = -0.4;
+    cfg.device.hot_threshold_shift = 0.1;
+    cfg.device.metered_threshold_shift = 0.5;
+    let rt = runtime(
+        cfg,
+        Some(ScriptedLocal::new(BORDERLINE)),
+        Some(Arc::clone(&remote)),
+    );
+    let route = |state: DeviceState, req: &ChatRequest| {
+        rt.set_device_state(state);
+        assert_eq!(rt.device_state(), state);
+        let events = Events::default();
+        let r = rt.chat(req, &events);
+        events.assert_one_terminal();
+        r
+    };
+    let got = |r: Result<Response>| {
+        let r = r.unwrap();
+        (r.route, r.reason)
+    };
+    let plain = DeviceState::default();
+    assert_eq!(got(route(plain, &ask())), (Route::Local, Reason::Accepted));
+    // Heat and low power move the threshold to -0.3: the borderline answer escalates.
+    let hot = DeviceState {
+        thermal: Thermal::Serious,
+        ..plain
+    };
+    assert_eq!(got(route(hot, &ask())), (Route::Escalated, Reason::Thermal));
+    let saver = DeviceState {
+        low_power: true,
+        ..plain
+    };
+    assert_eq!(
+        got(route(saver, &ask())),
+        (Route::Escalated, Reason::LowPower)
+    );
+    // Background: straight to the remote tier, no local draft.
+    let calls = remote.calls.load(Ordering::SeqCst);
+    let background = DeviceState {
+        background: true,
+        ..plain
+    };
+    assert_eq!(
+        got(route(background, &ask())),
+        (Route::Remote, Reason::Background)
+    );
+    assert_eq!(remote.calls.load(Ordering::SeqCst), calls + 1);
+    // Offline: local, and a forced-remote request fails as remote_unavailable without a call.
+    let offline = DeviceState {
+        network: Network::None,
+        thermal: Thermal::Critical,
+        ..plain
+    };
+    assert_eq!(got(route(offline, &ask())), (Route::Local, Reason::Offline));
+    let forced = ChatRequest {
+        policy: PolicyOverride::ForceRemote,
+        ..ask()
+    };
+    let e = route(offline, &forced).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RemoteUnavailable, "{e}");
+    assert!(e.to_string().contains("offline"), "{e}");
+    assert_eq!(
+        remote.calls.load(Ordering::SeqCst),
+        calls + 1,
+        "no remote call offline"
+    );
+    // A metered network keeps an answer that would escalate: mean logprob ln 0.3 = -1.2
+    // against -1.0, moved to -1.5 by the shift; the reason says metered.
+    let rt2 = runtime(
+        {
+            let mut c = config(None, BudgetConfig::default());
+            c.cascade.threshold = -1.0;
+            c.device.metered_threshold_shift = 0.5;
+            c
+        },
+        Some(ScriptedLocal::new(&[("Maybe ", 0.3), ("Lyon.", 0.3)])),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let r = rt2.chat(&ask(), &NullSink).unwrap();
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::Escalated, Reason::LowConfidence)
+    );
+    rt2.set_device_state(DeviceState {
+        network: Network::Metered,
+        ..plain
+    });
+    let r = rt2.chat(&ask(), &NullSink).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Local, Reason::Metered));
+}
+
+#[test]
+fn private_work_in_the_background_is_refused_only_on_a_gpu() {
+    use crate::types::DeviceState;
+    let background = DeviceState {
+        background: true,
+        ..DeviceState::default()
+    };
+    let private = ChatRequest {
+        private: true,
+        ..ask()
+    };
+    // On the CPU a private request runs locally in the background.
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    rt.set_device_state(background);
+    let r = rt.chat(&private, &NullSink).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Local, Reason::Private));
+    // On a GPU it is refused with device_state, and recorded as failed.
+    let gpu = Arc::new(ScriptedLocal {
+        gpu: true,
+        ..Arc::into_inner(ScriptedLocal::new(SURE)).unwrap()
+    });
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(Arc::clone(&gpu)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    rt.set_device_state(background);
+    let events = Events::default();
+    let e = rt.chat(&private, &events).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeviceState, "{e}");
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+    assert_eq!(
+        gpu.generated.load(Ordering::SeqCst),
+        0,
+        "the GPU was not touched"
+    );
+    // A shared request goes remote instead; back in the foreground the private one runs.
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Remote, Reason::Background));
+    rt.set_device_state(DeviceState::default());
+    let r = rt.chat(&private, &NullSink).unwrap();
+    assert_eq!(r.route, Route::Local);
+    assert_eq!(rt.stats().failed, 1);
 }

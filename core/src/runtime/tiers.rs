@@ -38,6 +38,10 @@ pub(crate) trait LocalTier: Send + Sync {
     fn trim(&self);
     /// Facts about the model, when it is a real one.
     fn info(&self) -> Option<&ModelInfo>;
+    /// The model runs (in part) on a GPU.
+    fn uses_gpu(&self) -> bool {
+        self.info().is_some_and(|i| i.gpu_offload)
+    }
     /// The real engine behind the tier, if it is one.
     fn engine(self: Arc<Self>) -> Option<Arc<LocalEngine>>;
 }

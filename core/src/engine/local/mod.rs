@@ -118,6 +118,8 @@ pub struct ModelInfo {
     pub chat_template: String,
     /// Milliseconds the load took.
     pub load_ms: f64,
+    /// Layers are offloaded to a GPU (`n_gpu_layers` > 0 in a build with a GPU backend).
+    pub gpu_offload: bool,
 }
 
 /// The on-device model. `Send + Sync`: concurrent requests share the weights and are served by
@@ -223,6 +225,7 @@ impl LocalEngine {
             threads_batch,
             chat_template: template_source,
             load_ms,
+            gpu_offload: cfg.n_gpu_layers > 0 && backend.supports_gpu_offload(),
         };
         let mut cfg = cfg.clone();
         cfg.n_ctx = Some(n_ctx);

@@ -208,6 +208,23 @@ class EdgeCascade(
         return runtime.stats()
     }
 
+    /**
+     * Tells the router about the device: heat, battery, network, background (see
+     * [DeviceState]). Requests already under way keep the state they started with. An
+     * [AndroidDeviceMonitor] keeps it current on Android.
+     */
+    fun setDeviceState(state: DeviceState) {
+        checkOpen()
+        runtime.setDeviceState(state.toFfi())
+    }
+
+    /** The device state last reported. */
+    val deviceState: DeviceState
+        get() {
+            checkOpen()
+            return runtime.deviceState().toSdk()
+        }
+
     /** Frees caches and idle contexts; call it on the platform's memory warnings. */
     fun trimMemory() {
         if (!closed.get()) runtime.trimMemory()

@@ -2,7 +2,9 @@
 // adds (suspend, Flow, cancellation on leaving a flow, errors as exceptions, close).
 package dev.edgecascade
 
+import com.sun.net.httpserver.HttpServer
 import java.io.File
+import java.net.InetSocketAddress
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertIs
@@ -123,5 +125,66 @@ class EdgeCascadeTest {
             val e = assertFailsWith<EdgeCascadeException> { ai.stream(long).toList() }
             assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.ContextOverflow>(e)
         }
+    }
+
+    /** A remote tier on 127.0.0.1 (the JDK's HTTP server) that streams one fixed answer. */
+    private fun remoteServer(): HttpServer {
+        val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+        server.createContext("/v1/chat/completions") { ex ->
+            ex.requestBody.readBytes()
+            val chunk = """{"choices":[{"index":0,"delta":{"content":"From the remote tier."},"finish_reason":"stop"}]}"""
+            val usage = """{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}"""
+            val body = "data: $chunk\n\ndata: $usage\n\ndata: [DONE]\n\n".toByteArray()
+            ex.responseHeaders.add("Content-Type", "text/event-stream")
+            ex.sendResponseHeaders(200, body.size.toLong())
+            ex.responseBody.use { it.write(body) }
+        }
+        server.start()
+        return server
+    }
+
+    @Test
+    fun deviceStateChangesTheRoute() = runBlocking<Unit> {
+        val server = remoteServer()
+        try {
+            val remote = RemoteEndpoint("http://127.0.0.1:${server.address.port}", "remote-model")
+            EdgeCascade(EdgeCascadeConfig(localModel = model, remote = remote)).use { ai ->
+                assertEquals(DeviceState(), ai.deviceState)
+                // In the background the remote tier answers; the device does no work.
+                ai.setDeviceState(DeviceState(background = true, battery = 0.8))
+                assertEquals(DeviceState(background = true, battery = 0.8), ai.deviceState)
+                val r = ai.complete(greedy("What is 2 + 2?"))
+                assertEquals(Route.REMOTE to Reason.BACKGROUND, r.route to r.reason)
+                assertEquals("From the remote tier.", r.text)
+                // A private request stays on the device, even in the background (CPU model).
+                val p = ai.complete(greedy("What is 2 + 2?").copy(private = true))
+                assertEquals(Route.LOCAL to Reason.PRIVATE, p.route to p.reason)
+                // Offline: the local model answers, and forcing the remote tier is an error.
+                ai.setDeviceState(DeviceState(network = Network.NONE))
+                val o = ai.complete(greedy("What is 2 + 2?"))
+                assertEquals(Route.LOCAL to Reason.OFFLINE, o.route to o.reason)
+                val e = assertFailsWith<EdgeCascadeException> {
+                    ai.complete(greedy("What is 2 + 2?").copy(policy = Policy.FORCE_REMOTE))
+                }
+                assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.RemoteUnavailable>(e)
+                assertTrue(e.message!!.contains("offline"), e.message)
+            }
+        } finally {
+            server.stop(0)
+        }
+    }
+
+    @Test
+    fun androidReadingsMapOntoDeviceState() {
+        assertEquals(
+            listOf(Thermal.NOMINAL, Thermal.FAIR, Thermal.SERIOUS, Thermal.CRITICAL, Thermal.CRITICAL),
+            listOf(0, 1, 2, 3, 6).map(DeviceState::thermalFromAndroid),
+        )
+        assertEquals(Network.NONE, DeviceState.network(connected = false, metered = true))
+        assertEquals(Network.METERED, DeviceState.network(connected = true, metered = true))
+        assertEquals(Network.UNMETERED, DeviceState.network(connected = true, metered = false))
+        assertEquals(0.5, DeviceState.batteryFraction(50, 100))
+        assertEquals(null, DeviceState.batteryFraction(-1, 100))
+        assertEquals(null, DeviceState.batteryFraction(50, 0))
     }
 }
