@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: installs what the build needs, fetches the test model(s), then runs the Rust unit
 # and integration tests (real models through real llama.cpp) in release mode, then the Kotlin
-# SDK's tests on the JVM and the Python bindings' tests against the same native library. llama.cpp is built
+# SDK's tests on the JVM and the Python bindings' tests against the same native library, and the
+# Swift SDK's checks against its generated bindings. llama.cpp is built
 # once, optimised, and shared by the tests and the binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +32,9 @@ if [ $# -eq 0 ]; then
   scripts/test-python.sh 2>&1 | tee -a "$log"
   python=${PIPESTATUS[0]}
   [ "$status" = 0 ] && status=$python
+  scripts/check-swift.sh 2>&1 | tee -a "$log"
+  swift=${PIPESTATUS[0]}
+  [ "$status" = 0 ] && status=$swift
 fi
 set -e
 # One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).

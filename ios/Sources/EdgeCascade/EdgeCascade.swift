@@ -1,0 +1,403 @@
+// The idiomatic Swift surface of EdgeCascade, the same shape as the Kotlin SDK. Hand-written;
+// the generated UniFFI bindings (module EdgeCascadeBindings) come from the native library
+// (scripts/build-xcframework.sh) and are never edited. No Swift toolchain runs on our CI:
+// scripts/check-swift.sh parses this file and checks every generated name it uses (README).
+import EdgeCascadeBindings
+import Foundation
+
+/// Where an answer came from: local, remote, escalated, degradedLocal.
+public typealias Route = EdgeCascadeBindings.Route
+/// The stable code for why a request took its route.
+public typealias Reason = EdgeCascadeBindings.Reason
+/// Which tier produced text.
+public typealias Tier = EdgeCascadeBindings.Tier
+/// Who wrote a message.
+public typealias Role = EdgeCascadeBindings.Role
+/// Why generation ended.
+public typealias FinishReason = EdgeCascadeBindings.FinishReason
+/// Force a tier, or let the router and cascade decide.
+public typealias Policy = EdgeCascadeBindings.PolicyOverride
+/// Cost of one answer in USD, and what it would have cost all-remote.
+public typealias Cost = EdgeCascadeBindings.Cost
+/// Timings of one answer.
+public typealias Timings = EdgeCascadeBindings.Timings
+/// The local model's confidence in its answer.
+public typealias Confidence = EdgeCascadeBindings.Confidence
+/// Requests ended so far, by outcome, and those in flight.
+public typealias RuntimeStats = EdgeCascadeBindings.RuntimeStats
+/// Every failure: the case is the stable kind, its message the human text.
+public typealias EdgeCascadeError = EdgeCascadeBindings.EdgeCascadeError
+
+/// An OpenAI-compatible endpoint for the remote tier.
+public struct RemoteEndpoint: Sendable, Equatable {
+    public var baseUrl: String
+    public var model: String
+    /// The API key; never logged.
+    public var apiKey: String?
+    /// Seconds an escalation may take, retries included.
+    public var deadlineSeconds: Double
+
+    public init(baseUrl: String, model: String, apiKey: String? = nil, deadlineSeconds: Double = 90) {
+        self.baseUrl = baseUrl
+        self.model = model
+        self.apiKey = apiKey
+        self.deadlineSeconds = deadlineSeconds
+    }
+}
+
+/// What the runtime runs with. `localModel` alone is enough for on-device answers; without it
+/// a `remote` endpoint answers everything until `setLocalModel` loads a model. `toml` starts
+/// from a desktop-style config file's text; the other fields override it.
+public struct EdgeCascadeConfig: Sendable, Equatable {
+    public var localModel: String?
+    public var remote: RemoteEndpoint?
+    /// Escalate when the local answer's mean token log-probability is below this.
+    public var cascadeThreshold: Double?
+    public var threads: Int?
+    public var contextSize: Int?
+    /// Requests served at once by the local model; more queue.
+    public var parallel: Int
+    /// Where cost records go (a JSONL file); none by default.
+    public var ledgerPath: String?
+    public var toml: String?
+
+    public init(
+        localModel: String? = nil,
+        remote: RemoteEndpoint? = nil,
+        cascadeThreshold: Double? = nil,
+        threads: Int? = nil,
+        contextSize: Int? = nil,
+        parallel: Int = 1,
+        ledgerPath: String? = nil,
+        toml: String? = nil
+    ) {
+        self.localModel = localModel
+        self.remote = remote
+        self.cascadeThreshold = cascadeThreshold
+        self.threads = threads
+        self.contextSize = contextSize
+        self.parallel = parallel
+        self.ledgerPath = ledgerPath
+        self.toml = toml
+    }
+}
+
+/// One chat turn.
+public struct Message: Sendable, Equatable {
+    public var role: Role
+    public var content: String
+
+    public init(role: Role, content: String) {
+        self.role = role
+        self.content = content
+    }
+
+    public static func system(_ text: String) -> Message { Message(role: .system, content: text) }
+    public static func user(_ text: String) -> Message { Message(role: .user, content: text) }
+    public static func assistant(_ text: String) -> Message { Message(role: .assistant, content: text) }
+}
+
+/// A chat completion request.
+public struct ChatRequest: Sendable, Equatable {
+    public var messages: [Message]
+    public var maxTokens: Int
+    /// 0 is greedy (deterministic).
+    public var temperature: Float
+    public var topP: Float
+    public var seed: UInt32?
+    public var stop: [String]
+    public var policy: Policy
+    /// A private request never leaves the device.
+    public var isPrivate: Bool
+    /// Hold the local draft until the cascade settles: never stream text that escalation replaces.
+    public var holdDraft: Bool
+
+    public init(
+        messages: [Message],
+        maxTokens: Int = 256,
+        temperature: Float = 0.7,
+        topP: Float = 0.95,
+        seed: UInt32? = nil,
+        stop: [String] = [],
+        policy: Policy = .auto,
+        isPrivate: Bool = false,
+        holdDraft: Bool = false
+    ) {
+        self.messages = messages
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+        self.topP = topP
+        self.seed = seed
+        self.stop = stop
+        self.policy = policy
+        self.isPrivate = isPrivate
+        self.holdDraft = holdDraft
+    }
+
+    /// A single user question.
+    public static func user(_ text: String, maxTokens: Int = 256, temperature: Float = 0.7) -> ChatRequest {
+        ChatRequest(messages: [.user(text)], maxTokens: maxTokens, temperature: temperature)
+    }
+}
+
+/// Token counts of one answer.
+public struct Usage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Counted by us, not reported by the remote server.
+    public var estimated: Bool
+}
+
+/// A finished answer with its route, usage, cost, timings and confidence.
+public struct ChatResponse: Sendable, Equatable {
+    public var text: String
+    public var route: Route
+    public var reason: Reason
+    public var reasonDetail: String
+    public var remoteError: String?
+    public var finishReason: FinishReason
+    public var usage: Usage
+    public var cost: Cost
+    public var timings: Timings
+    public var confidence: Confidence?
+    public var id: String
+}
+
+/// What `EdgeCascade.stream` yields: tokens, maybe an escalation, then the final answer.
+public enum ChatEvent: Sendable, Equatable {
+    case token(text: String, tier: Tier)
+    case escalating(reason: Reason)
+    case done(ChatResponse)
+}
+
+/// The runtime. Loading a model blocks: create it off the main thread, or with `create`.
+/// Thread-safe: share one instance. `close()` it to free the model.
+public final class EdgeCascade: @unchecked Sendable {
+    private let runtime: EdgeCascadeBindings.Runtime
+    private let lock = NSLock()
+    private var closed = false
+
+    /// Loads the model (blocking) and prepares the remote tier.
+    public init(_ config: EdgeCascadeConfig) throws {
+        runtime = try EdgeCascadeBindings.Runtime(config: config.toFfi())
+    }
+
+    /// Creates the runtime off the caller's thread (the model loads there).
+    public static func create(_ config: EdgeCascadeConfig) async throws -> EdgeCascade {
+        try await Task.detached(priority: .userInitiated) { try EdgeCascade(config) }.value
+    }
+
+    /// The native library's version.
+    public static var version: String { edgecascadeVersion() }
+
+    /// Answers `request`. Never blocks the caller's thread; cancelling the task stops the
+    /// generation (it then ends with `finishReason == .cancelled`).
+    public func complete(_ request: ChatRequest) async throws -> ChatResponse {
+        try checkOpen()
+        let handle = HandleBox()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ChatResponse, Error>) in
+                let listener = CompletionListener(continuation)
+                handle.set(runtime.startChat(request: request.toFfi(), listener: listener))
+            }
+        } onCancel: {
+            handle.cancel()
+        }
+    }
+
+    /// Streams `request`'s events; the generation starts at once. Ending the iteration early
+    /// (breaking out, a cancelled task) cancels the Rust generation; a failure ends the stream
+    /// with an `EdgeCascadeError`.
+    public func stream(_ request: ChatRequest) -> AsyncThrowingStream<ChatEvent, Error> {
+        AsyncThrowingStream { continuation in
+            do {
+                try checkOpen()
+            } catch {
+                continuation.finish(throwing: error)
+                return
+            }
+            let handle = runtime.startChat(request: request.toFfi(), listener: StreamListener(continuation))
+            continuation.onTermination = { _ in handle.cancel() }
+        }
+    }
+
+    /// Loads the model at `path` and switches to it; requests in flight finish on the old one.
+    public func setLocalModel(_ path: String) async throws {
+        try checkOpen()
+        let runtime = self.runtime
+        _ = try await Task.detached(priority: .userInitiated) { try runtime.setLocalModel(path: path) }.value
+    }
+
+    /// Tells the router about the device (see `DeviceState`); a `DeviceMonitor` keeps it current.
+    public func setDeviceState(_ state: DeviceState) throws {
+        try checkOpen()
+        runtime.setDeviceState(state: state.toFfi())
+    }
+
+    /// The device state last reported.
+    public var deviceState: DeviceState { DeviceState(runtime.deviceState()) }
+
+    /// Requests ended so far, by outcome, and those in flight.
+    public func stats() throws -> RuntimeStats {
+        try checkOpen()
+        return runtime.stats()
+    }
+
+    /// Frees caches and idle contexts; call it on memory warnings.
+    public func trimMemory() {
+        if !isClosed { runtime.trimMemory() }
+    }
+
+    /// Cancels requests in flight, waits for them, frees the model. Idempotent.
+    public func close() {
+        let first: Bool = lock.sync {
+            defer { closed = true }
+            return !closed
+        }
+        if first { runtime.shutdown() }
+    }
+
+    private var isClosed: Bool { lock.sync { closed } }
+
+    private func checkOpen() throws {
+        if isClosed { throw EdgeCascadeError.Closed(message: "the runtime is closed") }
+    }
+}
+
+/// Holds a started request's handle for a cancellation that may arrive before it exists.
+private final class HandleBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var handle: EdgeCascadeBindings.GenerationHandle?
+    private var cancelled = false
+
+    func set(_ h: EdgeCascadeBindings.GenerationHandle) {
+        let cancelNow: Bool = lock.sync {
+            handle = h
+            return cancelled
+        }
+        if cancelNow { h.cancel() }
+    }
+
+    func cancel() {
+        let h: EdgeCascadeBindings.GenerationHandle? = lock.sync {
+            cancelled = true
+            return handle
+        }
+        h?.cancel()
+    }
+}
+
+/// Resumes a continuation with the one terminal event the runtime guarantees.
+private final class CompletionListener: EdgeCascadeBindings.ChatListener, @unchecked Sendable {
+    private let continuation: CheckedContinuation<ChatResponse, Error>
+
+    init(_ continuation: CheckedContinuation<ChatResponse, Error>) {
+        self.continuation = continuation
+    }
+
+    func onToken(text: String, tier: Tier) {}
+    func onEscalating(reason: Reason) {}
+    func onDone(response: EdgeCascadeBindings.Response) {
+        continuation.resume(returning: ChatResponse(response))
+    }
+    func onFailed(error: EdgeCascadeError) {
+        continuation.resume(throwing: error)
+    }
+}
+
+/// Feeds a stream; callbacks may arrive on any thread, which the continuation allows.
+private final class StreamListener: EdgeCascadeBindings.ChatListener, @unchecked Sendable {
+    private let continuation: AsyncThrowingStream<ChatEvent, Error>.Continuation
+
+    init(_ continuation: AsyncThrowingStream<ChatEvent, Error>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onToken(text: String, tier: Tier) {
+        continuation.yield(.token(text: text, tier: tier))
+    }
+    func onEscalating(reason: Reason) {
+        continuation.yield(.escalating(reason: reason))
+    }
+    func onDone(response: EdgeCascadeBindings.Response) {
+        continuation.yield(.done(ChatResponse(response)))
+        continuation.finish()
+    }
+    func onFailed(error: EdgeCascadeError) {
+        continuation.finish(throwing: error)
+    }
+}
+
+extension EdgeCascadeConfig {
+    func toFfi() throws -> EdgeCascadeBindings.Config {
+        var config = try toml.map { try configFromToml(toml: $0) } ?? defaultConfig()
+        if let localModel { config.local.model = localModel }
+        if let threads { config.local.threads = UInt32(threads) }
+        if let contextSize { config.local.nCtx = UInt32(contextSize) }
+        config.local.parallel = UInt32(max(parallel, 1))
+        if let remote {
+            var r = defaultRemoteConfig(baseUrl: remote.baseUrl, model: remote.model)
+            r.apiKey = remote.apiKey
+            r.deadlineS = remote.deadlineSeconds
+            config.remote = r
+        }
+        if let cascadeThreshold { config.cascade.threshold = cascadeThreshold }
+        if let ledgerPath { config.ledger.path = ledgerPath }
+        return config
+    }
+}
+
+extension ChatRequest {
+    func toFfi() -> EdgeCascadeBindings.ChatRequest {
+        let sampling = EdgeCascadeBindings.Sampling(
+            temperature: temperature,
+            topK: 40,
+            topP: topP,
+            minP: 0.05,
+            repeatPenalty: 1.0,
+            repeatLastN: 64,
+            seed: seed
+        )
+        return EdgeCascadeBindings.ChatRequest(
+            messages: messages.map { EdgeCascadeBindings.ChatMessage(role: $0.role, content: $0.content) },
+            maxTokens: UInt32(max(maxTokens, 0)),
+            sampling: sampling,
+            stop: stop,
+            policy: policy,
+            private: isPrivate,
+            taskHint: nil,
+            holdDraft: holdDraft
+        )
+    }
+}
+
+extension ChatResponse {
+    init(_ r: EdgeCascadeBindings.Response) {
+        self.init(
+            text: r.text,
+            route: r.route,
+            reason: r.reason,
+            reasonDetail: r.reasonDetail,
+            remoteError: r.remoteError,
+            finishReason: r.finishReason,
+            usage: Usage(
+                promptTokens: Int(r.usage.promptTokens),
+                completionTokens: Int(r.usage.completionTokens),
+                estimated: r.usage.estimated
+            ),
+            cost: r.cost,
+            timings: r.timings,
+            confidence: r.confidence,
+            id: r.id
+        )
+    }
+}
+
+extension NSLock {
+    /// Runs `body` holding the lock (`withLock` needs iOS 16).
+    func sync<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}
