@@ -109,7 +109,7 @@ def main():
             errors += fail(f"{recv}.{name}(...) is not a generated method")
         elif labels not in table[name]:
             errors += fail(f"{recv}.{name}({', '.join(l + ':' for l in labels)}) does not match {table[name]}")
-    for name in ("configFromToml", "defaultConfig", "defaultRemoteConfig", "edgecascadeVersion"):
+    for name in ("configFromToml", "defaultConfig", "defaultRemoteConfig", "edgecascadeVersion", "pullModel"):
         for args in re.findall(rf"\b{name}\(([^()]*)\)", code):
             labels = re.findall(r"(?:^|,)\s*(\w+):", args)
             calls += 1
@@ -145,14 +145,19 @@ def main():
             errors += fail(f"EdgeCascadeBindings.{name}({', '.join(labels)}) but the generated init takes ({', '.join(want)})")
     print(f"check-swift: {inits} generated initialisers called")
 
-    # 5. The listener protocol.
+    # 5. The listener protocols.
     norm = lambda s: re.sub(r"\s+", " ", s.replace("EdgeCascadeBindings.", "")).strip()
-    proto = {norm(s) for s in re.findall(r"func on\w+\([^)]*\)", block("public protocol ChatListener"))}
-    for cls in re.findall(r"class \w+: EdgeCascadeBindings\.ChatListener.*?\n}", code, re.S):
-        have = {norm(s) for s in re.findall(r"func on\w+\([^)]*\)", cls)}
-        if have != proto:
-            errors += fail(f"a ChatListener implements {sorted(have)}, the protocol wants {sorted(proto)}")
-    print(f"check-swift: ChatListener has {len(proto)} methods")
+    for listener in ("ChatListener", "PullListener"):
+        proto = {norm(s) for s in re.findall(r"func on\w+\([^)]*\)", block(f"public protocol {listener}"))}
+        if not proto:
+            errors += fail(f"the bindings have no {listener} protocol")
+        impls = re.findall(rf"class \w+: EdgeCascadeBindings\.{listener}.*?\n}}", code, re.S)
+        for cls in impls:
+            have = {norm(s) for s in re.findall(r"func on\w+\([^)]*\)", cls)}
+            # A typealias in the SDK may name a generated type differently (PullOutcome).
+            if have != proto:
+                errors += fail(f"a {listener} implements {sorted(have)}, the protocol wants {sorted(proto)}")
+        print(f"check-swift: {listener}: {len(proto)} methods, {len(impls)} implementations")
 
     # 6. Every .member resolves.
     known = set(re.findall(r"\b(?:var|let|case|func|class|struct|enum|typealias|init)\s+`?(\w+)", gen + "\n" + code))

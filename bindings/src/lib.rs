@@ -51,6 +51,12 @@ pub enum EdgeCascadeError {
     /// local model on a GPU).
     #[error("{0}")]
     DeviceState(String),
+    /// A model download failed (refused, unreachable, wrong sha256); nothing was saved.
+    #[error("{0}")]
+    Download(String),
+    /// Not enough room for a model (quota or disk), or a file could not be written.
+    #[error("{0}")]
+    Storage(String),
     /// A bug: a panic inside the runtime or a callback.
     #[error("{0}")]
     Internal(String),
@@ -72,6 +78,8 @@ impl From<core::Error> for EdgeCascadeError {
             K::Cancelled => Self::Cancelled(m),
             K::Closed => Self::Closed(m),
             K::DeviceState => Self::DeviceState(m),
+            K::Download => Self::Download(m),
+            K::Storage => Self::Storage(m),
             K::Internal => Self::Internal(m),
         }
     }
@@ -253,4 +261,81 @@ pub fn verify_model(path: String) -> Result<core::engine::local::GgufInfo, EdgeC
 #[uniffi::export]
 pub fn edgecascade_version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
+}
+
+/// Receives a model download's events, on the download's thread: progress about ten times a
+/// second, then exactly one `on_done` or `on_failed`.
+#[uniffi::export(with_foreign)]
+pub trait PullListener: Send + Sync {
+    /// Bytes so far, the total once known, the current rate.
+    fn on_progress(&self, progress: core::models::PullProgress);
+    /// The file is at its destination, verified. Terminal.
+    fn on_done(&self, outcome: core::models::PullOutcome);
+    /// The download failed (`Download`, `Storage`, `Cancelled`, `InvalidRequest`). Terminal.
+    fn on_failed(&self, error: EdgeCascadeError);
+}
+
+/// A download in progress.
+#[derive(uniffi::Object)]
+pub struct PullHandle {
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[uniffi::export]
+impl PullHandle {
+    /// Stops the download; the partial file stays for a later resume. It ends with
+    /// `on_failed(Cancelled)`.
+    pub fn cancel(&self) {
+        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the download has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Downloads a model on its own thread: resumable, verified by sha256 before it appears at
+/// `request.dest` (see `PullRequest`).
+#[uniffi::export]
+pub fn pull_model(
+    request: core::models::PullRequest,
+    listener: Arc<dyn PullListener>,
+) -> Arc<PullHandle> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cancel = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let handle = Arc::new(PullHandle {
+        cancel: Arc::clone(&cancel),
+        finished: Arc::clone(&finished),
+    });
+    let run = {
+        let listener = Arc::clone(&listener);
+        let finished = Arc::clone(&finished);
+        move || {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                core::models::pull(&request, &cancel, &mut |p| listener.on_progress(*p))
+            }));
+            finished.store(true, Ordering::SeqCst);
+            let _ = catch_unwind(AssertUnwindSafe(|| match result {
+                Ok(Ok(outcome)) => listener.on_done(outcome),
+                Ok(Err(e)) => listener.on_failed(core::Error::from(e).into()),
+                Err(_) => {
+                    listener.on_failed(EdgeCascadeError::Internal("the download panicked".into()));
+                }
+            }));
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("edgecascade-pull".into())
+        .spawn(run)
+    {
+        finished.store(true, Ordering::SeqCst);
+        listener.on_failed(EdgeCascadeError::Internal(format!(
+            "cannot start the download thread: {e}"
+        )));
+    }
+    handle
 }

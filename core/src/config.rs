@@ -24,6 +24,8 @@ pub struct Config {
     pub cascade: CascadeConfig,
     /// How the device's state (heat, battery, network, background) moves routing.
     pub device: DeviceConfig,
+    /// The models folder.
+    pub models: ModelsConfig,
     /// Remote spend caps.
     pub budget: BudgetConfig,
     /// Prices per tier.
@@ -289,6 +291,23 @@ impl Default for DeviceConfig {
     }
 }
 
+/// The `[models]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ModelsConfig {
+    /// Most gigabytes (1e9 bytes) the models folder may hold; a pull past it evicts the least
+    /// recently used models other than `[local] model`, or refuses. None: no limit.
+    pub quota_gb: Option<f64>,
+}
+
+impl ModelsConfig {
+    /// The quota in bytes.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        self.quota_gb.map(|g| (g * 1e9) as u64)
+    }
+}
+
 /// The `[budget]` section: remote spend caps in USD.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -438,6 +457,7 @@ impl Config {
             Some(d.metered_threshold_shift),
         ));
         amounts.push(("device.low_battery", Some(d.low_battery)));
+        amounts.push(("models.quota_gb", self.models.quota_gb));
         for (name, v) in amounts {
             if let Some(v) = v {
                 if !v.is_finite() || v < 0.0 {
@@ -556,6 +576,7 @@ store_prompts = false
             ("[device]\nhot_threshold_shift = -0.1", "device.hot_threshold_shift"),
             ("[device]\nmetered_threshold_shift = nan", "device.metered_threshold_shift"),
             ("[device]\nlow_battery = 1.5", "device.low_battery"),
+            ("[models]\nquota_gb = -1", "models.quota_gb"),
             ("[prices]\nlocal_watts = inf", "prices.local_watts"),
             (
                 "[remote]\nbase_url = \"http://127.0.0.1:1\"\nmodel = \"m\"\ntotal_timeout_s = inf",

@@ -108,6 +108,12 @@ pub enum ErrorKind {
     Cancelled,
     /// The runtime is closed.
     Closed,
+    /// A model download failed: refused (404, 401), unreachable until its deadline, or the
+    /// file's sha256 was wrong. Nothing was saved at the destination.
+    Download,
+    /// Not enough room for a model: the models quota or the disk, or a file could not be
+    /// written.
+    Storage,
     /// The device's state forbids the request now: private work in the background with the
     /// local model on a GPU. Retry when the app is in the foreground.
     DeviceState,
@@ -130,6 +136,8 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Closed => "closed",
             ErrorKind::DeviceState => "device_state",
+            ErrorKind::Download => "download",
+            ErrorKind::Storage => "storage",
             ErrorKind::Internal => "internal",
         }
     }
@@ -169,6 +177,9 @@ pub enum Error {
     /// The device's state forbids the request now.
     #[error("{0}")]
     DeviceState(String),
+    /// From the model manager.
+    #[error(transparent)]
+    Pull(#[from] crate::models::PullError),
     /// The cost ledger could not be read or written.
     #[error("cost ledger: {0}")]
     Ledger(String),
@@ -211,6 +222,17 @@ impl Error {
             Error::Closed => ErrorKind::Closed,
             Error::Offline => ErrorKind::RemoteUnavailable,
             Error::DeviceState(_) => ErrorKind::DeviceState,
+            Error::Pull(p) => {
+                use crate::models::PullError as P;
+                match p {
+                    P::Invalid(_) => ErrorKind::InvalidRequest,
+                    P::Status { .. } | P::Unreachable { .. } | P::Mismatch { .. } => {
+                        ErrorKind::Download
+                    }
+                    P::Storage(_) | P::Io { .. } => ErrorKind::Storage,
+                    P::Cancelled => ErrorKind::Cancelled,
+                }
+            }
             Error::Ledger(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

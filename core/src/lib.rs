@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
+pub mod models;
 pub mod policy;
 pub mod runtime;
 pub mod types;

@@ -164,6 +164,11 @@ pub fn completions_url(base: &str) -> String {
     }
 }
 
+/// Whether `url`'s host is loopback (`localhost`, 127.0.0.0/8, `::1`).
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    is_loopback_host(url)
+}
+
 fn is_loopback_host(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
@@ -852,7 +857,7 @@ fn read_line_bounded(
 
 /// `Retry-After` in seconds: a non-negative number of seconds (fractions allowed) or an HTTP
 /// date; capped at an hour. Anything else (negative, NaN, garbage) is ignored.
-fn parse_retry_after(v: &str) -> Option<f64> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<f64> {
     let v = v.trim();
     let secs = if let Ok(s) = v.parse::<f64>() {
         s

@@ -357,7 +357,7 @@ impl Cascade {
             Some(r) if plain != shifted => r,
             _ => own,
         };
-        let moved = if threshold == self.threshold {
+        let moved = if shift.reason().is_none() {
             String::new()
         } else {
             format!(

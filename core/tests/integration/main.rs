@@ -7,7 +7,9 @@
 
 mod bad_models;
 mod fault_server;
+mod file_host;
 mod local;
+mod pull;
 mod remote;
 
 use std::path::PathBuf;

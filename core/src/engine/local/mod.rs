@@ -190,6 +190,8 @@ impl LocalEngine {
                 detail: backend::take_last_error().unwrap_or_else(|| e.to_string()),
             })?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // A managed models folder notes the use, for its least-recently-used eviction.
+        crate::models::Store::touch(&path);
 
         let (template, template_source) = choose_template(
             &model,

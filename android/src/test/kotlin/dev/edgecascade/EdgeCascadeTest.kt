@@ -187,4 +187,41 @@ class EdgeCascadeTest {
         assertEquals(null, DeviceState.batteryFraction(-1, 100))
         assertEquals(null, DeviceState.batteryFraction(50, 0))
     }
+
+    @Test
+    fun pullIsAFlowOfProgressEndingWithTheVerifiedFile() = runBlocking<Unit> {
+        val bytes = ByteArray(2_000_000) { (it * 31 + 7).toByte() }
+        val sha = java.security.MessageDigest.getInstance("SHA-256").digest(bytes)
+            .joinToString("") { "%02x".format(it) }
+        val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+        server.createContext("/model.gguf") { ex ->
+            ex.sendResponseHeaders(200, bytes.size.toLong())
+            ex.responseBody.use { out -> bytes.toList().chunked(65536).forEach { out.write(it.toByteArray()); out.flush() } }
+        }
+        server.createContext("/missing.gguf") { ex -> ex.sendResponseHeaders(404, -1); ex.close() }
+        server.start()
+        val dir = java.nio.file.Files.createTempDirectory("pull").toFile()
+        try {
+            val base = "http://127.0.0.1:${server.address.port}"
+            val dest = File(dir, "m.gguf")
+            val events = Models.pull("$base/model.gguf", sha, dest.path).toList()
+            val done = events.last()
+            assertIs<PullEvent.Done>(done)
+            assertEquals(2_000_000uL, done.outcome.bytes)
+            assertEquals(sha, done.outcome.sha256)
+            assertTrue(events.dropLast(1).all { it is PullEvent.Progress }, "$events")
+            val last = events.filterIsInstance<PullEvent.Progress>().last()
+            assertEquals(2_000_000L, last.bytesDone)
+            assertTrue(bytes.contentEquals(dest.readBytes()))
+            // A refusal ends the flow with a Download exception and leaves nothing.
+            val missing = File(dir, "missing.gguf")
+            val e = assertFailsWith<EdgeCascadeException> { Models.pull("$base/missing.gguf", sha, missing.path).toList() }
+            assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.Download>(e)
+            assertTrue(e.message!!.contains("HTTP 404"), e.message)
+            assertTrue(!missing.exists())
+        } finally {
+            server.stop(0)
+            dir.deleteRecursively()
+        }
+    }
 }

@@ -1,0 +1,252 @@
+//! The model manager against a misbehaving file host on 127.0.0.1.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use edgecascade::models::{pull, PullError, PullOutcome, PullRequest, Store};
+use sha2::{Digest, Sha256};
+
+use crate::file_host::{dead_url, FileHost, Host};
+
+/// 3 MB of deterministic bytes and their sha256.
+fn blob() -> (Arc<Vec<u8>>, String) {
+    let mut x = 0x1234_5678_u32;
+    let data: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let sha = format!("{:x}", Sha256::digest(&data));
+    (Arc::new(data), sha)
+}
+
+fn request(url: &str, sha: &str, dest: &Path) -> PullRequest {
+    PullRequest {
+        deadline_s: 60.0,
+        stall_timeout_s: 5.0,
+        ..PullRequest::new(url, sha, dest)
+    }
+}
+
+fn run(r: &PullRequest) -> Result<PullOutcome, PullError> {
+    pull(r, &AtomicBool::new(false), &mut |_| {})
+}
+
+fn nothing_left(dest: &Path) {
+    assert!(!dest.exists(), "nothing at {}", dest.display());
+    let part = format!("{}.part", dest.display());
+    assert!(!Path::new(&part).exists(), "no {part}");
+}
+
+#[test]
+fn a_cut_transfer_resumes_with_range() {
+    let (file, sha) = blob();
+    let host = FileHost::start(Arc::clone(&file), vec![Host::CutAt(1_200_000), Host::Good]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.gguf");
+    let mut seen = Vec::new();
+    let out = pull(
+        &request(&host.url, &sha, &dest),
+        &AtomicBool::new(false),
+        &mut |p| seen.push(*p),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), *file);
+    assert_eq!((out.requests, out.restarts, out.bytes), (2, 0, 3_000_000));
+    assert_eq!(
+        host.ranges.lock().unwrap()[1].as_deref(),
+        Some("bytes=1200000-")
+    );
+    assert!(
+        (out.bytes_transferred as f64) < 1.3 * file.len() as f64,
+        "transferred {}",
+        out.bytes_transferred
+    );
+    assert_eq!(out.bytes_transferred, 3_000_000, "nothing fetched twice");
+    let sent = host.sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (sent as f64) < 1.3 * file.len() as f64,
+        "the host sent {sent}"
+    );
+    assert!(seen
+        .last()
+        .is_some_and(|p| p.bytes_done == 3_000_000 && p.total == Some(3_000_000)));
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+    // The store knows it, verified.
+    let listed = Store::new(dir.path()).list();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].verified && listed[0].sha256.as_deref() == Some(sha.as_str()));
+    // Pulling again finds it verified and downloads nothing.
+    let again = run(&request(&host.url, &sha, &dest)).unwrap();
+    assert!(again.already_present && again.bytes_transferred == 0);
+    assert_eq!(host.count(), 2);
+}
+
+#[test]
+fn a_host_ignoring_range_restarts_the_file_never_appends() {
+    let (file, sha) = blob();
+    for second in [Host::IgnoresRange, Host::WrongContentRange] {
+        let host = FileHost::start(
+            Arc::clone(&file),
+            vec![Host::CutAt(1_000_000), second.clone()],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.gguf");
+        let out = run(&request(&host.url, &sha, &dest)).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), *file, "{second:?}");
+        assert!(out.restarts >= 1, "{second:?}: {out:?}");
+        assert_eq!(out.bytes, 3_000_000);
+    }
+}
+
+#[test]
+fn a_corrupted_byte_is_a_mismatch_and_leaves_nothing() {
+    let (file, sha) = blob();
+    let host = FileHost::start(file, vec![Host::Corrupt(2_000_000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.gguf");
+    let e = run(&request(&host.url, &sha, &dest)).unwrap_err();
+    assert!(matches!(e, PullError::Mismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains("checksum mismatch") && e.to_string().contains(&sha),
+        "{e}"
+    );
+    nothing_left(&dest);
+}
+
+#[test]
+fn refusals_name_their_status_and_leave_nothing() {
+    let (file, sha) = blob();
+    for code in [404, 401] {
+        let host = FileHost::start(Arc::clone(&file), vec![Host::Status(code)]);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.gguf");
+        let e = run(&request(&host.url, &sha, &dest)).unwrap_err();
+        assert!(e.to_string().contains(&format!("HTTP {code}")), "{e}");
+        assert_eq!(host.count(), 1, "no retry on {code}");
+        nothing_left(&dest);
+    }
+}
+
+#[test]
+fn transient_failures_retry_and_a_dead_host_gives_up_by_the_deadline() {
+    let (file, sha) = blob();
+    let host = FileHost::start(
+        Arc::clone(&file),
+        vec![Host::Status(503), Host::Status(503), Host::Good],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.gguf");
+    let out = run(&request(&host.url, &sha, &dest)).unwrap();
+    assert_eq!(out.requests, 3);
+    assert_eq!(std::fs::read(&dest).unwrap(), *file);
+
+    let dest = dir.path().join("dead.gguf");
+    let r = PullRequest {
+        deadline_s: 3.0,
+        ..request(&dead_url(), &sha, &dest)
+    };
+    let e = run(&r).unwrap_err();
+    assert!(
+        matches!(e, PullError::Unreachable { requests, .. } if requests >= 2),
+        "{e}"
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_cancel_keeps_the_partial_file_and_a_second_pull_resumes_it() {
+    let (file, sha) = blob();
+    let host = FileHost::start(Arc::clone(&file), vec![Host::Slow(400_000), Host::Good]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.gguf");
+    let cancel = AtomicBool::new(false);
+    let e = pull(&request(&host.url, &sha, &dest), &cancel, &mut |p| {
+        if p.bytes_done >= 200_000 {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(e, PullError::Cancelled), "{e}");
+    assert!(!dest.exists());
+    let part = std::fs::metadata(format!("{}.part", dest.display()))
+        .unwrap()
+        .len();
+    assert!(part >= 200_000, "{part}");
+    let out = run(&request(&host.url, &sha, &dest)).unwrap();
+    assert_eq!(out.resumed_from, part);
+    assert_eq!(out.bytes_transferred, 3_000_000 - part);
+    assert_eq!(std::fs::read(&dest).unwrap(), *file);
+    // A different URL or hash never resumes someone else's partial file.
+    assert_eq!(
+        host.ranges.lock().unwrap()[1].as_deref(),
+        Some(format!("bytes={part}-").as_str())
+    );
+}
+
+#[test]
+fn the_quota_evicts_least_recently_used_models_but_keeps_the_configured_one() {
+    let (file, sha) = blob();
+    let host = FileHost::start(Arc::clone(&file), vec![Host::Good]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    // Three 2 MB models, used in the order a (oldest), b, c.
+    for name in ["a", "b", "c"] {
+        let p = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&p, vec![0u8; 2_000_000]).unwrap();
+        store.record(&p, &"0".repeat(64), 2_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dest = dir.path().join("new.gguf");
+    let keep = dir.path().join("a.gguf");
+    let r = PullRequest {
+        quota_bytes: Some(8_000_000),
+        keep: Some(keep.to_string_lossy().into_owned()),
+        ..request(&host.url, &sha, &dest)
+    };
+    // 6 MB used + 3 MB > 8 MB: evict one; a is kept although oldest, so b goes.
+    let out = run(&r).unwrap();
+    assert_eq!(
+        out.evicted,
+        vec![dir.path().join("b.gguf").to_string_lossy().into_owned()]
+    );
+    assert!(keep.exists() && dir.path().join("c.gguf").exists() && dest.exists());
+    // A quota that cannot be met even by evicting everything but the kept model refuses.
+    let dest2 = dir.path().join("other.gguf");
+    let r = PullRequest {
+        quota_bytes: Some(4_000_000),
+        keep: Some(keep.to_string_lossy().into_owned()),
+        ..request(&host.url, &sha, &dest2)
+    };
+    let e = run(&r).unwrap_err();
+    assert!(matches!(e, PullError::Storage(_)), "{e}");
+    assert!(e.to_string().contains("quota"), "{e}");
+    assert!(!dest2.exists() && keep.exists());
+}
+
+#[test]
+fn a_pulled_model_loads_and_answers() {
+    let model = crate::smollm2();
+    let bytes = Arc::new(std::fs::read(&model).unwrap());
+    let sha = format!("{:x}", Sha256::digest(&*bytes));
+    let host = FileHost::start(bytes, vec![Host::CutAt(40_000_000), Host::Good]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("smollm2.gguf");
+    let out = run(&request(&host.url, &sha, &dest)).unwrap();
+    assert_eq!(out.requests, 2);
+    let rt = edgecascade::Runtime::new(crate::config_for(dest)).unwrap();
+    let r = rt
+        .chat(
+            &edgecascade::ChatRequest {
+                max_tokens: 8,
+                ..edgecascade::ChatRequest::user("Say hi.")
+            },
+            &edgecascade::NullSink,
+        )
+        .unwrap();
+    assert!(!r.text.trim().is_empty());
+}

@@ -1,0 +1,63 @@
+// Model downloads: resumable, verified by sha256 before the file appears at its path.
+// Not compiled on our CI (no Swift toolchain): scripts/check-swift.sh checks it (README).
+import EdgeCascadeBindings
+import Foundation
+
+/// A finished download: the verified file, and how it got there.
+public typealias PullOutcome = EdgeCascadeBindings.PullOutcome
+
+/// What `Models.pull` yields: progress, then the verified file.
+public enum PullEvent: Sendable, Equatable {
+    case progress(bytesDone: UInt64, total: UInt64?, bytesPerSecond: Double)
+    case done(PullOutcome)
+}
+
+public enum Models {
+    /// Downloads `url` to `dest`, resuming a partial download left by an earlier attempt and
+    /// checking the whole file's `sha256` before it appears at `dest`. Ending the iteration
+    /// early cancels the download (the partial file stays for a later resume); failures end the
+    /// stream with an `EdgeCascadeError` (`.Download`, `.Storage`). `keep` is a file the quota
+    /// never evicts (the configured model).
+    public static func pull(
+        url: String,
+        sha256: String,
+        dest: String,
+        quotaBytes: UInt64? = nil,
+        keep: String? = nil,
+        deadlineSeconds: Double = 6 * 3600,
+        stallTimeoutSeconds: Double = 30
+    ) -> AsyncThrowingStream<PullEvent, Error> {
+        AsyncThrowingStream { continuation in
+            let request = EdgeCascadeBindings.PullRequest(
+                url: url,
+                sha256: sha256,
+                dest: dest,
+                deadlineS: deadlineSeconds,
+                stallTimeoutS: stallTimeoutSeconds,
+                quotaBytes: quotaBytes,
+                keep: keep
+            )
+            let handle = pullModel(request: request, listener: PullStreamListener(continuation))
+            continuation.onTermination = { _ in handle.cancel() }
+        }
+    }
+}
+
+private final class PullStreamListener: EdgeCascadeBindings.PullListener, @unchecked Sendable {
+    private let continuation: AsyncThrowingStream<PullEvent, Error>.Continuation
+
+    init(_ continuation: AsyncThrowingStream<PullEvent, Error>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onProgress(progress: EdgeCascadeBindings.PullProgress) {
+        continuation.yield(.progress(bytesDone: progress.bytesDone, total: progress.total, bytesPerSecond: progress.bytesPerS))
+    }
+    func onDone(outcome: PullOutcome) {
+        continuation.yield(.done(outcome))
+        continuation.finish()
+    }
+    func onFailed(error: EdgeCascadeError) {
+        continuation.finish(throwing: error)
+    }
+}
