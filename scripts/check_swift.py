@@ -109,7 +109,7 @@ def main():
             errors += fail(f"{recv}.{name}(...) is not a generated method")
         elif labels not in table[name]:
             errors += fail(f"{recv}.{name}({', '.join(l + ':' for l in labels)}) does not match {table[name]}")
-    for name in ("configFromToml", "defaultConfig", "defaultRemoteConfig", "edgecascadeVersion", "pullModel"):
+    for name in ("configFromToml", "defaultConfig", "defaultRemoteConfig", "edgecascadeVersion", "pullModel", "modelCatalog"):
         for args in re.findall(rf"\b{name}\(([^()]*)\)", code):
             labels = re.findall(r"(?:^|,)\s*(\w+):", args)
             calls += 1

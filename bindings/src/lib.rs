@@ -296,6 +296,12 @@ impl PullHandle {
     }
 }
 
+/// The built-in catalog of known models (name, URL, size, sha256, licence, context length).
+#[uniffi::export]
+pub fn model_catalog() -> Vec<core::models::catalog::CatalogModel> {
+    core::models::catalog::models()
+}
+
 /// Downloads a model on its own thread: resumable, verified by sha256 before it appears at
 /// `request.dest` (see `PullRequest`).
 #[uniffi::export]

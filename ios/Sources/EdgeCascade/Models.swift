@@ -12,7 +12,13 @@ public enum PullEvent: Sendable, Equatable {
     case done(PullOutcome)
 }
 
+/// A known model: name, URL, size, sha256, licence, context length, recommended use.
+public typealias CatalogModel = EdgeCascadeBindings.CatalogModel
+
 public enum Models {
+    /// The built-in catalog of known models.
+    public static var catalog: [CatalogModel] { modelCatalog() }
+
     /// Downloads `url` to `dest`, resuming a partial download left by an earlier attempt and
     /// checking the whole file's `sha256` before it appears at `dest`. Ending the iteration
     /// early cancels the download (the partial file stays for a later resume); failures end the

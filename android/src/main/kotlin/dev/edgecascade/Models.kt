@@ -17,7 +17,25 @@ sealed class PullEvent {
     data class Done(val outcome: PullOutcome) : PullEvent()
 }
 
+/** A known model: name, URL, size, sha256, licence, context length, recommended use. */
+typealias CatalogModel = uniffi.edgecascade.CatalogModel
+
 object Models {
+    /** The built-in catalog of known models. */
+    fun catalog(): List<CatalogModel> = uniffi.edgecascade_ffi.modelCatalog()
+
+    /**
+     * Downloads the catalog model [name] to [dest] (see the other [pull]).
+     * @throws EdgeCascadeException.InvalidRequest for an unknown name or one with no download URL.
+     */
+    fun pull(name: String, dest: String, quotaBytes: Long? = null, keep: String? = null): Flow<PullEvent> {
+        val m = catalog().firstOrNull { it.name == name }
+            ?: throw uniffi.edgecascade_ffi.EdgeCascadeException.InvalidRequest("$name is not in the catalog")
+        val url = m.url
+            ?: throw uniffi.edgecascade_ffi.EdgeCascadeException.InvalidRequest("$name has no download URL: ${m.recommendedUse}")
+        return pull(url, m.sha256, dest, quotaBytes, keep)
+    }
+
     /**
      * Downloads [url] to [dest], resuming a partial download left by an earlier attempt and
      * checking the whole file's [sha256] before it appears at [dest]. Cold: nothing runs until

@@ -219,6 +219,10 @@ class EdgeCascadeTest {
             assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.Download>(e)
             assertTrue(e.message!!.contains("HTTP 404"), e.message)
             assertTrue(!missing.exists())
+            // The catalog: known names, pinned hashes; a name without a URL is refused.
+            val catalog = Models.catalog()
+            assertTrue(catalog.any { it.name == "qwen2.5-coder-0.5b" && it.sha256.length == 64 && it.url != null }, "$catalog")
+            assertFailsWith<EdgeCascadeException> { Models.pull("smollm2-135m", File(dir, "s.gguf").path) }
         } finally {
             server.stop(0)
             dir.deleteRecursively()
