@@ -175,15 +175,15 @@ fn pull(
     json: bool,
 ) -> Result<(), Failure> {
     let cfg = crate::common::load_config_file(args)?;
+    let names = catalog::CATALOG
+        .iter()
+        .map(|e| e.name)
+        .collect::<Vec<_>>()
+        .join(", ");
     let (url, sha, file_name) = if target.contains("://") {
         let sha = sha256.ok_or_else(|| {
             Failure::Usage(format!(
-                "pulling a URL needs --sha256 HEX (or a catalog name: {})",
-                catalog::CATALOG
-                    .iter()
-                    .map(|e| e.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "pulling a URL needs --sha256 HEX (or a catalog name: {names})"
             ))
         })?;
         let name = target
@@ -197,12 +197,7 @@ fn pull(
     } else {
         let e = catalog::find(target).ok_or_else(|| {
             Failure::Usage(format!(
-                "{target} is neither a URL nor a catalog name ({})",
-                catalog::CATALOG
-                    .iter()
-                    .map(|e| e.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "{target} is neither a URL nor a catalog name ({names})"
             ))
         })?;
         let url = e
