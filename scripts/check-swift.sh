@@ -30,12 +30,12 @@ fi
 # Mobile targets. Installing the Rust target works here; compiling llama.cpp and ring for it
 # needs the platform's C toolchain, which only an NDK or Xcode provides.
 check_target() { # target, prerequisite test, what is missing, check command
-  if ! rustup target list --installed 2>/dev/null | grep -qx "$1"; then
-    rustup target add "$1" >/dev/null 2>&1 || { echo "check-mobile: SKIP $1: rustup cannot install the target"; return; }
-  fi
   if ! eval "$2"; then
     echo "check-mobile: SKIP cargo check --target $1: $3"
     return
+  fi
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$1"; then
+    rustup target add "$1" >/dev/null 2>&1 || { echo "check-mobile: SKIP $1: rustup cannot install the target"; return; }
   fi
   if eval "$4"; then
     echo "check-mobile: ok $1"; passed=$((passed + 1))
