@@ -26,15 +26,23 @@ status=${PIPESTATUS[0]}
 # The Kotlin SDK on the JVM and the Python bindings, against the same host library (only for a
 # whole-suite run).
 if [ $# -eq 0 ]; then
-  scripts/test-kotlin.sh 2>&1 | tee -a "$log"
-  kotlin=${PIPESTATUS[0]}
-  [ "$status" = 0 ] && status=$kotlin
-  scripts/test-python.sh 2>&1 | tee -a "$log"
-  python=${PIPESTATUS[0]}
-  [ "$status" = 0 ] && status=$python
-  scripts/check-swift.sh 2>&1 | tee -a "$log"
-  swift=${PIPESTATUS[0]}
-  [ "$status" = 0 ] && status=$swift
+  # A suite that dies before its "test result:" line (a compile error) counts as one failure.
+  suite() { # name, script
+    local out rc
+    out=$(mktemp)
+    "$2" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    cat "$out" >> "$log"
+    if [ "$rc" != 0 ] && ! grep -q "^test result: $1\." "$out"; then
+      echo "test result: $1. 0 passed; 1 failed; ($2 exited with $rc before reporting)" | tee -a "$log"
+    fi
+    rm -f "$out"
+    [ "$status" = 0 ] && status=$rc
+    return 0
+  }
+  suite kotlin scripts/test-kotlin.sh
+  suite python scripts/test-python.sh
+  suite swift scripts/check-swift.sh
 fi
 set -e
 # One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).

@@ -30,7 +30,7 @@ use crate::error::{ConfigError, Error, LocalError, Result};
 use crate::policy::{self, Cascade, Plan, RouteInput, Verdict};
 use crate::types::{
     ChatRequest, Cost, DeviceState, Event, EventSink, FinishReason, Network, PolicyOverride,
-    Reason, Response, Route, Tier, Timings, TokenUsage, Usage,
+    Reason, Response, ResponseFormat, Route, Tier, Timings, TokenUsage, Usage,
 };
 
 pub use lifecycle::GenerationHandle;
@@ -548,6 +548,21 @@ impl Runtime {
         match outcome {
             Ok(settled) => {
                 let mut response = self.respond(&id, settled, t0, ttft);
+                if !matches!(req.response_format, ResponseFormat::Text) {
+                    let check = match local.as_deref() {
+                        Some(l) => l.check_format(&req.response_format, &response.text),
+                        None => crate::engine::local::constraint::check_json(
+                            &req.response_format,
+                            &response.text,
+                        ),
+                    };
+                    response.format_error = check.err();
+                    if let Some(why) = &response.format_error {
+                        log::warn!(
+                            "request {id}: the answer does not match its response format: {why}"
+                        );
+                    }
+                }
                 if let Some(ledger) = &self.ledger {
                     if let Err(e) = ledger.record(&self.record(&response, req)) {
                         log::warn!("answer produced, but its cost record was not written: {e}");
@@ -811,8 +826,18 @@ impl Runtime {
             ));
         }
         let cut_short = mid.is_some();
+        let malformed = if matches!(req.response_format, ResponseFormat::Text) {
+            None
+        } else {
+            local.check_format(&req.response_format, &draft.text).err()
+        };
         let verdict = if let Some(m) = mid {
             Verdict::Escalate(Reason::MidStreamLowConfidence, m)
+        } else if let Some(why) = malformed {
+            Verdict::Escalate(
+                Reason::InvalidOutput,
+                format!("the local answer does not match the response format: {why}"),
+            )
         } else {
             let shift = policy::Shift::of(&routed.device, &self.config.device);
             self.cascade.decide(
@@ -1013,6 +1038,7 @@ impl Runtime {
             truncated_messages: w.local.as_ref().map_or(0, |l| l.truncated_messages),
             id: id.to_owned(),
             ledger_error: None,
+            format_error: None,
         }
     }
 

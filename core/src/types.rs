@@ -151,6 +151,28 @@ pub enum PolicyOverride {
     ForceRemote,
 }
 
+/// What shape the answer must take (OpenAI's `response_format`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a JSON schema. Locally, decoding is constrained to it (a schema feature
+    /// that cannot be enforced is an `invalid_request` error); remote answers are checked.
+    JsonSchema {
+        /// The schema's name.
+        name: String,
+        /// The JSON schema, as JSON text.
+        schema: String,
+        /// OpenAI's `strict` flag, passed through to the remote tier.
+        strict: bool,
+    },
+}
+
 /// One chat completion request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -176,6 +198,8 @@ pub struct ChatRequest {
     /// when it escalates (the remote answer streams instead). For callers that cannot take
     /// text back, such as OpenAI clients.
     pub hold_draft: bool,
+    /// The answer's shape: text (default), a JSON object, or JSON matching a schema.
+    pub response_format: ResponseFormat,
 }
 
 impl Default for ChatRequest {
@@ -189,6 +213,7 @@ impl Default for ChatRequest {
             private: false,
             task_hint: None,
             hold_draft: false,
+            response_format: ResponseFormat::Text,
         }
     }
 }
@@ -361,6 +386,9 @@ pub enum Reason {
     LowPower,
     /// A metered network: the cascade kept an answer it would otherwise have escalated.
     Metered,
+    /// The local answer does not match the requested response format (cut short by
+    /// `max_tokens`, or not JSON): the cascade escalated it.
+    InvalidOutput,
 }
 
 impl Reason {
@@ -384,6 +412,7 @@ impl Reason {
             Reason::Thermal => "thermal",
             Reason::LowPower => "low_power",
             Reason::Metered => "metered",
+            Reason::InvalidOutput => "invalid_output",
         }
     }
 }
@@ -493,6 +522,9 @@ pub struct Response {
     pub id: String,
     /// Set when the answer was produced but its cost record could not be written.
     pub ledger_error: Option<String>,
+    /// With a JSON response format: why the answer does not match it (cut short, not JSON,
+    /// outside the schema). `None` when it matches, or for text.
+    pub format_error: Option<String>,
 }
 
 /// What a streaming caller sees: `Token` and `Escalating` events, then exactly one terminal
@@ -581,6 +613,7 @@ impl Response {
             "truncated_messages": self.truncated_messages,
             "id": self.id,
             "ledger_error": self.ledger_error,
+            "format_error": self.format_error,
         })
     }
 }

@@ -53,6 +53,10 @@ pub struct Args {
     /// What kind of answer the prompt wants, for the calibrated cascade signal.
     #[arg(long, value_parser = ["choice", "number", "exact", "yesno"])]
     task: Option<String>,
+    /// Answer with JSON matching this JSON schema (a file); locally, decoding is constrained
+    /// to it.
+    #[arg(long, value_name = "FILE")]
+    schema: Option<std::path::PathBuf>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -77,7 +81,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
         messages.push(edgecascade::ChatMessage::system(s));
     }
     messages.push(edgecascade::ChatMessage::user(args.prompt));
+    let response_format = match &args.schema {
+        None => edgecascade::ResponseFormat::Text,
+        Some(path) => {
+            let schema = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("--schema {}: {e}", path.display())))?;
+            edgecascade::ResponseFormat::JsonSchema {
+                name: path
+                    .file_stem()
+                    .map_or_else(|| "schema".into(), |s| s.to_string_lossy().into_owned()),
+                schema,
+                strict: true,
+            }
+        }
+    };
     let req = ChatRequest {
+        response_format,
         messages,
         max_tokens: args.max_tokens,
         sampling: Sampling {

@@ -306,3 +306,49 @@ fn costs_plan_arithmetic_and_json_contract() {
         assert_eq!(run(bad).status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn ask_with_a_schema_answers_json_that_matches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("city.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30}}, "required": ["city", "country"],
+            "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let m = model();
+    let out = run(&[
+        "ask",
+        "--model",
+        m.to_str().unwrap(),
+        "--schema",
+        schema.to_str().unwrap(),
+        "--max-tokens",
+        "60",
+        "--json",
+        "What is the capital of France?",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert!(
+        answer["city"].is_string() && answer["country"].is_string(),
+        "{answer}"
+    );
+    assert_eq!(answer.as_object().unwrap().len(), 2, "{answer}");
+    assert!(v["format_error"].is_null(), "{v}");
+    // A schema that is not JSON is a usage error for the request (exit 1 with one line).
+    std::fs::write(&schema, "{not json").unwrap();
+    let out = run(&[
+        "ask",
+        "--model",
+        m.to_str().unwrap(),
+        "--schema",
+        schema.to_str().unwrap(),
+        "hi",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("response_format"), "{}", stderr(&out));
+}

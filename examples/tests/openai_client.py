@@ -51,4 +51,39 @@ try:
 except openai.BadRequestError as e:
     assert "messages" in str(e), e
 
+# Structured output: every answer parses and matches the schema (constrained decoding).
+import json
+
+schema = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "orange", "yellow", "green", "blue", "indigo", "violet"]},
+        "count": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["colour", "count"],
+    "additionalProperties": False,
+}
+for temperature in (0, 0.9):
+    r = client.chat.completions.create(
+        model="local", messages=messages, max_tokens=60, temperature=temperature, seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "rainbow", "schema": schema, "strict": True}},
+    )
+    v = json.loads(r.choices[0].message.content)
+    assert set(v) == {"colour", "count"} and v["colour"] in schema["properties"]["colour"]["enum"], v
+    assert isinstance(v["count"], int) and 1 <= v["count"] <= 7, v
+    assert r.model_extra["edgecascade"]["format_error"] is None, r.model_extra
+obj = client.chat.completions.create(
+    model="local", messages=[{"role": "user", "content": "Reply with {\"ok\": true}"}], max_tokens=40,
+    temperature=0, response_format={"type": "json_object"},
+)
+assert obj.choices[0].finish_reason == "stop" and isinstance(json.loads(obj.choices[0].message.content), dict), obj
+try:
+    client.chat.completions.create(
+        model="local", messages=messages, max_tokens=8,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {"type": "null"}}}},
+    )
+    raise AssertionError("an unenforceable schema must be rejected")
+except openai.BadRequestError as e:
+    assert "response_format" in str(e), e
+
 print("openai client: ok")

@@ -379,6 +379,22 @@ impl RemoteEngine {
         if let Some(seed) = req.sampling.seed {
             body["seed"] = json!(seed);
         }
+        match &req.response_format {
+            crate::types::ResponseFormat::Text => {}
+            crate::types::ResponseFormat::JsonObject => {
+                body["response_format"] = json!({"type": "json_object"});
+            }
+            crate::types::ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            } => {
+                // The schema was checked to be JSON when the request was validated.
+                let schema: Value = serde_json::from_str(schema).unwrap_or(Value::Null);
+                body["response_format"] = json!({"type": "json_schema",
+                    "json_schema": {"name": name, "schema": schema, "strict": strict}});
+            }
+        }
         body
     }
 

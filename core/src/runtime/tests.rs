@@ -855,3 +855,56 @@ fn private_work_in_the_background_is_refused_only_on_a_gpu() {
     assert_eq!(r.route, Route::Local);
     assert_eq!(rt.stats().failed, 1);
 }
+
+#[test]
+fn a_local_answer_outside_the_response_format_escalates_and_a_bad_remote_one_is_reported() {
+    let json = |tokens: &[(&'static str, f32)]| {
+        let remote = ScriptedRemote::new(RemoteMode::Answer);
+        let rt = runtime(
+            config(None, BudgetConfig::default()),
+            Some(ScriptedLocal::new(tokens)),
+            Some(Arc::clone(&remote)),
+        );
+        let req = ChatRequest {
+            response_format: crate::types::ResponseFormat::JsonObject,
+            ..ask()
+        };
+        (
+            rt.chat(&req, &NullSink).unwrap(),
+            remote.calls.load(Ordering::SeqCst),
+        )
+    };
+    // Sure and valid: kept, no format error.
+    let (r, calls) = json(&[("{\"capital\": ", 0.95), ("\"Paris\"}", 0.95)]);
+    assert_eq!(
+        (r.route, r.reason, calls),
+        (Route::Local, Reason::Accepted, 0)
+    );
+    assert_eq!(r.format_error, None);
+    // Sure but cut short (not JSON): escalated for its format, not its confidence.
+    let (r, calls) = json(&[("{\"capital\": ", 0.95), ("\"Par", 0.95)]);
+    assert_eq!(
+        (r.route, r.reason, calls),
+        (Route::Escalated, Reason::InvalidOutput, 1)
+    );
+    assert!(
+        r.reason_detail.contains("not valid JSON"),
+        "{}",
+        r.reason_detail
+    );
+    // The remote answer ("Paris.") is not JSON either: reported, never passed off as valid.
+    assert!(
+        r.format_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not valid JSON")),
+        "{r:?}"
+    );
+    // A text request is never checked.
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(remote),
+    );
+    assert_eq!(rt.chat(&ask(), &NullSink).unwrap().format_error, None);
+}

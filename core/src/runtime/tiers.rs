@@ -38,6 +38,15 @@ pub(crate) trait LocalTier: Send + Sync {
     fn trim(&self);
     /// Facts about the model, when it is a real one.
     fn info(&self) -> Option<&ModelInfo>;
+    /// Why `text` does not match `format` (`Ok` for text). The real engine also checks the
+    /// schema with its tokenizer; the default only parses the JSON.
+    fn check_format(
+        &self,
+        format: &crate::types::ResponseFormat,
+        text: &str,
+    ) -> Result<(), String> {
+        crate::engine::local::constraint::check_json(format, text)
+    }
     /// The model runs (in part) on a GPU.
     fn uses_gpu(&self) -> bool {
         self.info().is_some_and(|i| i.gpu_offload)
@@ -78,6 +87,13 @@ impl LocalTier for LocalEngine {
     }
     fn info(&self) -> Option<&ModelInfo> {
         Some(LocalEngine::info(self))
+    }
+    fn check_format(
+        &self,
+        format: &crate::types::ResponseFormat,
+        text: &str,
+    ) -> Result<(), String> {
+        LocalEngine::check_format(self, format, text)
     }
     fn engine(self: Arc<Self>) -> Option<Arc<LocalEngine>> {
         Some(self)

@@ -11,6 +11,7 @@ mod file_host;
 mod local;
 mod pull;
 mod remote;
+mod structured;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

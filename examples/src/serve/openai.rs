@@ -1,7 +1,8 @@
 //! The OpenAI chat-completions wire format: what we accept and what we send.
 
 use edgecascade::{
-    ChatMessage, ChatRequest, FinishReason, PolicyOverride, Response, Role, Sampling,
+    ChatMessage, ChatRequest, FinishReason, PolicyOverride, Response, ResponseFormat, Role,
+    Sampling,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,8 +20,43 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {name, schema, strict}}`.
+    pub response_format: Option<Value>,
     /// Our extension: routing controls.
     pub edgecascade: Option<Extension>,
+}
+
+/// OpenAI's `response_format`, or a 400 naming what is wrong.
+fn response_format(v: Option<Value>) -> Result<ResponseFormat, ApiError> {
+    let bad = |m: String| ApiError::invalid(m, Some("response_format"));
+    let Some(v) = v else {
+        return Ok(ResponseFormat::Text);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let js = v
+                .get("json_schema")
+                .ok_or_else(|| bad("response_format.json_schema is missing".into()))?;
+            let name = js
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("response")
+                .to_owned();
+            let schema = js.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
+                bad("response_format.json_schema.schema must be an object".into())
+            })?;
+            Ok(ResponseFormat::JsonSchema {
+                name,
+                schema: schema.to_string(),
+                strict: js.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            })
+        }
+        other => Err(bad(format!(
+            "response_format.type {other:?} must be text, json_object or json_schema"
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +220,7 @@ impl CompletionRequest {
             ..Sampling::default()
         };
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        let response_format = response_format(self.response_format)?;
         Ok((
             ChatRequest {
                 messages,
@@ -196,6 +233,7 @@ impl CompletionRequest {
                 // OpenAI clients cannot take text back: in cascade mode the local draft is
                 // held until the route is settled.
                 hold_draft: true,
+                response_format,
             },
             self.stream,
             include_usage,

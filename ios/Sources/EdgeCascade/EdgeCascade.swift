@@ -25,6 +25,9 @@ public typealias Timings = EdgeCascadeBindings.Timings
 public typealias Confidence = EdgeCascadeBindings.Confidence
 /// Requests ended so far, by outcome, and those in flight.
 public typealias RuntimeStats = EdgeCascadeBindings.RuntimeStats
+/// The answer's shape: `.text`, `.jsonObject`, or `.jsonSchema(name:schema:strict:)` with the
+/// schema as JSON text.
+public typealias ResponseFormat = EdgeCascadeBindings.ResponseFormat
 /// Every failure: the case is the stable kind, its message the human text.
 public typealias EdgeCascadeError = EdgeCascadeBindings.EdgeCascadeError
 
@@ -111,6 +114,8 @@ public struct ChatRequest: Sendable, Equatable {
     public var isPrivate: Bool
     /// Hold the local draft until the cascade settles: never stream text that escalation replaces.
     public var holdDraft: Bool
+    /// Text, any JSON object, or JSON matching a schema.
+    public var responseFormat: ResponseFormat
 
     public init(
         messages: [Message],
@@ -121,7 +126,8 @@ public struct ChatRequest: Sendable, Equatable {
         stop: [String] = [],
         policy: Policy = .auto,
         isPrivate: Bool = false,
-        holdDraft: Bool = false
+        holdDraft: Bool = false,
+        responseFormat: ResponseFormat = .text
     ) {
         self.messages = messages
         self.maxTokens = maxTokens
@@ -132,6 +138,7 @@ public struct ChatRequest: Sendable, Equatable {
         self.policy = policy
         self.isPrivate = isPrivate
         self.holdDraft = holdDraft
+        self.responseFormat = responseFormat
     }
 
     /// A single user question.
@@ -161,6 +168,8 @@ public struct ChatResponse: Sendable, Equatable {
     public var timings: Timings
     public var confidence: Confidence?
     public var id: String
+    /// With a JSON response format: why the answer does not match it; nil when it does.
+    public var formatError: String?
 }
 
 /// What `EdgeCascade.stream` yields: tokens, maybe an escalation, then the final answer.
@@ -366,7 +375,8 @@ extension ChatRequest {
             policy: policy,
             private: isPrivate,
             taskHint: nil,
-            holdDraft: holdDraft
+            holdDraft: holdDraft,
+            responseFormat: responseFormat
         )
     }
 }
@@ -388,7 +398,8 @@ extension ChatResponse {
             cost: r.cost,
             timings: r.timings,
             confidence: r.confidence,
-            id: r.id
+            id: r.id,
+            formatError: r.formatError
         )
     }
 }

@@ -115,7 +115,7 @@ impl LocalEngine {
         };
         let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
 
-        let mut sampler = build_sampler(sampling, self.info.n_vocab as i32);
+        let mut sampler = build_sampler(sampling, self.info.n_vocab as i32, opts.constraint);
         let vocab = self.model.vocab();
         let mut stream = text::TextStream::new(stop);
         let mut text = String::new();
@@ -316,12 +316,17 @@ pub(super) fn prefill(
 
 /// The llama.cpp sampler chain, or `None` for plain greedy decoding, which the engine does itself
 /// from the confidence pass (same rule as llama.cpp's greedy sampler: the first largest logit).
-fn build_sampler(s: &Sampling, n_vocab: i32) -> Option<LlamaSampler> {
+/// A structured-output constraint goes first, masking what the grammar forbids.
+fn build_sampler(
+    s: &Sampling,
+    n_vocab: i32,
+    constraint: Option<LlamaSampler>,
+) -> Option<LlamaSampler> {
     let penalised = (s.repeat_penalty - 1.0).abs() > f32::EPSILON;
-    if s.temperature <= 0.0 && !penalised {
+    if s.temperature <= 0.0 && !penalised && constraint.is_none() {
         return None;
     }
-    let mut chain = Vec::new();
+    let mut chain: Vec<LlamaSampler> = constraint.into_iter().collect();
     if penalised {
         chain.push(LlamaSampler::penalties(
             n_vocab,

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod confidence;
+pub(crate) mod constraint;
 mod decode;
 pub mod gguf;
 mod governor;
@@ -125,6 +126,8 @@ pub struct ModelInfo {
 /// The on-device model. `Send + Sync`: concurrent requests share the weights and are served by
 /// up to `parallel` contexts; further ones queue.
 pub struct LocalEngine {
+    /// The structured-output grammar compiler, built on first use.
+    grammars: std::sync::OnceLock<Result<constraint::Grammars, LocalError>>,
     pool: Mutex<Pool>,
     returned: Condvar,
     /// The last rendered conversation and its tokens.
@@ -144,12 +147,57 @@ impl std::fmt::Debug for LocalEngine {
 }
 
 /// Options that change how a generation runs, beyond the request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Default)]
 pub(crate) struct RunOptions {
+    /// A structured-output constraint, first in the sampler chain.
+    pub constraint: Option<LlamaSampler>,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
     /// Do not reuse a slot's cached prefix (benchmarks, cold measurements).
     pub cold: bool,
+}
+
+impl LocalEngine {
+    fn grammars(&self) -> Result<&constraint::Grammars, LocalError> {
+        self.grammars
+            .get_or_init(|| constraint::Grammars::new(&self.model))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The constraint for `req`'s response format, as a sampler; `None` for text.
+    fn constraint(&self, req: &ChatRequest) -> Result<Option<LlamaSampler>, LocalError> {
+        if matches!(req.response_format, crate::types::ResponseFormat::Text) {
+            return Ok(None);
+        }
+        Ok(self
+            .grammars()?
+            .matcher(&req.response_format)?
+            .map(LlamaSampler::from))
+    }
+
+    /// Checks `text` against `format` with this model's tokenizer and the format's grammar:
+    /// `Err` says where it fails.
+    pub fn check_format(
+        &self,
+        format: &crate::types::ResponseFormat,
+        text: &str,
+    ) -> Result<(), String> {
+        constraint::check_json(format, text)?;
+        if !matches!(format, crate::types::ResponseFormat::JsonSchema { .. }) {
+            return Ok(());
+        }
+        let tokens: Vec<u32> = self
+            .model
+            .vocab()
+            .tokenize(text.trim().as_bytes(), false, false)
+            .iter()
+            .map(|t| t.0 as u32)
+            .collect();
+        self.grammars()
+            .map_err(|e| e.to_string())?
+            .validate(format, &tokens)
+    }
 }
 
 enum Prompt<'a> {
@@ -232,6 +280,7 @@ impl LocalEngine {
         let mut cfg = cfg.clone();
         cfg.n_ctx = Some(n_ctx);
         let engine = Self {
+            grammars: std::sync::OnceLock::new(),
             pool: Mutex::new(Pool {
                 free: Vec::new(),
                 created: 0,
@@ -282,12 +331,16 @@ impl LocalEngine {
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
+        let constraint = self.constraint(req)?;
         self.run(
             Prompt::Chat(&req.messages),
             req.max_tokens,
             &req.sampling,
             &req.stop,
-            RunOptions::default(),
+            RunOptions {
+                constraint,
+                ..RunOptions::default()
+            },
             cancel,
             on_token,
         )
@@ -304,12 +357,34 @@ impl LocalEngine {
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
+        // A structured answer continues from where the draft left the grammar.
+        let constraint = match self.constraint(req)? {
+            Some(_) => {
+                let mut m = self
+                    .grammars()?
+                    .matcher(&req.response_format)?
+                    .expect("a structured format has a matcher");
+                let draft_tokens: Vec<u32> = self
+                    .model
+                    .vocab()
+                    .tokenize(draft.as_bytes(), false, false)
+                    .iter()
+                    .map(|t| t.0 as u32)
+                    .collect();
+                let _ = m.try_consume_tokens(&draft_tokens);
+                Some(LlamaSampler::from(m))
+            }
+            None => None,
+        };
         self.run(
             Prompt::Continue(&req.messages, draft),
             req.max_tokens,
             &req.sampling,
             &req.stop,
-            RunOptions::default(),
+            RunOptions {
+                constraint,
+                ..RunOptions::default()
+            },
             cancel,
             on_token,
         )
@@ -341,6 +416,7 @@ pub(crate) fn validate_request(req: &ChatRequest) -> Result<(), LocalError> {
             s.repeat_penalty
         ));
     }
+    constraint::schema_of(&req.response_format).map_err(LocalError::InvalidRequest)?;
     Ok(())
 }
 

@@ -131,6 +131,7 @@ impl LocalEngine {
         let opts = RunOptions {
             ignore_eos: true,
             cold: true,
+            constraint: None,
         };
         self.run(
             Prompt::Tokens(tokens),

@@ -45,6 +45,21 @@ typealias Timings = uniffi.edgecascade.Timings
 typealias Confidence = uniffi.edgecascade.Confidence
 /** Requests ended so far, by outcome, and those in flight. */
 typealias RuntimeStats = uniffi.edgecascade.RuntimeStats
+/** The answer's shape. Locally, JSON formats constrain decoding; every JSON answer is checked. */
+sealed class ResponseFormat {
+    /** Free text. */
+    object Text : ResponseFormat()
+    /** Any JSON object. */
+    object JsonObject : ResponseFormat()
+    /** JSON matching [schema], a JSON schema as JSON text. */
+    data class JsonSchema(val name: String, val schema: String, val strict: Boolean = true) : ResponseFormat()
+
+    internal fun toFfi(): uniffi.edgecascade.ResponseFormat = when (this) {
+        Text -> uniffi.edgecascade.ResponseFormat.Text
+        JsonObject -> uniffi.edgecascade.ResponseFormat.JsonObject
+        is JsonSchema -> uniffi.edgecascade.ResponseFormat.JsonSchema(name, schema, strict)
+    }
+}
 
 /** An OpenAI-compatible endpoint for the remote tier. */
 data class RemoteEndpoint(
@@ -98,6 +113,8 @@ data class ChatRequest(
     val private: Boolean = false,
     /** Hold the local draft until the cascade settles: never stream text that escalation replaces. */
     val holdDraft: Boolean = false,
+    /** Text, any JSON object, or JSON matching a schema (`ResponseFormat.JsonSchema(name, schemaJson, strict)`). */
+    val responseFormat: ResponseFormat = ResponseFormat.Text,
 ) {
     companion object {
         /** A single user question. */
@@ -122,6 +139,8 @@ data class ChatResponse(
     val timings: Timings,
     val confidence: Confidence?,
     val id: String,
+    /** With a JSON response format: why the answer does not match it; null when it does. */
+    val formatError: String? = null,
 )
 
 /** What [EdgeCascade.stream] emits: tokens, maybe an escalation, then the final answer. */
@@ -278,6 +297,7 @@ internal fun ChatRequest.toFfi(): FfiRequest {
         private = private,
         taskHint = null,
         holdDraft = holdDraft,
+        responseFormat = responseFormat.toFfi(),
     )
 }
 
@@ -293,4 +313,5 @@ internal fun FfiResponse.toSdk() = ChatResponse(
     timings = timings,
     confidence = confidence,
     id = id,
+    formatError = formatError,
 )

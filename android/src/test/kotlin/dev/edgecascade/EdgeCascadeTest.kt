@@ -228,4 +228,18 @@ class EdgeCascadeTest {
             dir.deleteRecursively()
         }
     }
+
+    @Test
+    fun aSchemaConstrainsTheLocalAnswer() = runBlocking<Unit> {
+        val schema = """{"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+            "population": {"type": "integer", "minimum": 0, "maximum": 100000000}}, "required": ["city", "population"],
+            "additionalProperties": false}"""
+        EdgeCascade(EdgeCascadeConfig(localModel = model)).use { ai ->
+            val request = greedy("What is the biggest city in France?", maxTokens = 60)
+                .copy(responseFormat = ResponseFormat.JsonSchema("city", schema))
+            val r = ai.complete(request)
+            assertEquals(null, r.formatError, r.text)
+            assertTrue(Regex("""^\{"city": "[^"]*", "population": \d+\}$""").matches(r.text), r.text)
+        }
+    }
 }

@@ -1,0 +1,117 @@
+//! Structured output on the local tier: a JSON schema (or "any JSON object") compiled by
+//! llguidance into a token mask that drives the sampler, so every answer parses and
+//! validates; and the same grammar checking an answer's tokens after the fact (a truncated
+//! local answer, or a remote one).
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+use crate::error::LocalError;
+use crate::types::ResponseFormat;
+
+/// The grammar compiler for one model's vocabulary (built once, on the first structured
+/// request: walking the vocabulary takes a while).
+pub(crate) struct Grammars {
+    factory: ParserFactory,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Grammars")
+    }
+}
+
+/// The JSON schema a format asks for, if it asks for JSON. Unless the schema says otherwise
+/// (`x-guidance`), the JSON is compact on one line: with free whitespace between tokens a small
+/// model can spend its whole token budget on newlines.
+pub(crate) fn schema_of(format: &ResponseFormat) -> Result<Option<Value>, String> {
+    let compact = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.entry("x-guidance").or_insert_with(|| {
+                serde_json::json!({
+                    "whitespace_flexible": false,
+                    "item_separator": ", ",
+                    "key_separator": ": "
+                })
+            });
+        }
+        v
+    };
+    match format {
+        ResponseFormat::Text => Ok(None),
+        ResponseFormat::JsonObject => Ok(Some(compact(serde_json::json!({"type": "object"})))),
+        ResponseFormat::JsonSchema { schema, name, .. } => {
+            let v: Value = serde_json::from_str(schema)
+                .map_err(|e| format!("response_format json_schema {name:?} is not JSON: {e}"))?;
+            if !(v.is_object() || v.is_boolean()) {
+                return Err(format!(
+                    "response_format json_schema {name:?} must be a JSON object"
+                ));
+            }
+            Ok(Some(compact(v)))
+        }
+    }
+}
+
+/// Whether `text` is JSON of the right shape for `format` (parse only; no schema check).
+pub(crate) fn check_json(format: &ResponseFormat, text: &str) -> Result<(), String> {
+    if matches!(format, ResponseFormat::Text) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the answer is not valid JSON: {e}"))?;
+    if matches!(format, ResponseFormat::JsonObject) && !v.is_object() {
+        return Err("the answer is JSON but not an object".into());
+    }
+    Ok(())
+}
+
+impl Grammars {
+    pub(crate) fn new(model: &LlamaModel) -> Result<Self, LocalError> {
+        let env = LlamaSampler::llguidance_tok_env(model);
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| {
+            LocalError::InvalidRequest(format!("structured output is unavailable: {e}"))
+        })?;
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// A fresh matcher for `format`; `None` for plain text. A schema llguidance cannot enforce
+    /// (an unsupported keyword, a contradiction) is an `InvalidRequest` naming the reason.
+    pub(crate) fn matcher(&self, format: &ResponseFormat) -> Result<Option<Matcher>, LocalError> {
+        let Some(schema) = schema_of(format).map_err(LocalError::InvalidRequest)? else {
+            return Ok(None);
+        };
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| {
+                LocalError::InvalidRequest(format!(
+                    "response_format: the schema cannot be enforced: {e}"
+                ))
+            })?;
+        Ok(Some(Matcher::new(Ok(parser))))
+    }
+
+    /// Checks an answer, as tokens of this model's vocabulary, against `format`: every token
+    /// allowed, and the grammar complete at the end.
+    pub(crate) fn validate(&self, format: &ResponseFormat, tokens: &[u32]) -> Result<(), String> {
+        let Some(mut m) = self.matcher(format).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let n = m.try_consume_tokens(tokens).map_err(|e| e.to_string())?;
+        if n < tokens.len() {
+            return Err(format!(
+                "the answer leaves the schema at token {n} of {}",
+                tokens.len()
+            ));
+        }
+        if !m.is_accepting().unwrap_or(false) {
+            return Err("the answer stops before the schema is complete".into());
+        }
+        Ok(())
+    }
+}
