@@ -114,6 +114,31 @@ pub struct GgufInfo {
 const MAX_DIMS: u32 = 4;
 const MAX_NAME: usize = 64;
 const MAX_STRING: u64 = 1 << 30;
+/// The longest metadata key (the GGUF specification's limit).
+const MAX_KEY: u64 = 65_535;
+/// The most bytes of a kept string value that are read (the rest is skipped).
+const MAX_KEPT: u64 = 64 * 1024;
+
+/// A key or name as it appears in an error message: one line, at most 80 characters, control
+/// characters escaped.
+fn clip(s: &str) -> String {
+    let shown: String = s
+        .chars()
+        .take(80)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if s.chars().count() > 80 {
+        format!("{shown}...")
+    } else {
+        shown
+    }
+}
 const MAX_ARRAY: u64 = 1 << 30;
 const DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -231,8 +256,38 @@ impl Reader<'_> {
     }
 
     /// Reads a length-prefixed string; `keep` decides whether its bytes are kept or skipped.
-    fn string(&mut self, what: &str, keep: bool) -> Result<Option<String>, GgufError> {
+    /// A string's raw bytes, failing past `limit` bytes.
+    fn raw_string(&mut self, what: &str, limit: u64) -> Result<Vec<u8>, GgufError> {
         let n = self.u64(what)?;
+        if n > limit || n > self.len - self.pos {
+            return Err(self.malformed(format!(
+                "{what} is {n} bytes long, more than the limit ({limit}) or what is left in the file"
+            )));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|source| GgufError::Io {
+                path: self.path.to_owned(),
+                source: source.into(),
+            })?;
+        self.pos += n;
+        Ok(buf)
+    }
+
+    /// A string: `None` when not kept (skipped). A string longer than `limit` is malformed; a
+    /// kept one is read only up to `MAX_KEPT` bytes (the rest skipped), so no length in the
+    /// file decides how much memory is allocated.
+    fn string(
+        &mut self,
+        what: &str,
+        keep: bool,
+        limit: Option<u64>,
+    ) -> Result<Option<String>, GgufError> {
+        let n = self.u64(what)?;
+        if let Some(l) = limit.filter(|&l| n > l) {
+            return Err(self.malformed(format!("{what} is {n} bytes long, the limit is {l}")));
+        }
         if n > MAX_STRING {
             return Err(self.malformed(format!(
                 "{what}: string length {n} exceeds the 1 GiB maximum"
@@ -248,14 +303,18 @@ impl Reader<'_> {
             self.skip(n, what)?;
             return Ok(None);
         }
-        let mut buf = vec![0u8; n as usize];
+        let kept = n.min(MAX_KEPT);
+        let mut buf = vec![0u8; kept as usize];
         self.inner
             .read_exact(&mut buf)
             .map_err(|source| GgufError::Io {
                 path: self.path.to_owned(),
                 source: source.into(),
             })?;
-        self.pos += n;
+        self.pos += kept;
+        if n > kept {
+            self.skip(n - kept, what)?;
+        }
         Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
     }
 }
@@ -323,20 +382,21 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
     let mut kept: Vec<(String, Kept)> = Vec::new();
     for i in 0..kv_count {
         let key = r
-            .string(&format!("metadata key {i}"), true)?
+            .string(&format!("metadata key {i}"), true, Some(MAX_KEY))?
             .unwrap_or_default();
+        let k = clip(&key);
         if key.is_empty() {
             return Err(r.malformed(format!("metadata key {i} is empty")));
         }
         if !keys.insert(key.clone()) {
-            return Err(r.malformed(format!("duplicate metadata key '{key}'")));
+            return Err(r.malformed(format!("duplicate metadata key '{k}'")));
         }
-        let what = format!("the value of '{key}'");
+        let what = format!("the value of '{k}'");
         let ty = r.u32(&what)?;
         let value = match ty {
             T_STRING => {
                 let keep = key.starts_with("general.") || key == "tokenizer.ggml.model";
-                match r.string(&what, keep)? {
+                match r.string(&what, keep, None)? {
                     Some(s) => Kept::Str(s),
                     None => Kept::Other,
                 }
@@ -345,29 +405,43 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
                 let elem = r.u32(&what)?;
                 let n = r.u64(&what)?;
                 if n > MAX_ARRAY {
-                    return Err(
-                        r.malformed(format!("'{key}': array length {n} exceeds the maximum"))
-                    );
+                    return Err(r.malformed(format!("'{k}': array length {n} exceeds the maximum")));
                 }
-                if elem == T_STRING {
+                if elem == T_STRING && key == "tokenizer.ggml.tokens" {
+                    // llama.cpp asserts (aborting the process) when two tokens are the same
+                    // string: its token-to-id map would be smaller than the vocabulary. It reads
+                    // them as C strings, so a token ends at its first NUL byte.
+                    let mut seen = HashSet::with_capacity(n.min(1 << 18) as usize);
+                    for t in 0..n {
+                        let mut token = r.raw_string(&what, MAX_KEY)?;
+                        if let Some(nul) = token.iter().position(|&b| b == 0) {
+                            token.truncate(nul);
+                        }
+                        if !seen.insert(token) {
+                            return Err(r.malformed(format!(
+                                "tokenizer.ggml.tokens: token {t} repeats an earlier token"
+                            )));
+                        }
+                    }
+                } else if elem == T_STRING {
                     for _ in 0..n {
-                        r.string(&what, false)?;
+                        r.string(&what, false, None)?;
                     }
                 } else if let Some(sz) = scalar_size(elem) {
                     let bytes = n
                         .checked_mul(sz)
-                        .ok_or_else(|| r.malformed(format!("'{key}': array size overflows")))?;
+                        .ok_or_else(|| r.malformed(format!("'{k}': array size overflows")))?;
                     r.skip(bytes, &what)?;
                 } else {
                     return Err(
-                        r.malformed(format!("'{key}': array has invalid element type {elem}"))
+                        r.malformed(format!("'{k}': array has invalid element type {elem}"))
                     );
                 }
                 Kept::Array { elem, len: n }
             }
             t => {
                 let sz = scalar_size(t)
-                    .ok_or_else(|| r.malformed(format!("'{key}' has invalid GGUF type {t}")))?;
+                    .ok_or_else(|| r.malformed(format!("'{k}' has invalid GGUF type {t}")))?;
                 if t == T_U32 {
                     Kept::Uint(u64::from(r.u32(&what)?))
                 } else if t == T_U64 {
@@ -381,6 +455,7 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
         if key.starts_with("general.")
             || key.starts_with("tokenizer.")
             || key.ends_with(".context_length")
+            || key.ends_with(".block_count")
         {
             kept.push((key, value));
         }
@@ -443,12 +518,38 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
                 _ => None,
             });
 
+    // llama.cpp asserts 0 < block_count <= LLAMA_MAX_LAYERS (512) while loading.
+    if let Some(a) = &architecture {
+        match get(&format!("{a}.block_count")) {
+            None => {}
+            Some(Kept::Uint(n)) if (1..=512).contains(n) => {}
+            Some(Kept::Uint(n)) => {
+                return Err(r.malformed(format!(
+                    "{}.block_count {n} is not between 1 and 512",
+                    clip(a)
+                )))
+            }
+            Some(_) => {
+                return Err(r.malformed(format!(
+                    "{}.block_count must be an unsigned integer",
+                    clip(a)
+                )))
+            }
+        }
+    }
+
     // Tensor infos.
     let mut names = HashSet::new();
-    let mut tensors: Vec<(String, u64, u64)> = Vec::with_capacity(tensor_count as usize);
+    // Grown as tensors are read: the count was only checked against a loose bound (33 bytes per
+    // tensor), which a multi-gigabyte file satisfies for millions of tensors.
+    let mut tensors: Vec<(String, u64, u64)> = Vec::with_capacity(tensor_count.min(1024) as usize);
     for i in 0..tensor_count {
         let name = r
-            .string(&format!("tensor {i}'s name"), true)?
+            .string(
+                &format!("tensor {i}'s name"),
+                true,
+                Some(MAX_NAME as u64 - 1),
+            )?
             .unwrap_or_default();
         if name.len() >= MAX_NAME {
             return Err(r.malformed(format!(
@@ -580,6 +681,87 @@ mod tests {
         b
     }
 
+    /// `tiny_gguf` with more KVs: (key, GGUF type, value bytes).
+    fn with_kvs(extra: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tiny_gguf();
+        let kvs = 2 + extra.len() as u64;
+        b[16..24].copy_from_slice(&kvs.to_le_bytes());
+        // Insert after the two existing KVs (before the tensor infos).
+        let mut at = 24;
+        for _ in 0..2 {
+            let klen = u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+            at += 8 + klen;
+            let ty = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            at += 4;
+            at += if ty == T_STRING {
+                8 + u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize
+            } else {
+                4
+            };
+        }
+        let mut ins = Vec::new();
+        for (k, ty, v) in extra {
+            ins.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            ins.extend_from_slice(k.as_bytes());
+            ins.extend_from_slice(&ty.to_le_bytes());
+            ins.extend_from_slice(v);
+        }
+        b.splice(at..at, ins);
+        // Re-pad the tensor data start to the alignment.
+        let infos_end = b.len() - 48;
+        let mut head = b[..infos_end].to_vec();
+        while head.last() == Some(&0) && head.len() % 32 != 0 {
+            head.pop();
+        }
+        let unpadded = head.len();
+        let infos: Vec<u8> = b[..infos_end].to_vec();
+        let mut out = infos[..unpadded.max(infos_end - (infos_end % 32))].to_vec();
+        out.truncate(unpadded);
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(&[0u8; 48]);
+        out
+    }
+
+    fn strings(items: &[&[u8]]) -> Vec<u8> {
+        let mut v = T_STRING.to_le_bytes().to_vec();
+        v.extend_from_slice(&(items.len() as u64).to_le_bytes());
+        for it in items {
+            v.extend_from_slice(&(it.len() as u64).to_le_bytes());
+            v.extend_from_slice(it);
+        }
+        v
+    }
+
+    #[test]
+    fn what_llama_cpp_would_assert_on_is_refused_first() {
+        let check = |extra: &[(&str, u32, Vec<u8>)]| {
+            let f = write(&with_kvs(extra));
+            validate(f.path()).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let tokens = |t: &[&[u8]]| ("tokenizer.ggml.tokens", T_ARRAY, strings(t));
+        check(&[tokens(&[b"a", b"b"])]).expect("distinct tokens");
+        let e = check(&[tokens(&[b"a", b"b", b"a"])]).unwrap_err();
+        assert!(e.contains("token 2 repeats"), "{e}");
+        // llama.cpp reads tokens as C strings: "b\0x" is "b".
+        let e = check(&[tokens(&[b"a", b"b\0x", b"b"])]).unwrap_err();
+        assert!(e.contains("token 2 repeats"), "{e}");
+        let block = |n: u32| ("llama.block_count", T_U32, n.to_le_bytes().to_vec());
+        check(&[block(30)]).expect("30 layers");
+        for n in [0, 513, 29_982] {
+            let e = check(&[block(n)]).unwrap_err();
+            assert!(e.contains("block_count"), "{e}");
+        }
+        // A key longer than the specification allows: refused, in a short one-line message.
+        let long = "k\n".repeat(50_000);
+        let e = check(&[(long.as_str(), T_U32, 1u32.to_le_bytes().to_vec())]).unwrap_err();
+        assert!(
+            e.contains("limit is 65535") && e.len() < 400 && !e.contains('\n'),
+            "{e}"
+        );
+    }
+
     fn write(bytes: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(bytes).unwrap();
@@ -649,7 +831,7 @@ mod tests {
         let mut b = tiny_gguf();
         b[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
         let err = validate(write(&b).path()).unwrap_err();
-        assert!(err.to_string().contains("string length"), "{err}");
+        assert!(err.to_string().contains("the limit is 65535"), "{err}");
     }
 
     /// A GGUF with one tokenizer array of `elem` type and `len` entries, beside `n_tokens` tokens.
@@ -666,8 +848,8 @@ mod tests {
         b.extend_from_slice(&T_ARRAY.to_le_bytes());
         b.extend_from_slice(&T_STRING.to_le_bytes());
         b.extend_from_slice(&n_tokens.to_le_bytes());
-        for _ in 0..n_tokens {
-            s(&mut b, "t");
+        for i in 0..n_tokens {
+            s(&mut b, &format!("t{i}"));
         }
         s(&mut b, key);
         b.extend_from_slice(&T_ARRAY.to_le_bytes());
