@@ -8,6 +8,7 @@
 mod bad_models;
 mod fault_server;
 mod file_host;
+mod fuzz_corpus;
 mod local;
 mod pull;
 mod remote;

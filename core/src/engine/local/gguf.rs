@@ -194,14 +194,33 @@ enum Kept {
     Other,
 }
 
-struct Reader<'p> {
-    inner: BufReader<File>,
+/// Where the validator reads from: a buffered file, or bytes in memory (fuzzing, tests).
+trait Source: Read {
+    /// Skips `n` bytes forward.
+    fn skip_forward(&mut self, n: u64) -> std::io::Result<()>;
+}
+
+impl Source for BufReader<File> {
+    fn skip_forward(&mut self, n: u64) -> std::io::Result<()> {
+        self.seek_relative(i64::try_from(n).map_err(std::io::Error::other)?)
+    }
+}
+
+impl Source for std::io::Cursor<&[u8]> {
+    fn skip_forward(&mut self, n: u64) -> std::io::Result<()> {
+        self.set_position(self.position().saturating_add(n));
+        Ok(())
+    }
+}
+
+struct Reader<'p, R: Source> {
+    inner: R,
     pos: u64,
     len: u64,
     path: &'p Path,
 }
 
-impl Reader<'_> {
+impl<R: Source> Reader<'_, R> {
     fn truncated(&self, what: &str) -> GgufError {
         GgufError::TruncatedHeader {
             path: self.path.to_owned(),
@@ -245,12 +264,10 @@ impl Reader<'_> {
         if self.len - self.pos < n {
             return Err(self.truncated(what));
         }
-        self.inner
-            .seek_relative(n as i64)
-            .map_err(|source| GgufError::Io {
-                path: self.path.to_owned(),
-                source: source.into(),
-            })?;
+        self.inner.skip_forward(n).map_err(|source| GgufError::Io {
+            path: self.path.to_owned(),
+            source: source.into(),
+        })?;
         self.pos += n;
         Ok(())
     }
@@ -339,13 +356,34 @@ pub fn validate(path: &Path) -> Result<GgufInfo, GgufError> {
         });
     }
     let file = File::open(path).map_err(io)?;
-    let mut r = Reader {
+    walk(Reader {
         inner: BufReader::with_capacity(1 << 16, file),
         pos: 0,
         len,
         path,
-    };
+    })
+}
 
+/// Validates GGUF bytes held in memory (for fuzzing and tests); errors name `<memory>`.
+pub fn validate_bytes(bytes: &[u8]) -> Result<GgufInfo, GgufError> {
+    let path = Path::new("<memory>");
+    if bytes.is_empty() {
+        return Err(GgufError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    walk(Reader {
+        inner: std::io::Cursor::new(bytes),
+        pos: 0,
+        len: bytes.len() as u64,
+        path,
+    })
+}
+
+/// The walk over the format, in file order.
+#[allow(clippy::too_many_lines)]
+fn walk<R: Source>(mut r: Reader<'_, R>) -> Result<GgufInfo, GgufError> {
+    let (len, path) = (r.len, r.path);
     if len < 4 {
         return Err(r.truncated("the magic bytes"));
     }
