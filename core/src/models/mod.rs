@@ -1,0 +1,306 @@
+//! The model manager: a catalog of known models, resumable verified downloads, and a models
+//! folder with a storage quota. The folder keeps a small manifest (`edgecascade-models.json`)
+//! of the files it verified, their sha256 and when each was last used, for `models list` and
+//! for evicting the least recently used model when a pull needs room.
+
+pub mod catalog;
+pub mod pull;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{CatalogEntry, CATALOG};
+pub use pull::{pull, PullError, PullOutcome, PullProgress, PullRequest};
+
+/// The manifest's file name in a models folder.
+pub const MANIFEST: &str = "edgecascade-models.json";
+
+/// Room kept free on the disk beyond what a pull needs.
+const DISK_MARGIN: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Manifest {
+    files: BTreeMap<String, Recorded>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recorded {
+    sha256: String,
+    size: u64,
+    last_used: f64,
+}
+
+/// A model file in a models folder.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct StoredModel {
+    /// The file.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its catalog name, when its hash is a catalog entry's.
+    pub catalog_name: Option<String>,
+    /// The sha256 recorded when it was verified.
+    pub sha256: Option<String>,
+    /// Verified by a pull (or `verify`) and unchanged in size since.
+    pub verified: bool,
+    /// Last use recorded (Unix seconds), if any.
+    pub last_used: Option<f64>,
+}
+
+/// A models folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The folder `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST)
+    }
+
+    fn read(&self) -> Manifest {
+        std::fs::read_to_string(self.manifest_path())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, m: &Manifest) {
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        let ok = serde_json::to_string_pretty(m)
+            .ok()
+            .is_some_and(|t| std::fs::write(&tmp, t).is_ok())
+            && std::fs::rename(&tmp, self.manifest_path()).is_ok();
+        if !ok {
+            log::warn!("could not update {}", self.manifest_path().display());
+        }
+    }
+
+    fn key(path: &Path) -> String {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Records a verified file.
+    pub fn record(&self, path: &Path, sha256: &str, size: u64) {
+        let mut m = self.read();
+        m.files.insert(
+            Self::key(path),
+            Recorded {
+                sha256: sha256.to_owned(),
+                size,
+                last_used: crate::cost::now_s(),
+            },
+        );
+        self.write(&m);
+    }
+
+    /// Notes that `path` was used now, if its folder is a managed one (has a manifest that
+    /// knows the file). Never creates a manifest.
+    pub fn touch(path: &Path) {
+        let Some(dir) = path.parent() else { return };
+        let store = Store::new(dir);
+        if !store.manifest_path().exists() {
+            return;
+        }
+        let mut m = store.read();
+        if let Some(r) = m.files.get_mut(&Self::key(path)) {
+            r.last_used = crate::cost::now_s();
+            store.write(&m);
+        }
+    }
+
+    /// The `.gguf` files in the folder, by name.
+    pub fn list(&self) -> Vec<StoredModel> {
+        let m = self.read();
+        let mut out: Vec<StoredModel> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let size = std::fs::metadata(&p).map_or(0, |md| md.len());
+                let rec = m.files.get(&Self::key(&p));
+                StoredModel {
+                    path: p.to_string_lossy().into_owned(),
+                    size,
+                    catalog_name: rec
+                        .and_then(|r| catalog::by_sha256(&r.sha256))
+                        .map(|e| e.name.to_owned()),
+                    sha256: rec.map(|r| r.sha256.clone()),
+                    verified: rec.is_some_and(|r| r.size == size),
+                    last_used: rec.map(|r| r.last_used),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Hashes `path` and records it when the hash is `expected` (or any catalog entry's, when
+    /// `expected` is `None`). Returns the hash.
+    pub fn verify(&self, path: &Path, expected: Option<&str>) -> Result<String, PullError> {
+        let io = |e: std::io::Error| PullError::Io {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        let (sha, size) = pull::sha256_file(path)
+            .map_err(io)?
+            .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
+        let known = match expected {
+            Some(e) => e.eq_ignore_ascii_case(&sha),
+            None => catalog::by_sha256(&sha).is_some(),
+        };
+        if known {
+            self.record(path, &sha, size);
+        }
+        Ok(sha)
+    }
+
+    /// Deletes a model (by file name, path or catalog name) and its partial download. Returns
+    /// what was deleted.
+    pub fn remove(&self, name: &str) -> Result<Vec<PathBuf>, PullError> {
+        let file = catalog::find(name).map_or(name, |e| e.file_name);
+        let path = self
+            .dir
+            .join(Path::new(file).file_name().unwrap_or_default());
+        let mut gone = Vec::new();
+        for p in [
+            path.clone(),
+            PathBuf::from(format!("{}.part", path.display())),
+            PathBuf::from(format!("{}.part.json", path.display())),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => gone.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(PullError::Io {
+                        path: p,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        if gone.is_empty() {
+            return Err(PullError::Invalid(format!(
+                "no model {name} in {}",
+                self.dir.display()
+            )));
+        }
+        let mut m = self.read();
+        if m.files.remove(&Self::key(&path)).is_some() {
+            self.write(&m);
+        }
+        Ok(gone)
+    }
+
+    /// Bytes the folder's models and partial downloads take.
+    pub fn usage(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.ends_with(".gguf") || n.ends_with(".gguf.part")
+                    })
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Makes room for `need` more bytes for the pull `r`: within its quota (evicting the least
+/// recently used models, never `r.keep` nor the file being pulled) and on the disk. Returns
+/// the files evicted.
+pub(crate) fn make_room(r: &PullRequest, need: u64) -> Result<Vec<String>, PullError> {
+    let dest = PathBuf::from(&r.dest);
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let store = Store::new(&dir);
+    let mut evicted = Vec::new();
+    if let Some(quota) = r.quota_bytes {
+        let keep = r.keep.as_deref().map(Path::new);
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || (a.canonicalize().ok().is_some()
+                    && a.canonicalize().ok() == b.canonicalize().ok())
+        };
+        let mut used = store.usage();
+        if used + need > quota {
+            let mut candidates: Vec<StoredModel> = store
+                .list()
+                .into_iter()
+                .filter(|m| {
+                    let p = Path::new(&m.path);
+                    !same(p, &dest) && keep.is_none_or(|k| !same(p, k))
+                })
+                .collect();
+            // Least recently used first; files never used (no record) before all others.
+            let age = |m: &StoredModel| {
+                m.last_used.unwrap_or_else(|| {
+                    std::fs::metadata(&m.path)
+                        .and_then(|md| md.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0.0, |d| d.as_secs_f64())
+                })
+            };
+            candidates.sort_by(|a, b| age(a).total_cmp(&age(b)));
+            let room: u64 = candidates.iter().map(|m| m.size).sum();
+            if used.saturating_sub(room) + need > quota {
+                return Err(PullError::Storage(format!(
+                    "the models quota of {:.2} GB cannot hold {:.2} GB more: {:.2} GB are used, and only {:.2} GB of that may be evicted (the configured model is kept)",
+                    quota as f64 / 1e9,
+                    need as f64 / 1e9,
+                    used as f64 / 1e9,
+                    room as f64 / 1e9
+                )));
+            }
+            for m in candidates {
+                if used + need <= quota {
+                    break;
+                }
+                let name = Path::new(&m.path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                store.remove(&name)?;
+                log::info!("quota: evicted {} ({} bytes)", m.path, m.size);
+                used = used.saturating_sub(m.size);
+                evicted.push(m.path);
+            }
+        }
+    }
+    if let Some(free) = pull::free_space(&dir) {
+        if free < need + DISK_MARGIN {
+            return Err(PullError::Storage(format!(
+                "{}: {:.2} GB free, the download needs {:.2} GB (and {} MB to spare)",
+                dir.display(),
+                free as f64 / 1e9,
+                need as f64 / 1e9,
+                DISK_MARGIN >> 20
+            )));
+        }
+    }
+    Ok(evicted)
+}

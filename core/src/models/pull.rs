@@ -1,0 +1,674 @@
+//! Resumable, verified downloads. Bytes go to `PATH.part` (with `PATH.part.json` naming the
+//! URL and hash they belong to); an interruption resumes with an HTTP `Range` request; a server
+//! that ignores `Range` (200) or answers a `Content-Range` that does not continue the partial
+//! file restarts it from zero, never appending; the sha256 of the whole file is checked before
+//! an atomic rename into `PATH`. Nothing appears at `PATH` unverified.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// What to download.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct PullRequest {
+    /// https (http only to loopback).
+    pub url: String,
+    /// Expected sha256, hex.
+    pub sha256: String,
+    /// Where the verified file goes.
+    pub dest: String,
+    /// Give up after this many seconds, retries included.
+    pub deadline_s: f64,
+    /// A connection that delivers nothing for this long is dropped and resumed.
+    pub stall_timeout_s: f64,
+    /// The models folder's quota in bytes (see [`super::Store`]); none by default.
+    pub quota_bytes: Option<u64>,
+    /// A file the quota must never evict (the configured local model).
+    pub keep: Option<String>,
+}
+
+impl PullRequest {
+    /// Defaults: a 6-hour deadline, a 30 s stall timeout, no quota.
+    pub fn new(url: &str, sha256: &str, dest: &Path) -> Self {
+        Self {
+            url: url.to_owned(),
+            sha256: sha256.to_owned(),
+            dest: dest.to_string_lossy().into_owned(),
+            deadline_s: 6.0 * 3600.0,
+            stall_timeout_s: 30.0,
+            quota_bytes: None,
+            keep: None,
+        }
+    }
+}
+
+/// Progress of a pull.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct PullProgress {
+    /// Bytes of the file on disk so far.
+    pub bytes_done: u64,
+    /// The file's size, once a server said.
+    pub total: Option<u64>,
+    /// Bytes per second over the current connection.
+    pub bytes_per_s: f64,
+}
+
+/// A finished pull.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct PullOutcome {
+    /// The verified file.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its sha256.
+    pub sha256: String,
+    /// Bytes received over the network by this call (a resumed pull counts only the rest).
+    pub bytes_transferred: u64,
+    /// Bytes already on disk from an earlier, interrupted pull when this one started.
+    pub resumed_from: u64,
+    /// HTTP requests made.
+    pub requests: u32,
+    /// Times the partial file was thrown away (a server ignoring `Range`, a mismatched
+    /// `Content-Range`).
+    pub restarts: u32,
+    /// The file was already there and verified: nothing was downloaded.
+    pub already_present: bool,
+    /// Files evicted to stay within the quota.
+    pub evicted: Vec<String>,
+}
+
+/// Why a pull failed. Nothing is left at the destination.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PullError {
+    /// The request is unusable (a URL, a hash).
+    #[error("{0}")]
+    Invalid(String),
+    /// The server refused (404, 401, ...): retrying will not help.
+    #[error("{url}: HTTP {status}; nothing was saved")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The host could not be reached, or kept failing, until the deadline.
+    #[error(
+        "{url}: {detail} (after {requests} requests); the partial file is kept for a later resume"
+    )]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The last failure.
+        detail: String,
+        /// Requests made.
+        requests: u32,
+    },
+    /// The whole file's sha256 is not the expected one.
+    #[error("{url}: checksum mismatch: expected sha256 {expected}, got {actual}; the download was deleted")]
+    Mismatch {
+        /// The URL.
+        url: String,
+        /// Expected.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// Not enough room: the quota or the disk.
+    #[error("{0}")]
+    Storage(String),
+    /// A file could not be read or written.
+    #[error("{path}: {detail}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The caller cancelled; the partial file is kept for a later resume.
+    #[error("cancelled; the partial file is kept for a later resume")]
+    Cancelled,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PullError + '_ {
+    move |e| PullError::Io {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// `PATH.part` and its note.
+fn part_paths(dest: &Path) -> (PathBuf, PathBuf) {
+    let mut part = dest.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut note = part.as_os_str().to_owned();
+    note.push(".json");
+    (part, PathBuf::from(note))
+}
+
+fn check_request(r: &PullRequest) -> Result<String, PullError> {
+    let hex = r.sha256.trim().to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PullError::Invalid(format!(
+            "--sha256 must be 64 hex digits, got {:?}",
+            r.sha256
+        )));
+    }
+    let lower = r.url.to_ascii_lowercase();
+    let loopback = crate::engine::remote::is_loopback_url(&r.url);
+    if !(lower.starts_with("https://") || (lower.starts_with("http://") && loopback)) {
+        return Err(PullError::Invalid(format!(
+            "{}: downloads need https (plain http only to loopback)",
+            r.url
+        )));
+    }
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(r.deadline_s) || !positive(r.stall_timeout_s) {
+        return Err(PullError::Invalid(
+            "deadline_s and stall_timeout_s must be positive numbers of seconds".into(),
+        ));
+    }
+    if r.dest.is_empty() {
+        return Err(PullError::Invalid("no destination path".into()));
+    }
+    Ok(hex)
+}
+
+/// Hashes a file (`Ok(None)` if it does not exist).
+pub fn sha256_file(path: &Path) -> std::io::Result<Option<(String, u64)>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok(Some((format!("{:x}", h.finalize()), n)))
+}
+
+/// Free bytes on the file system holding `dir` (`None` where unknown).
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
+        if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Some(u64::from(s.f_bavail as u64).saturating_mul(u64::from(s.f_frsize as u64)))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// The partial file, its hash state and its length, kept consistent.
+struct Part {
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Part {
+    /// Opens (or creates) the partial file, hashing what is already there.
+    fn open(path: &Path) -> Result<Self, PullError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(false)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path))?;
+        let mut hasher = Sha256::new();
+        let len = std::io::copy(&mut (&mut file).take(u64::MAX), &mut hasher).map_err(io(path))?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            hasher,
+            len,
+        })
+    }
+
+    fn restart(&mut self) -> Result<(), PullError> {
+        self.file.set_len(0).map_err(io(&self.path))?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io(&self.path))?;
+        self.hasher = Sha256::new();
+        self.len = 0;
+        Ok(())
+    }
+
+    fn append(&mut self, buf: &[u8]) -> Result<(), PullError> {
+        self.file.write_all(buf).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                PullError::Storage(format!("{}: the disk is full", self.path.display()))
+            } else {
+                io(&self.path)(e)
+            }
+        })?;
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`), or `bytes */TOTAL`.
+fn content_range(v: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim();
+    let (range, total) = rest.split_once('/')?;
+    let total = total.trim().parse().ok();
+    let start = if range.trim() == "*" {
+        None
+    } else {
+        Some(range.split_once('-')?.0.trim().parse().ok()?)
+    };
+    Some((start, total))
+}
+
+/// What one HTTP request ended with.
+enum Attempt {
+    /// The body ended: the part holds the whole file (as far as the server said).
+    Complete,
+    /// Retry (resuming) after this long, for this reason.
+    Retry(Duration, String),
+}
+
+/// Downloads `r.url` into `r.dest`, verified. `on_progress` sees progress about ten times a
+/// second; `cancel` stops it (the partial file stays, for a later resume).
+pub fn pull(
+    r: &PullRequest,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(&PullProgress),
+) -> Result<PullOutcome, PullError> {
+    let expected = check_request(r)?;
+    let dest = PathBuf::from(&r.dest);
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    // Already there and verified: done.
+    if let Some((sha, n)) = sha256_file(&dest).map_err(io(&dest))? {
+        if sha == expected {
+            return Ok(PullOutcome {
+                path: r.dest.clone(),
+                bytes: n,
+                sha256: sha,
+                bytes_transferred: 0,
+                resumed_from: 0,
+                requests: 0,
+                restarts: 0,
+                already_present: true,
+                evicted: Vec::new(),
+            });
+        }
+    }
+    let (part_path, note_path) = part_paths(&dest);
+    // A partial file from another URL or hash is not ours to resume.
+    let note = serde_json::json!({"url": r.url, "sha256": expected}).to_string();
+    let same = std::fs::read_to_string(&note_path).is_ok_and(|n| n == note);
+    if !same {
+        let _ = std::fs::remove_file(&part_path);
+    }
+    std::fs::write(&note_path, &note).map_err(io(&note_path))?;
+    let mut part = Part::open(&part_path)?;
+    let resumed_from = part.len;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(r.deadline_s);
+    let mut out = PullOutcome {
+        path: r.dest.clone(),
+        bytes: 0,
+        sha256: String::new(),
+        bytes_transferred: 0,
+        resumed_from,
+        requests: 0,
+        restarts: 0,
+        already_present: false,
+        evicted: Vec::new(),
+    };
+    let mut total: Option<u64> = super::catalog::by_sha256(&expected).map(|e| e.size_bytes);
+    let mut room_checked = false;
+    if let Some(t) = total {
+        out.evicted = super::make_room(r, t.saturating_sub(part.len))?;
+        room_checked = true;
+    }
+    let mut failures = 0u32;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(PullError::Cancelled);
+        }
+        out.requests += 1;
+        let attempt = fetch(
+            r,
+            &mut part,
+            (&mut total, &mut room_checked),
+            &mut out,
+            cancel,
+            deadline,
+            on_progress,
+        );
+        let attempt = match attempt {
+            Ok(a) => a,
+            Err(e) => {
+                if matches!(e, PullError::Status { .. } | PullError::Mismatch { .. }) {
+                    drop(part);
+                    let _ = std::fs::remove_file(&part_path);
+                    let _ = std::fs::remove_file(&note_path);
+                }
+                return Err(e);
+            }
+        };
+        match attempt {
+            Attempt::Complete => break,
+            Attempt::Retry(wait, why) => {
+                failures += 1;
+                if Instant::now() + wait >= deadline {
+                    return Err(PullError::Unreachable {
+                        url: r.url.clone(),
+                        detail: why,
+                        requests: out.requests,
+                    });
+                }
+                log::info!(
+                    "pull {}: {why}; resuming at byte {} in {:.1} s (failure {failures})",
+                    r.url,
+                    part.len,
+                    wait.as_secs_f64()
+                );
+                let end = Instant::now() + wait;
+                while Instant::now() < end {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(PullError::Cancelled);
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+                }
+            }
+        }
+    }
+    // Verify the whole file, then publish it atomically.
+    let actual = format!("{:x}", std::mem::take(&mut part.hasher).finalize());
+    let len = part.len;
+    part.file.sync_all().map_err(io(&part_path))?;
+    drop(part);
+    if actual != expected {
+        let _ = std::fs::remove_file(&part_path);
+        let _ = std::fs::remove_file(&note_path);
+        return Err(PullError::Mismatch {
+            url: r.url.clone(),
+            expected,
+            actual,
+        });
+    }
+    std::fs::rename(&part_path, &dest).map_err(io(&dest))?;
+    let _ = std::fs::remove_file(&note_path);
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    super::Store::new(&dir).record(&dest, &actual, len);
+    out.bytes = len;
+    out.sha256 = actual;
+    Ok(out)
+}
+
+/// Backoff for the n-th consecutive failure: 0.5 s doubling to 30 s.
+fn backoff(requests: u32) -> Duration {
+    Duration::from_secs_f64((0.5 * f64::from(1u32 << requests.min(6))).min(30.0))
+}
+
+/// One HTTP request: resumes at `part.len`, appends what arrives.
+fn fetch(
+    r: &PullRequest,
+    part: &mut Part,
+    (total, room_checked): (&mut Option<u64>, &mut bool),
+    out: &mut PullOutcome,
+    cancel: &AtomicBool,
+    deadline: Instant,
+    on_progress: &mut dyn FnMut(&PullProgress),
+) -> Result<Attempt, PullError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Ok(Attempt::Retry(Duration::ZERO, "the deadline passed".into()));
+    }
+    let stall = Duration::from_secs_f64(r.stall_timeout_s);
+    // An agent of its own, so the watchdog can shut it down (failing a blocked read at once)
+    // on a stall or a cancel.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(stall.min(Duration::from_secs(30))))
+        .timeout_recv_response(Some(stall))
+        .timeout_global(Some(remaining))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(&r.url);
+    if part.len > 0 {
+        req = req.header("Range", format!("bytes={}-", part.len));
+    }
+    let progress_at = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let watchdog = {
+        let (agent, progress_at, done) =
+            (agent.clone(), Arc::clone(&progress_at), Arc::clone(&done));
+        // The caller's cancel flag is not 'static: mirror it.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mirror = Arc::clone(&cancelled);
+        let handle = std::thread::Builder::new()
+            .name("edgecascade-pull-watchdog".into())
+            .spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let idle =
+                        t0.elapsed().as_millis() as u64 - progress_at.load(Ordering::Relaxed);
+                    if mirror.load(Ordering::Relaxed) || Duration::from_millis(idle) > stall {
+                        agent.shutdown();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .map_err(|e| PullError::Io {
+                path: part.path.clone(),
+                detail: format!("cannot start the watchdog thread: {e}"),
+            })?;
+        (handle, cancelled)
+    };
+    let touch = |p: &AtomicU64| p.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let result = (|| {
+        let response = match req.call() {
+            Ok(resp) => resp,
+            Err(e) => return Ok(Attempt::Retry(backoff(out.requests), e.to_string())),
+        };
+        touch(&progress_at);
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let length = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        match status {
+            200 => {
+                if part.len > 0 {
+                    log::info!("pull {}: the server ignored Range; starting over", r.url);
+                    part.restart()?;
+                    out.restarts += 1;
+                }
+                if let Some(n) = length {
+                    *total = Some(n);
+                }
+            }
+            206 => {
+                let (start, size) = header("content-range")
+                    .as_deref()
+                    .and_then(content_range)
+                    .unwrap_or((None, None));
+                if start != Some(part.len) {
+                    log::info!(
+                        "pull {}: Content-Range starts at {start:?}, the partial file has {} bytes; starting over",
+                        r.url,
+                        part.len
+                    );
+                    part.restart()?;
+                    out.restarts += 1;
+                    return Ok(Attempt::Retry(
+                        Duration::ZERO,
+                        "a mismatched Content-Range".into(),
+                    ));
+                }
+                if size.is_some() {
+                    *total = size;
+                }
+            }
+            416 => {
+                // The partial file is at least as long as the file: verify it, or start over.
+                let size = header("content-range")
+                    .as_deref()
+                    .and_then(content_range)
+                    .and_then(|c| c.1);
+                if size == Some(part.len) {
+                    return Ok(Attempt::Complete);
+                }
+                part.restart()?;
+                out.restarts += 1;
+                return Ok(Attempt::Retry(
+                    Duration::ZERO,
+                    "416 for a partial file".into(),
+                ));
+            }
+            429 | 500..=599 => {
+                let wait = header("retry-after")
+                    .as_deref()
+                    .and_then(crate::engine::remote::parse_retry_after)
+                    .map_or(backoff(out.requests), |s| {
+                        Duration::from_secs_f64(s.min(300.0))
+                    });
+                return Ok(Attempt::Retry(wait, format!("HTTP {status}")));
+            }
+            _ => {
+                return Err(PullError::Status {
+                    url: r.url.clone(),
+                    status,
+                })
+            }
+        }
+        if let (Some(t), false) = (*total, *room_checked) {
+            out.evicted = super::make_room(r, t.saturating_sub(part.len))?;
+            *room_checked = true;
+        }
+        if total.is_some_and(|t| t < part.len) {
+            part.restart()?;
+            out.restarts += 1;
+            return Ok(Attempt::Retry(
+                Duration::ZERO,
+                "the file is shorter than the partial file".into(),
+            ));
+        }
+        let mut body = response.into_body();
+        let mut reader = body.with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 64 * 1024];
+        let started = part.len;
+        let started_at = Instant::now();
+        let mut last_report: Option<Instant> = None;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(PullError::Cancelled);
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    return Ok(Attempt::Retry(
+                        backoff(out.requests),
+                        format!("the transfer broke: {e}"),
+                    ))
+                }
+            };
+            touch(&progress_at);
+            part.append(&buf[..n])?;
+            out.bytes_transferred += n as u64;
+            if last_report.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                last_report = Some(Instant::now());
+                let secs = started_at.elapsed().as_secs_f64().max(1e-3);
+                on_progress(&PullProgress {
+                    bytes_done: part.len,
+                    total: *total,
+                    bytes_per_s: (part.len - started) as f64 / secs,
+                });
+            }
+        }
+        on_progress(&PullProgress {
+            bytes_done: part.len,
+            total: *total,
+            bytes_per_s: (part.len - started) as f64 / started_at.elapsed().as_secs_f64().max(1e-3),
+        });
+        match *total {
+            Some(t) if part.len < t => Ok(Attempt::Retry(
+                backoff(out.requests),
+                format!("the connection closed at byte {} of {t}", part.len),
+            )),
+            _ => Ok(Attempt::Complete),
+        }
+    })();
+    done.store(true, Ordering::Relaxed);
+    if cancel.load(Ordering::Relaxed) {
+        watchdog.1.store(true, Ordering::Relaxed);
+    }
+    let _ = watchdog.0.join();
+    if cancel.load(Ordering::Relaxed) {
+        return Err(PullError::Cancelled);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            content_range("bytes 100-199/1000"),
+            Some((Some(100), Some(1000)))
+        );
+        assert_eq!(content_range("bytes 100-199/*"), Some((Some(100), None)));
+        assert_eq!(content_range("bytes */1000"), Some((None, Some(1000))));
+        assert_eq!(content_range("items 1-2/3"), None);
+        assert_eq!(content_range("bytes x-2/3"), None);
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let ok = "a".repeat(64);
+        let p = |url: &str, sha: &str| {
+            check_request(&PullRequest::new(url, sha, Path::new("/tmp/x.gguf")))
+        };
+        assert!(p("https://example.com/m.gguf", &ok).is_ok());
+        assert!(p("http://127.0.0.1:8080/m.gguf", &ok).is_ok());
+        assert!(p("http://example.com/m.gguf", &ok)
+            .unwrap_err()
+            .to_string()
+            .contains("https"));
+        assert!(p("ftp://example.com/m.gguf", &ok).is_err());
+        assert!(p("https://example.com/m.gguf", "abc")
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+        assert!(p("https://example.com/m.gguf", &"g".repeat(64)).is_err());
+    }
+}
