@@ -230,12 +230,7 @@ impl Store {
 /// recently used models, never `r.keep` nor the file being pulled) and on the disk. Returns
 /// the files evicted.
 pub(crate) fn make_room(r: &PullRequest, need: u64) -> Result<Vec<String>, PullError> {
-    let dest = PathBuf::from(&r.dest);
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let (dest, dir) = r.paths();
     let store = Store::new(&dir);
     let mut evicted = Vec::new();
     if let Some(quota) = r.quota_bytes {

@@ -34,6 +34,17 @@ pub struct PullRequest {
 }
 
 impl PullRequest {
+    /// The destination and its folder (`.` for a bare file name).
+    pub(crate) fn paths(&self) -> (PathBuf, PathBuf) {
+        let dest = PathBuf::from(&self.dest);
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        (dest, dir)
+    }
+
     /// Defaults: a 6-hour deadline, a 30 s stall timeout, no quota.
     pub fn new(url: &str, sha256: &str, dest: &Path) -> Self {
         Self {
@@ -295,12 +306,7 @@ pub fn pull(
     on_progress: &mut dyn FnMut(&PullProgress),
 ) -> Result<PullOutcome, PullError> {
     let expected = check_request(r)?;
-    let dest = PathBuf::from(&r.dest);
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let (dest, dir) = r.paths();
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     // Already there and verified: done.
     if let Some((sha, n)) = sha256_file(&dest).map_err(io(&dest))? {
