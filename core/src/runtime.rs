@@ -25,7 +25,7 @@ use std::time::Instant;
 use crate::config::{Config, ContextPolicy};
 use crate::cost::{self, CostRecord, CostReport, Ledger};
 use crate::engine::local::{confidence, LocalEngine, LocalOutput, ModelInfo, TokenSignal};
-use crate::engine::remote::{RemoteEngine, RemoteOutput};
+use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
 use crate::error::{ConfigError, Error, LocalError, Result};
 use crate::policy::{self, Cascade, Plan, RouteInput, Verdict};
 use crate::types::{
@@ -179,6 +179,9 @@ struct Stream<'a> {
     t0: Instant,
     first_token: Cell<Option<f64>>,
     held: std::cell::RefCell<Option<String>>,
+    /// The request offers tools: local text is held until settled, and only its content (not
+    /// the call markup) is sent; the calls arrive in the response.
+    tools: bool,
 }
 
 impl Stream<'_> {
@@ -203,6 +206,11 @@ impl Stream<'_> {
     /// The route settled on the local answer: send what was held, and stop holding.
     fn release(&self) {
         let held = self.held.borrow_mut().take();
+        let held = if self.tools {
+            held.map(|t| crate::tools::parse(&t, "").content)
+        } else {
+            held
+        };
         if let Some(text) = held.filter(|t| !t.is_empty()) {
             self.emit(&text, Tier::Local);
         }
@@ -525,7 +533,11 @@ impl Runtime {
             t0,
             first_token: Cell::new(None),
             held: std::cell::RefCell::new(None),
+            tools: !crate::tools::offered(req).is_empty(),
         };
+        if stream.tools {
+            stream.hold();
+        }
         let outcome = self.decide(req, local.as_deref(), &id).and_then(|routed| {
             log::debug!(
                 "request {id}: {:?} ({})",
@@ -534,7 +546,7 @@ impl Runtime {
             );
             match (routed.decision.plan, local.as_deref()) {
                 (Plan::Remote, _) | (_, None) => {
-                    self.remote_leg(req, &routed, &id, cancel, &stream)
+                    self.remote_leg(req, &routed, &id, local.as_deref(), cancel, &stream)
                 }
                 (Plan::Local, Some(l)) => Self::local_leg(req, l, &routed, cancel, &stream),
                 (Plan::Cascade, Some(l)) => self.cascade(req, l, &routed, &id, cancel, &stream),
@@ -547,8 +559,13 @@ impl Runtime {
         let ttft = stream.first_token.get();
         match outcome {
             Ok(settled) => {
+                // Whatever local text is still held belongs to the answer.
+                stream.release();
+                let ttft = ttft.or(stream.first_token.get());
                 let mut response = self.respond(&id, settled, t0, ttft);
-                if !matches!(req.response_format, ResponseFormat::Text) {
+                if stream.tools {
+                    Self::settle_calls(req, local.as_deref(), &mut response);
+                } else if !matches!(req.response_format, ResponseFormat::Text) {
                     let check = match local.as_deref() {
                         Some(l) => l.check_format(&req.response_format, &response.text),
                         None => crate::engine::local::constraint::check_json(
@@ -587,7 +604,7 @@ impl Runtime {
     ) -> Result<Routed, Failed> {
         let prompt_tokens = match local {
             Some(l) => l
-                .count_prompt_tokens(&req.messages)
+                .count_request_tokens(req)
                 .map_err(|e| Failed::new(e, Reason::Rule))?,
             None => crate::engine::remote::estimate_prompt_tokens(&req.messages),
         };
@@ -682,6 +699,80 @@ impl Runtime {
         }
     }
 
+    /// Why a remote answer is not a valid one for `req` (its tool calls, or its JSON format).
+    fn remote_invalid(
+        req: &ChatRequest,
+        local: Option<&dyn LocalTier>,
+        out: &RemoteOutput,
+    ) -> Option<String> {
+        if !crate::tools::offered(req).is_empty() {
+            return match local {
+                Some(l) => l.check_calls(req, &out.tool_calls),
+                None => crate::tools::check(req, &out.tool_calls),
+            }
+            .err();
+        }
+        if matches!(req.response_format, ResponseFormat::Text) {
+            return None;
+        }
+        match local {
+            Some(l) => l.check_format(&req.response_format, &out.text),
+            None => crate::engine::local::constraint::check_json(&req.response_format, &out.text),
+        }
+        .err()
+    }
+
+    /// Asks the remote tier. An answer whose tool calls or JSON are not valid is asked for
+    /// once more where that is cheap: none of it reached the caller (no text was streamed, as
+    /// with an answer that only calls tools) and the budget holds a second call. Both calls'
+    /// usage counts. If the second call fails, the first answer stands (its fault is reported
+    /// in `format_error`).
+    #[allow(clippy::too_many_arguments)]
+    fn remote_call(
+        &self,
+        req: &ChatRequest,
+        sent: &ChatRequest,
+        id: &str,
+        worst_usd: f64,
+        local: Option<&dyn LocalTier>,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+    ) -> std::result::Result<RemoteOutput, RemoteError> {
+        let remote = self
+            .remote
+            .as_ref()
+            .expect("a remote call is planned only with a remote tier");
+        let first = remote.generate(sent, cancel, &mut |t| stream.text(t, Tier::Remote))?;
+        let Some(why) = Self::remote_invalid(req, local, &first) else {
+            return Ok(first);
+        };
+        let streamed = !first.text.is_empty();
+        if streamed
+            || first.finish_reason == FinishReason::Cancelled
+            || cancel.load(Ordering::Relaxed)
+            || self.budget(id, 2.0 * worst_usd, true).is_err()
+        {
+            return Ok(first);
+        }
+        log::info!("request {id}: the remote answer is not valid ({why}); asking once more");
+        match remote.generate(sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+            Ok(mut second) => {
+                second.prompt_tokens += first.prompt_tokens;
+                second.completion_tokens += first.completion_tokens;
+                second.usage_estimated |= first.usage_estimated;
+                second.total_ms += first.total_ms;
+                second.attempts += first.attempts;
+                Ok(second)
+            }
+            Err(e) => {
+                log::warn!(
+                    "request {id}: the second remote call failed ({e}); keeping the first answer"
+                );
+                Ok(first)
+            }
+        }
+    }
+
     /// The request as sent to the remote tier: `max_tokens` capped to what was reserved.
     fn remote_request<'r>(req: &'r ChatRequest, routed: &Routed) -> Cow<'r, ChatRequest> {
         if req.max_tokens <= routed.remote_max_tokens {
@@ -736,6 +827,7 @@ impl Runtime {
         req: &ChatRequest,
         routed: &Routed,
         id: &str,
+        local: Option<&dyn LocalTier>,
         cancel: &AtomicBool,
         stream: &Stream<'_>,
     ) -> Result<Settled, Failed> {
@@ -758,7 +850,7 @@ impl Runtime {
             return Err(Failed::new(Error::BudgetExhausted(why), reason));
         }
         let sent = Self::remote_request(req, routed);
-        match remote.generate(&sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+        match self.remote_call(req, &sent, id, routed.worst_usd, local, cancel, stream) {
             Ok(out) => Ok(Settled {
                 route: Route::Remote,
                 reason,
@@ -826,7 +918,13 @@ impl Runtime {
             ));
         }
         let cut_short = mid.is_some();
-        let malformed = if matches!(req.response_format, ResponseFormat::Text) {
+        let malformed = if stream.tools {
+            let parsed = crate::tools::parse(&draft.text, id);
+            match parsed.error {
+                Some(e) => Some(e),
+                None => local.check_calls(req, &parsed.calls).err(),
+            }
+        } else if matches!(req.response_format, ResponseFormat::Text) {
             None
         } else {
             local.check_format(&req.response_format, &draft.text).err()
@@ -834,10 +932,12 @@ impl Runtime {
         let verdict = if let Some(m) = mid {
             Verdict::Escalate(Reason::MidStreamLowConfidence, m)
         } else if let Some(why) = malformed {
-            Verdict::Escalate(
-                Reason::InvalidOutput,
-                format!("the local answer does not match the response format: {why}"),
-            )
+            let what = if stream.tools {
+                "the local tool call is not valid"
+            } else {
+                "the local answer does not match the response format"
+            };
+            Verdict::Escalate(Reason::InvalidOutput, format!("{what}: {why}"))
         } else {
             let shift = policy::Shift::of(&routed.device, &self.config.device);
             self.cascade.decide(
@@ -866,15 +966,19 @@ impl Runtime {
         };
 
         stream.sink.on_event(Event::Escalating { reason });
-        let remote = self
-            .remote
-            .as_ref()
-            .expect("the router plans a cascade only with a remote tier");
         let sent = Self::remote_request(req, routed);
         let mut work = with_draft(draft);
         let fallback = match self.budget(id, routed.worst_usd, true) {
             Err(Refusal(why)) => Fallback::Refused(why),
-            Ok(()) => match remote.generate(&sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+            Ok(()) => match self.remote_call(
+                req,
+                &sent,
+                id,
+                routed.worst_usd,
+                Some(local),
+                cancel,
+                stream,
+            ) {
                 Ok(out) => {
                     stream.discard();
                     work.remote = Some(out);
@@ -941,6 +1045,37 @@ impl Runtime {
         })
     }
 
+    /// A request with tools: a local answer's calls are read out of its text; every answer's
+    /// calls are checked against the tools (a bad one is reported in `format_error`, never
+    /// passed off as valid); calls make the finish reason `tool_calls`.
+    fn settle_calls(req: &ChatRequest, local: Option<&dyn LocalTier>, response: &mut Response) {
+        if !matches!(response.route, Route::Remote | Route::Escalated) {
+            let parsed = crate::tools::parse(&response.text, &response.id);
+            response.text = parsed.content;
+            response.tool_calls = parsed.calls;
+            response.format_error = parsed.error;
+        }
+        if response.finish_reason == FinishReason::Cancelled {
+            return;
+        }
+        if response.format_error.is_none() {
+            let check = match local {
+                Some(l) => l.check_calls(req, &response.tool_calls),
+                None => crate::tools::check(req, &response.tool_calls),
+            };
+            response.format_error = check.err();
+        }
+        if let Some(why) = &response.format_error {
+            log::warn!(
+                "request {}: the tool calls are not valid: {why}",
+                response.id
+            );
+        }
+        if !response.tool_calls.is_empty() && response.finish_reason == FinishReason::Stop {
+            response.finish_reason = FinishReason::ToolCalls;
+        }
+    }
+
     fn respond(&self, id: &str, settled: Settled, t0: Instant, ttft: Option<f64>) -> Response {
         let p = &self.config.prices;
         let Settled {
@@ -967,6 +1102,7 @@ impl Runtime {
         });
         let answered_remotely = matches!(route, Route::Remote | Route::Escalated);
         let remote_answer = w.remote.as_ref().filter(|_| answered_remotely);
+        let tool_calls = remote_answer.map_or_else(Vec::new, |r| r.tool_calls.clone());
         let (text, finish_reason) = if let Some(r) = remote_answer {
             (r.text.clone(), r.finish_reason)
         } else {
@@ -1039,6 +1175,7 @@ impl Runtime {
             id: id.to_owned(),
             ledger_error: None,
             format_error: None,
+            tool_calls,
         }
     }
 

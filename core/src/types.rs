@@ -16,6 +16,8 @@ pub enum Role {
     User,
     /// The model's earlier answers.
     Assistant,
+    /// The result of a tool call (OpenAI's `tool` role); `tool_call_id` names the call.
+    Tool,
 }
 
 impl Role {
@@ -25,6 +27,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -37,28 +40,97 @@ pub struct ChatMessage {
     pub role: Role,
     /// What they wrote.
     pub content: String,
+    /// An assistant turn's calls to the app's tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub tool_call_id: Option<String>,
+}
+
+/// A function the model may call (OpenAI's `tools[].function`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Tool {
+    /// The function's name: letters, digits, `_` and `-`, at most 64.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default)]
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub description: Option<String>,
+    /// Its parameters, as a JSON schema in JSON text (an object schema); empty for none.
+    #[serde(default)]
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub parameters: String,
+}
+
+/// Whether and which tool the model must call (OpenAI's `tool_choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum ToolChoice {
+    /// The model answers in text or calls tools, as it sees fit.
+    #[default]
+    Auto,
+    /// No tool calls: a text answer.
+    None,
+    /// At least one tool call (locally, decoding is constrained to a valid call).
+    Required,
+    /// A call to this function (constrained locally).
+    Function {
+        /// The function's name.
+        name: String,
+    },
+}
+
+/// One call the model made to an app's tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ToolCall {
+    /// The call's id, which the `tool` message answering it repeats.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, as a JSON object in JSON text.
+    pub arguments: String,
 }
 
 impl ChatMessage {
+    /// A message of `role` with plain content.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::System,
-            content: content.into(),
-        }
+        Self::new(Role::System, content)
     }
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self::new(Role::User, content)
     }
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+    /// An assistant turn that called tools (and may have said something first).
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
         Self {
-            role: Role::Assistant,
-            content: content.into(),
+            tool_calls: calls,
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+    /// The result of the tool call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(id.into()),
+            ..Self::new(Role::Tool, content)
         }
     }
 }
@@ -200,6 +272,11 @@ pub struct ChatRequest {
     pub hold_draft: bool,
     /// The answer's shape: text (default), a JSON object, or JSON matching a schema.
     pub response_format: ResponseFormat,
+    /// Functions the model may call.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub tools: Vec<Tool>,
+    /// Whether it must call one (ignored without tools).
+    pub tool_choice: ToolChoice,
 }
 
 impl Default for ChatRequest {
@@ -214,6 +291,8 @@ impl Default for ChatRequest {
             task_hint: None,
             hold_draft: false,
             response_format: ResponseFormat::Text,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
         }
     }
 }
@@ -250,6 +329,9 @@ pub enum FinishReason {
     Length,
     /// Cancelled by the caller.
     Cancelled,
+    /// The model called tools ([`Response::tool_calls`]).
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 /// Token counts.
@@ -525,6 +607,9 @@ pub struct Response {
     /// With a JSON response format: why the answer does not match it (cut short, not JSON,
     /// outside the schema). `None` when it matches, or for text.
     pub format_error: Option<String>,
+    /// The model's calls to the request's tools (then `finish_reason` is `ToolCalls` and
+    /// `text` holds whatever it said besides).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// What a streaming caller sees: `Token` and `Escalating` events, then exactly one terminal
@@ -614,6 +699,9 @@ impl Response {
             "id": self.id,
             "ledger_error": self.ledger_error,
             "format_error": self.format_error,
+            "tool_calls": self.tool_calls.iter().map(|c| serde_json::json!({
+                "id": c.id, "name": c.name, "arguments": c.arguments,
+            })).collect::<Vec<_>>(),
         })
     }
 }

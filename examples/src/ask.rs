@@ -57,6 +57,12 @@ pub struct Args {
     /// to it.
     #[arg(long, value_name = "FILE")]
     schema: Option<std::path::PathBuf>,
+    /// Offer these tools (a file holding OpenAI's `tools` array); calls print as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    tools: Option<std::path::PathBuf>,
+    /// With --tools: auto (default), none, required, or the name of the function to call.
+    #[arg(long, value_name = "CHOICE", requires = "tools")]
+    tool_choice: Option<String>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -95,7 +101,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
             }
         }
     };
+    let tools = match &args.tools {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("--tools {}: {e}", path.display())))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                Failure::Usage(format!("--tools {}: not JSON: {e}", path.display()))
+            })?;
+            crate::serve::openai::tools(Some(v))
+                .map_err(|e| Failure::Usage(format!("--tools {}: {}", path.display(), e.message)))?
+        }
+    };
+    let tool_choice = match args.tool_choice.as_deref() {
+        None | Some("auto") => edgecascade::ToolChoice::Auto,
+        Some("none") => edgecascade::ToolChoice::None,
+        Some("required") => edgecascade::ToolChoice::Required,
+        Some(name) => edgecascade::ToolChoice::Function { name: name.into() },
+    };
     let req = ChatRequest {
+        tools,
+        tool_choice,
         response_format,
         messages,
         max_tokens: args.max_tokens,
@@ -129,6 +155,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
         println!("{}", resp.to_contract_json());
     } else {
         display.finish();
+        for c in &resp.tool_calls {
+            println!(
+                "{}",
+                serde_json::json!({"tool_call": {"id": c.id, "name": c.name, "arguments": c.arguments}})
+            );
+        }
+        if let Some(e) = &resp.format_error {
+            eprintln!("warning: {e}");
+        }
         eprintln!("{}", summary_line(&resp));
     }
     if let Some(e) = &resp.ledger_error {

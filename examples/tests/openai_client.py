@@ -86,4 +86,61 @@ try:
 except openai.BadRequestError as e:
     assert "response_format" in str(e), e
 
+# Tool calls: forced (required) calls are valid, whole and streamed alike; the history of a
+# call and its result is accepted; content the model cannot read is refused.
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}]
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+full = client.chat.completions.create(
+    model="local", messages=ask, max_tokens=60, temperature=0, tools=tools, tool_choice="required")
+choice = full.choices[0]
+assert choice.finish_reason == "tool_calls", choice
+(call,) = choice.message.tool_calls
+assert call.type == "function" and call.function.name == "get_weather" and call.id, call
+args = json.loads(call.function.arguments)
+assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit"), args
+assert full.model_extra["edgecascade"]["format_error"] is None, full.model_extra
+
+calls, finish, content = {}, None, ""
+for chunk in client.chat.completions.create(
+        model="local", messages=ask, max_tokens=60, temperature=0, tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True):
+    if not chunk.choices:
+        continue
+    delta = chunk.choices[0].delta
+    content += delta.content or ""
+    for d in delta.tool_calls or []:
+        c = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+        c["id"] = d.id or c["id"]
+        c["name"] += (d.function.name or "") if d.function else ""
+        c["arguments"] += (d.function.arguments or "") if d.function else ""
+    finish = chunk.choices[0].finish_reason or finish
+assert finish == "tool_calls" and content == "", (finish, content)
+assert list(calls) == [0] and calls[0]["name"] == "get_weather", calls
+assert json.loads(calls[0]["arguments"]) == args, (calls, args)
+
+history = ask + [
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+    {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18})},
+]
+after = client.chat.completions.create(
+    model="local", messages=history, max_tokens=30, temperature=0, tools=tools, tool_choice="none")
+assert after.choices[0].finish_reason in ("stop", "length") and not after.choices[0].message.tool_calls, after
+
+for bad, param in [
+    ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "launch"}}}, "launch"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "name"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+     "text only"),
+]:
+    try:
+        client.chat.completions.create(**{"model": "local", "messages": ask, "max_tokens": 8, **bad})
+        raise AssertionError(f"{bad} must be rejected")
+    except openai.BadRequestError as e:
+        assert param in str(e), e
+
 print("openai client: ok")

@@ -116,6 +116,8 @@ pub struct RemoteOutput {
     /// The server's own time to first token, when it reports one (`edgecascade serve` does, in
     /// its `edgecascade` extension), for measuring what the client and HTTP add.
     pub server_ttft_ms: Option<f64>,
+    /// The calls the model made to the request's tools.
+    pub tool_calls: Vec<crate::types::ToolCall>,
 }
 
 /// An API key that never prints.
@@ -358,7 +360,23 @@ impl RemoteEngine {
         let messages: Vec<Value> = req
             .messages
             .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .map(|m| {
+                let mut v = json!({"role": m.role.as_str(), "content": m.content});
+                if !m.tool_calls.is_empty() {
+                    v["tool_calls"] = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                                   "function": {"name": c.name, "arguments": c.arguments}})
+                        })
+                        .collect();
+                }
+                if let Some(id) = &m.tool_call_id {
+                    v["tool_call_id"] = json!(id);
+                }
+                v
+            })
             .collect();
         let mut body = json!({
             "model": self.model,
@@ -378,6 +396,17 @@ impl RemoteEngine {
         }
         if let Some(seed) = req.sampling.seed {
             body["seed"] = json!(seed);
+        }
+        if !req.tools.is_empty() {
+            body["tools"] = req.tools.iter().map(crate::tools::openai_tool).collect();
+            body["tool_choice"] = match &req.tool_choice {
+                crate::types::ToolChoice::Auto => json!("auto"),
+                crate::types::ToolChoice::None => json!("none"),
+                crate::types::ToolChoice::Required => json!("required"),
+                crate::types::ToolChoice::Function { name } => {
+                    json!({"type": "function", "function": {"name": name}})
+                }
+            };
         }
         match &req.response_format {
             crate::types::ResponseFormat::Text => {}
@@ -562,11 +591,22 @@ impl RemoteEngine {
             ),
         })?;
         let choice = &v["choices"][0];
-        let Some(content) = choice["message"]["content"].as_str() else {
-            return Err(RemoteError::Malformed {
+        let tool_calls = read_tool_calls(&choice["message"]["tool_calls"]).map_err(|detail| {
+            RemoteError::Malformed {
                 url: url.clone(),
-                detail: "no choices[0].message.content".into(),
-            });
+                detail,
+            }
+        })?;
+        // A message that only calls tools may have a null content.
+        let content = match choice["message"]["content"].as_str() {
+            Some(c) => c,
+            None if !tool_calls.is_empty() => "",
+            None => {
+                return Err(RemoteError::Malformed {
+                    url: url.clone(),
+                    detail: "no choices[0].message.content".into(),
+                })
+            }
         };
         let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
         on_text(content);
@@ -574,11 +614,7 @@ impl RemoteEngine {
         let (est_prompt, est_completion) = estimate_usage(req, content);
         Ok(RemoteOutput {
             text: content.to_owned(),
-            finish_reason: if choice["finish_reason"].as_str() == Some("length") {
-                FinishReason::Length
-            } else {
-                FinishReason::Stop
-            },
+            finish_reason: finish_reason(choice["finish_reason"].as_str()),
             prompt_tokens: usage
                 .and_then(|u| u["prompt_tokens"].as_u64())
                 .map_or(est_prompt, |n| n as u32),
@@ -590,6 +626,7 @@ impl RemoteEngine {
             total_ms: 0.0,
             attempts: 1,
             server_ttft_ms: v["edgecascade"]["timings"]["ttft_ms"].as_f64(),
+            tool_calls,
         })
     }
 
@@ -690,7 +727,50 @@ fn cancelled_output(
         total_ms: t0.elapsed().as_secs_f64() * 1e3,
         attempts,
         server_ttft_ms: None,
+        tool_calls: Vec::new(),
     }
+}
+
+/// A server's `finish_reason`.
+fn finish_reason(s: Option<&str>) -> FinishReason {
+    match s {
+        Some("length") => FinishReason::Length,
+        Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// A message's `tool_calls` (absent or null: none). Arguments stay the JSON text the server
+/// sent; whether they are valid is the runtime's check, so a bad call is reported, not lost.
+fn read_tool_calls(v: &Value) -> Result<Vec<crate::types::ToolCall>, String> {
+    let Some(calls) = v.as_array() else {
+        return if v.is_null() {
+            Ok(Vec::new())
+        } else {
+            Err("message.tool_calls is not an array".into())
+        };
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = c["function"]["name"]
+                .as_str()
+                .ok_or_else(|| format!("tool_calls[{i}] has no function.name"))?;
+            let arguments = match &c["function"]["arguments"] {
+                Value::String(s) => s.clone(),
+                Value::Null => "{}".into(),
+                other => other.to_string(),
+            };
+            Ok(crate::types::ToolCall {
+                id: c["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{i}"), str::to_owned),
+                name: name.to_owned(),
+                arguments,
+            })
+        })
+        .collect()
 }
 
 /// The longest SSE line accepted; a longer one is a malformed stream, not a reason to buffer
@@ -907,6 +987,7 @@ impl Sse {
                 total_ms: 0.0,
                 attempts: 1,
                 server_ttft_ms: None,
+                tool_calls: Vec::new(),
             },
             finish: None,
             data: String::new(),
@@ -984,13 +1065,50 @@ impl Sse {
                 self.out.text.push_str(t);
                 on_text(t);
             }
-            match c["finish_reason"].as_str() {
-                Some("length") => self.finish = Some(FinishReason::Length),
-                Some(_) => self.finish = Some(FinishReason::Stop),
-                None => {}
+            if let Some(deltas) = c["delta"]["tool_calls"].as_array() {
+                self.tool_deltas(deltas)
+                    .map_err(|e| malformed(format!("chunk {chunks}: {e}")))?;
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                self.finish = Some(finish_reason(Some(f)));
             }
         }
         Ok(false)
+    }
+
+    /// Streamed tool-call pieces: the first piece of a call (by `index`) brings its id and
+    /// name, later ones append to its arguments.
+    fn tool_deltas(&mut self, deltas: &[Value]) -> Result<(), String> {
+        for d in deltas {
+            let calls = &mut self.out.tool_calls;
+            let index = d["index"]
+                .as_u64()
+                .map_or(calls.len().saturating_sub(1), |i| i as usize);
+            if index > calls.len() || index > 128 {
+                return Err(format!("tool call index {index} skips a call"));
+            }
+            if index == calls.len() {
+                calls.push(crate::types::ToolCall {
+                    id: format!("call_{index}"),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            }
+            let call = &mut calls[index];
+            if let Some(id) = d["id"].as_str() {
+                id.clone_into(&mut call.id);
+            }
+            if let Some(name) = d["function"]["name"].as_str() {
+                call.name.push_str(name);
+            }
+            if let Some(a) = d["function"]["arguments"].as_str() {
+                call.arguments.push_str(a);
+            }
+            if call.arguments.len() > MAX_LINE * 8 {
+                return Err("tool call arguments over 8 MiB".into());
+            }
+        }
+        Ok(())
     }
 
     /// The output of a stream that ended with `[DONE]`.

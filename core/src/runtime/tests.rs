@@ -191,6 +191,7 @@ fn remote_out(text: &str, finish: FinishReason) -> RemoteOutput {
         total_ms: 2.0,
         attempts: 1,
         server_ttft_ms: None,
+        tool_calls: Vec::new(),
     }
 }
 
@@ -907,4 +908,89 @@ fn a_local_answer_outside_the_response_format_escalates_and_a_bad_remote_one_is_
         Some(remote),
     );
     assert_eq!(rt.chat(&ask(), &NullSink).unwrap().format_error, None);
+}
+
+#[test]
+fn a_bad_local_tool_call_escalates_and_a_good_one_streams_only_its_content() {
+    let weather = crate::types::Tool {
+        name: "get_weather".into(),
+        description: None,
+        parameters:
+            r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#
+                .into(),
+    };
+    let run = |tokens: &[(&'static str, f32)]| {
+        let remote = ScriptedRemote::new(RemoteMode::Answer);
+        let rt = runtime(
+            config(None, BudgetConfig::default()),
+            Some(ScriptedLocal::new(tokens)),
+            Some(Arc::clone(&remote)),
+        );
+        let req = ChatRequest {
+            tools: vec![weather.clone()],
+            ..ask()
+        };
+        let streamed = Mutex::new(String::new());
+        let sink = |e: Event| {
+            if let Event::Token { text, .. } = e {
+                streamed.lock().unwrap().push_str(&text);
+            }
+        };
+        let r = rt.chat(&req, &sink).unwrap();
+        (
+            r,
+            remote.calls.load(Ordering::SeqCst),
+            streamed.into_inner().unwrap(),
+        )
+    };
+    // A sure, valid call: kept; the stream carries the words, never the call's markup.
+    let (r, calls, streamed) = run(&[
+        ("Checking. ", 0.95),
+        ("<tool_call>\n{\"name\": \"get_weather\", ", 0.95),
+        ("\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", 0.95),
+    ]);
+    assert_eq!(
+        (r.route, r.reason, calls),
+        (Route::Local, Reason::Accepted, 0)
+    );
+    assert_eq!(streamed, "Checking.");
+    assert_eq!(r.text, "Checking.");
+    assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(r.tool_calls.len(), 1);
+    assert_eq!(r.tool_calls[0].name, "get_weather");
+    assert_eq!(r.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+    assert_eq!(r.format_error, None);
+    // A sure call to a tool that does not exist: escalated for its validity.
+    let (r, calls, streamed) = run(&[(
+        "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+        0.95,
+    )]);
+    assert_eq!(
+        (r.route, r.reason, calls),
+        (Route::Escalated, Reason::InvalidOutput, 1)
+    );
+    assert!(r.reason_detail.contains("get_time"), "{}", r.reason_detail);
+    assert!(!streamed.contains("tool_call"), "{streamed}");
+    // A sure call without its required argument: escalated too.
+    let (r, calls, _) = run(&[(
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>",
+        0.95,
+    )]);
+    assert_eq!(
+        (r.route, r.reason, calls),
+        (Route::Escalated, Reason::InvalidOutput, 1)
+    );
+    assert!(r.reason_detail.contains("\"city\""), "{}", r.reason_detail);
+    // A call cut short (max_tokens): escalated.
+    let (r, _, _) = run(&[("<tool_call>\n{\"name\": \"get_wea", 0.95)]);
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::Escalated, Reason::InvalidOutput)
+    );
+    // Plain sure text with tools on offer: kept, streamed whole.
+    let (r, calls, streamed) = run(SURE);
+    assert_eq!((r.route, calls), (Route::Local, 0));
+    assert_eq!(streamed, r.text);
+    assert!(r.tool_calls.is_empty());
+    assert_eq!(r.finish_reason, FinishReason::Stop);
 }

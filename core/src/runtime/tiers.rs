@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent};
 use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
 use crate::error::LocalError;
-use crate::types::{ChatMessage, ChatRequest};
+use crate::types::{ChatMessage, ChatRequest, ToolCall};
 
 /// The local tier.
 pub(crate) trait LocalTier: Send + Sync {
@@ -17,6 +17,15 @@ pub(crate) trait LocalTier: Send + Sync {
     fn n_ctx(&self) -> u32;
     /// Tokens the conversation renders to.
     fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError>;
+    /// Tokens a request's prompt renders to, with its tools.
+    fn count_request_tokens(&self, req: &ChatRequest) -> Result<u32, LocalError> {
+        self.count_prompt_tokens(&req.messages)
+    }
+    /// Why a request's tool calls are not acceptable (see [`LocalEngine::check_calls`]); the
+    /// default checks names and required arguments only.
+    fn check_calls(&self, req: &ChatRequest, calls: &[ToolCall]) -> Result<(), String> {
+        crate::tools::check(req, calls)
+    }
     /// Generates an answer (see [`LocalEngine::generate`]).
     fn generate(
         &self,
@@ -61,6 +70,12 @@ impl LocalTier for LocalEngine {
     }
     fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError> {
         LocalEngine::count_prompt_tokens(self, messages)
+    }
+    fn count_request_tokens(&self, req: &ChatRequest) -> Result<u32, LocalError> {
+        LocalEngine::count_request_tokens(self, req)
+    }
+    fn check_calls(&self, req: &ChatRequest, calls: &[ToolCall]) -> Result<(), String> {
+        LocalEngine::check_calls(self, req, calls)
     }
     fn generate(
         &self,

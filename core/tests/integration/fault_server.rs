@@ -29,6 +29,8 @@ pub enum Behavior {
     SlowHeaders(Duration),
     /// A non-streaming JSON answer (or this raw body, if not JSON).
     Json(&'static str),
+    /// An SSE stream of these raw event payloads (JSON text), then [DONE].
+    Events(Vec<String>),
     /// Answers "Hello" as a stream with a Content-Length and keeps the connection open for
     /// the next request, up to this many requests.
     KeepAlive(usize),
@@ -132,6 +134,14 @@ fn serve(mut s: TcpStream, b: &Behavior, closed: &AtomicUsize) {
                     }
                 }
             }
+        }
+        Behavior::Events(events) => {
+            let _ = s.write_all(sse_head.as_bytes());
+            for e in events {
+                let _ = s.write_all(format!("data: {e}\n\n").as_bytes());
+                let _ = s.flush();
+            }
+            let _ = s.write_all(b"data: [DONE]\n\n");
         }
         Behavior::Hangup => {}
         Behavior::KeepAlive(n) => {

@@ -13,6 +13,7 @@ mod local;
 mod pull;
 mod remote;
 mod structured;
+mod tools;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -341,5 +341,6 @@ fn finish_name(f: FinishReason) -> &'static str {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
         FinishReason::Cancelled => "cancelled",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }

@@ -8,7 +8,7 @@
 //! - SIGINT/SIGTERM stop accepting, cancel what is running, and exit cleanly.
 
 mod metrics;
-mod openai;
+pub(crate) mod openai;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -463,6 +463,10 @@ fn stream_response(
         }
         if let Some(Ok(r)) = done {
             state.metrics.response(&r);
+            for (index, call) in r.tool_calls.iter().enumerate() {
+                // One delta per call, whole: the runtime settles calls before it answers.
+                yield data(openai::chunk(&id, created, &model, json!({"tool_calls": [openai::tool_call(index, call)]}), None));
+            }
             let mut last = openai::chunk(&id, created, &model, json!({}), Some(openai::finish_reason(r.finish_reason)));
             last["edgecascade"] = openai::extension(&r);
             yield data(last);

@@ -2,7 +2,7 @@
 
 use edgecascade::{
     ChatMessage, ChatRequest, FinishReason, PolicyOverride, Response, ResponseFormat, Role,
-    Sampling,
+    Sampling, Tool, ToolCall, ToolChoice,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,6 +22,10 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {name, schema, strict}}`.
     pub response_format: Option<Value>,
+    /// `[{"type": "function", "function": {name, description, parameters}}]`.
+    pub tools: Option<Value>,
+    /// `"auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}`.
+    pub tool_choice: Option<Value>,
     /// Our extension: routing controls.
     pub edgecascade: Option<Extension>,
 }
@@ -59,6 +63,90 @@ fn response_format(v: Option<Value>) -> Result<ResponseFormat, ApiError> {
     }
 }
 
+/// OpenAI's `tools`, or a 400 naming what is wrong.
+pub fn tools(v: Option<Value>) -> Result<Vec<Tool>, ApiError> {
+    let bad = |m: String| ApiError::invalid(m, Some("tools"));
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("tools must be an array".into()))?;
+    if list.len() > 128 {
+        return Err(bad(format!("{} tools; at most 128", list.len())));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad(format!("tools[{i}].type must be \"function\"")));
+            }
+            let f = t
+                .get("function")
+                .filter(|f| f.is_object())
+                .ok_or_else(|| bad(format!("tools[{i}].function must be an object")))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("tools[{i}].function.name must be a string")))?;
+            let description = match f.get("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "tools[{i}].function.description must be a string"
+                    )))
+                }
+            };
+            let parameters = match f.get("parameters") {
+                None | Some(Value::Null) => String::new(),
+                Some(p) if p.is_object() => p.to_string(),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "tools[{i}].function.parameters must be an object"
+                    )))
+                }
+            };
+            Ok(Tool {
+                name: name.to_owned(),
+                description,
+                parameters,
+            })
+        })
+        .collect()
+}
+
+/// OpenAI's `tool_choice`, or a 400.
+pub fn tool_choice(v: Option<Value>) -> Result<ToolChoice, ApiError> {
+    let bad = |m: String| ApiError::invalid(m, Some("tool_choice"));
+    match v {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(bad(format!(
+                "tool_choice {other:?} must be auto, none, required or a function"
+            ))),
+        },
+        Some(o) => match o["function"]["name"].as_str() {
+            Some(name) if o["type"] == "function" => Ok(ToolChoice::Function {
+                name: name.to_owned(),
+            }),
+            _ => Err(bad(
+                "tool_choice must be {\"type\": \"function\", \"function\": {\"name\": ...}}"
+                    .into(),
+            )),
+        },
+    }
+}
+
+/// One call as OpenAI writes it, in a message or (with `index`) a streamed delta.
+pub fn tool_call(index: usize, c: &ToolCall) -> Value {
+    json!({"index": index, "id": c.id, "type": "function",
+           "function": {"name": c.name, "arguments": c.arguments}})
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
@@ -87,6 +175,25 @@ pub struct WireMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<WireToolCall>>,
+    /// A tool turn's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireToolCall {
+    pub id: String,
+    pub function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireFunction {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (an object is accepted too).
+    pub arguments: Value,
 }
 
 /// A string, or an array of parts of which the text ones are used.
@@ -139,9 +246,10 @@ impl CompletionRequest {
                 "system" | "developer" => Role::System,
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
+                "tool" => Role::Tool,
                 other => {
                     return Err(ApiError::invalid(
-                        format!("messages[{i}].role {other:?} is not supported (system, developer, user, assistant)"),
+                        format!("messages[{i}].role {other:?} is not supported (system, developer, user, assistant, tool)"),
                         Some("messages"),
                     ))
                 }
@@ -149,14 +257,49 @@ impl CompletionRequest {
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
-                Some(Content::Parts(parts)) => parts
-                    .iter()
-                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(""),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match p.get("type").and_then(Value::as_str) {
+                            Some("text") => text.push_str(
+                                p.get("text").and_then(Value::as_str).ok_or_else(|| {
+                                    ApiError::invalid(
+                                        format!("messages[{i}].content[{j}].text must be a string"),
+                                        Some("messages"),
+                                    )
+                                })?,
+                            ),
+                            // Content the models cannot read is refused, never dropped.
+                            other => {
+                                return Err(ApiError::invalid(
+                                    format!(
+                                        "messages[{i}].content[{j}] is of type {}: this server reads text only",
+                                        other.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}"))
+                                    ),
+                                    Some("messages"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
             };
-            messages.push(ChatMessage { role, content });
+            let mut message = ChatMessage::new(role, content);
+            if role == Role::Tool {
+                message.tool_call_id = m.tool_call_id;
+            }
+            for c in m.tool_calls.unwrap_or_default() {
+                let arguments = match c.function.arguments {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                message.tool_calls.push(ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments,
+                });
+            }
+            messages.push(message);
         }
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
@@ -221,6 +364,8 @@ impl CompletionRequest {
         };
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         let response_format = response_format(self.response_format)?;
+        let tools = tools(self.tools)?;
+        let tool_choice = tool_choice(self.tool_choice)?;
         Ok((
             ChatRequest {
                 messages,
@@ -234,6 +379,8 @@ impl CompletionRequest {
                 // held until the route is settled.
                 hold_draft: true,
                 response_format,
+                tools,
+                tool_choice,
             },
             self.stream,
             include_usage,
@@ -245,6 +392,7 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -273,13 +421,37 @@ pub fn completion(id: &str, created: u64, model: &str, r: &Response) -> Value {
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": r.text},
+            "message": message(r),
             "logprobs": null,
             "finish_reason": finish_reason(r.finish_reason),
         }],
         "usage": usage(r),
         "edgecascade": extension(r),
     })
+}
+
+/// The answer's message: its text, and its tool calls when it made some (then an empty text
+/// is `null`, as OpenAI sends it).
+fn message(r: &Response) -> Value {
+    if r.tool_calls.is_empty() {
+        return json!({"role": "assistant", "content": r.text});
+    }
+    let content = if r.text.is_empty() {
+        Value::Null
+    } else {
+        json!(r.text)
+    };
+    let calls: Vec<Value> = r
+        .tool_calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = tool_call(i, c);
+            v.as_object_mut().map(|o| o.remove("index"));
+            v
+        })
+        .collect();
+    json!({"role": "assistant", "content": content, "tool_calls": calls})
 }
 
 pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {

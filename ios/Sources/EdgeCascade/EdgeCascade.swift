@@ -28,6 +28,14 @@ public typealias RuntimeStats = EdgeCascadeBindings.RuntimeStats
 /// The answer's shape: `.text`, `.jsonObject`, or `.jsonSchema(name:schema:strict:)` with the
 /// schema as JSON text.
 public typealias ResponseFormat = EdgeCascadeBindings.ResponseFormat
+/// A function the model may call: `Tool(name:description:parameters:)`, the parameters a JSON
+/// schema of an object as JSON text.
+public typealias Tool = EdgeCascadeBindings.Tool
+/// One call the model made: its `id`, the function's `name`, the `arguments` as JSON text.
+public typealias ToolCall = EdgeCascadeBindings.ToolCall
+/// Whether the model must call a tool: `.auto`, `.none`, `.required`, `.function(name:)`.
+/// Locally, `.required` and `.function` constrain decoding to a valid call.
+public typealias ToolChoice = EdgeCascadeBindings.ToolChoice
 /// Every failure: the case is the stable kind, its message the human text.
 public typealias EdgeCascadeError = EdgeCascadeBindings.EdgeCascadeError
 
@@ -85,19 +93,31 @@ public struct EdgeCascadeConfig: Sendable, Equatable {
     }
 }
 
-/// One chat turn.
+/// One chat turn. An assistant turn may carry `toolCalls`; a `.tool` turn answers `toolCallId`.
 public struct Message: Sendable, Equatable {
     public var role: Role
     public var content: String
+    public var toolCalls: [ToolCall]
+    public var toolCallId: String?
 
-    public init(role: Role, content: String) {
+    public init(role: Role, content: String, toolCalls: [ToolCall] = [], toolCallId: String? = nil) {
         self.role = role
         self.content = content
+        self.toolCalls = toolCalls
+        self.toolCallId = toolCallId
     }
 
     public static func system(_ text: String) -> Message { Message(role: .system, content: text) }
     public static func user(_ text: String) -> Message { Message(role: .user, content: text) }
     public static func assistant(_ text: String) -> Message { Message(role: .assistant, content: text) }
+    /// The assistant's turn that made `calls` (from `ChatResponse.toolCalls`).
+    public static func assistant(_ text: String, calls: [ToolCall]) -> Message {
+        Message(role: .assistant, content: text, toolCalls: calls)
+    }
+    /// What the app's function returned for the call `callId`.
+    public static func toolResult(callId: String, _ result: String) -> Message {
+        Message(role: .tool, content: result, toolCallId: callId)
+    }
 }
 
 /// A chat completion request.
@@ -116,6 +136,9 @@ public struct ChatRequest: Sendable, Equatable {
     public var holdDraft: Bool
     /// Text, any JSON object, or JSON matching a schema.
     public var responseFormat: ResponseFormat
+    /// Functions the model may call; its calls arrive in `ChatResponse.toolCalls`.
+    public var tools: [Tool]
+    public var toolChoice: ToolChoice
 
     public init(
         messages: [Message],
@@ -127,7 +150,9 @@ public struct ChatRequest: Sendable, Equatable {
         policy: Policy = .auto,
         isPrivate: Bool = false,
         holdDraft: Bool = false,
-        responseFormat: ResponseFormat = .text
+        responseFormat: ResponseFormat = .text,
+        tools: [Tool] = [],
+        toolChoice: ToolChoice = .auto
     ) {
         self.messages = messages
         self.maxTokens = maxTokens
@@ -139,6 +164,8 @@ public struct ChatRequest: Sendable, Equatable {
         self.isPrivate = isPrivate
         self.holdDraft = holdDraft
         self.responseFormat = responseFormat
+        self.tools = tools
+        self.toolChoice = toolChoice
     }
 
     /// A single user question.
@@ -168,8 +195,10 @@ public struct ChatResponse: Sendable, Equatable {
     public var timings: Timings
     public var confidence: Confidence?
     public var id: String
-    /// With a JSON response format: why the answer does not match it; nil when it does.
+    /// With a JSON response format or tools: why the answer or a call is not valid; nil when it is.
     public var formatError: String?
+    /// The model's calls to the request's tools (then `finishReason` is `.toolCalls`).
+    public var toolCalls: [ToolCall]
 }
 
 /// What `EdgeCascade.stream` yields: tokens, maybe an escalation, then the final answer.
@@ -368,7 +397,11 @@ extension ChatRequest {
             seed: seed
         )
         return EdgeCascadeBindings.ChatRequest(
-            messages: messages.map { EdgeCascadeBindings.ChatMessage(role: $0.role, content: $0.content) },
+            messages: messages.map {
+                EdgeCascadeBindings.ChatMessage(
+                    role: $0.role, content: $0.content, toolCalls: $0.toolCalls, toolCallId: $0.toolCallId
+                )
+            },
             maxTokens: UInt32(max(maxTokens, 0)),
             sampling: sampling,
             stop: stop,
@@ -376,7 +409,9 @@ extension ChatRequest {
             private: isPrivate,
             taskHint: nil,
             holdDraft: holdDraft,
-            responseFormat: responseFormat
+            responseFormat: responseFormat,
+            tools: tools,
+            toolChoice: toolChoice
         )
     }
 }
@@ -399,7 +434,8 @@ extension ChatResponse {
             timings: r.timings,
             confidence: r.confidence,
             id: r.id,
-            formatError: r.formatError
+            formatError: r.formatError,
+            toolCalls: r.toolCalls
         )
     }
 }

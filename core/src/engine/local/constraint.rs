@@ -96,12 +96,42 @@ impl Grammars {
         Ok(Some(Matcher::new(Ok(parser))))
     }
 
+    /// A matcher for an llguidance Lark grammar (the forced tool call).
+    pub(crate) fn lark_matcher(&self, grammar: String) -> Result<Matcher, LocalError> {
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_lark(grammar))
+            .map_err(|e| {
+                LocalError::InvalidRequest(format!(
+                    "tools: the parameter schemas cannot be enforced: {e}"
+                ))
+            })?;
+        Ok(Matcher::new(Ok(parser)))
+    }
+
+    /// Checks JSON text, as tokens of this model's vocabulary, against a JSON schema, with
+    /// any whitespace (for tool-call arguments, written however the model or server wrote them).
+    pub(crate) fn validate_schema(&self, mut schema: Value, tokens: &[u32]) -> Result<(), String> {
+        if let Some(o) = schema.as_object_mut() {
+            o.remove("x-guidance");
+        }
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| format!("the schema cannot be checked: {e}"))?;
+        Self::consume_all(Matcher::new(Ok(parser)), tokens)
+    }
+
     /// Checks an answer, as tokens of this model's vocabulary, against `format`: every token
     /// allowed, and the grammar complete at the end.
     pub(crate) fn validate(&self, format: &ResponseFormat, tokens: &[u32]) -> Result<(), String> {
-        let Some(mut m) = self.matcher(format).map_err(|e| e.to_string())? else {
+        let Some(m) = self.matcher(format).map_err(|e| e.to_string())? else {
             return Ok(());
         };
+        Self::consume_all(m, tokens)
+    }
+
+    fn consume_all(mut m: Matcher, tokens: &[u32]) -> Result<(), String> {
         let n = m.try_consume_tokens(tokens).map_err(|e| e.to_string())?;
         if n < tokens.len() {
             return Err(format!(

@@ -22,9 +22,9 @@ impl LocalEngine {
         let t0 = Instant::now();
         let n_ctx = self.info.n_ctx;
         let (tokens, truncated) = match prompt {
-            Prompt::Chat(messages) => self.fit_prompt(messages)?,
-            Prompt::Continue(messages, draft) => {
-                let (mut t, n) = self.fit_prompt(messages)?;
+            Prompt::Chat(messages, tools) => self.fit_prompt(messages, tools)?,
+            Prompt::Continue(messages, tools, draft) => {
+                let (mut t, n) = self.fit_prompt(messages, tools)?;
                 t.extend(self.model.vocab().tokenize(draft.as_bytes(), false, false));
                 if t.len() as u32 >= n_ctx {
                     return Err(LocalError::ContextOverflow {

@@ -121,7 +121,7 @@ const MAX_KEPT: u64 = 64 * 1024;
 
 /// A key or name as it appears in an error message: one line, at most 80 characters, control
 /// characters escaped.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     let shown: String = s
         .chars()
         .take(80)

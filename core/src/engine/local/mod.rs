@@ -14,6 +14,7 @@ pub(crate) mod constraint;
 mod decode;
 pub mod gguf;
 mod governor;
+mod jinja;
 mod pool;
 mod prompt;
 mod scoring;
@@ -123,6 +124,9 @@ pub struct ModelInfo {
     pub gpu_offload: bool,
 }
 
+/// A rendered conversation: its messages, its tools, its tokens.
+type Rendered = (Vec<ChatMessage>, Vec<crate::types::Tool>, Vec<LlamaToken>);
+
 /// The on-device model. `Send + Sync`: concurrent requests share the weights and are served by
 /// up to `parallel` contexts; further ones queue.
 pub struct LocalEngine {
@@ -130,9 +134,11 @@ pub struct LocalEngine {
     grammars: std::sync::OnceLock<Result<constraint::Grammars, LocalError>>,
     pool: Mutex<Pool>,
     returned: Condvar,
-    /// The last rendered conversation and its tokens.
-    rendered: Mutex<Option<(Vec<ChatMessage>, Vec<LlamaToken>)>>,
+    /// The last rendered conversation, its tools and its tokens.
+    rendered: Mutex<Option<Rendered>>,
     template: LlamaChatTemplate,
+    /// The model's own Jinja template, when it has a tool section.
+    jinja: Option<jinja::Jinja>,
     info: ModelInfo,
     cfg: LocalConfig,
     model: Arc<LlamaModel>,
@@ -165,15 +171,50 @@ impl LocalEngine {
             .map_err(Clone::clone)
     }
 
-    /// The constraint for `req`'s response format, as a sampler; `None` for text.
-    fn constraint(&self, req: &ChatRequest) -> Result<Option<LlamaSampler>, LocalError> {
+    /// The constraint for `req`: a forced tool call, else its response format; `None` for
+    /// free text.
+    fn matcher(&self, req: &ChatRequest) -> Result<Option<llguidance::Matcher>, LocalError> {
+        let tagged = self.jinja.as_ref().is_none_or(|j| j.tagged);
+        if let Some(grammar) = crate::tools::forced_grammar(req, tagged) {
+            return self.grammars()?.lark_matcher(grammar).map(Some);
+        }
         if matches!(req.response_format, crate::types::ResponseFormat::Text) {
             return Ok(None);
         }
-        Ok(self
-            .grammars()?
-            .matcher(&req.response_format)?
-            .map(LlamaSampler::from))
+        self.grammars()?.matcher(&req.response_format)
+    }
+
+    /// This model's tokens for `text`, as llguidance takes them.
+    fn grammar_tokens(&self, text: &str) -> Vec<u32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+
+    /// Why `calls` are not acceptable answers to `req`: [`crate::tools::check`], plus each
+    /// call's arguments checked against its parameter schema with this model's tokenizer.
+    pub fn check_calls(
+        &self,
+        req: &ChatRequest,
+        calls: &[crate::types::ToolCall],
+    ) -> Result<(), String> {
+        crate::tools::check(req, calls)?;
+        for c in calls {
+            let Some(tool) = req.tools.iter().find(|t| t.name == c.name) else {
+                continue;
+            };
+            let schema = crate::tools::parameters(tool)?;
+            self.grammars()
+                .map_err(|e| e.to_string())?
+                .validate_schema(schema, &self.grammar_tokens(c.arguments.trim()))
+                .map_err(|e| {
+                    format!("the arguments of {:?} do not match its schema: {e}", c.name)
+                })?;
+        }
+        Ok(())
     }
 
     /// Checks `text` against `format` with this model's tokenizer and the format's grammar:
@@ -187,13 +228,7 @@ impl LocalEngine {
         if !matches!(format, crate::types::ResponseFormat::JsonSchema { .. }) {
             return Ok(());
         }
-        let tokens: Vec<u32> = self
-            .model
-            .vocab()
-            .tokenize(text.trim().as_bytes(), false, false)
-            .iter()
-            .map(|t| t.0 as u32)
-            .collect();
+        let tokens = self.grammar_tokens(text.trim());
         self.grammars()
             .map_err(|e| e.to_string())?
             .validate(format, &tokens)
@@ -201,9 +236,10 @@ impl LocalEngine {
 }
 
 enum Prompt<'a> {
-    Chat(&'a [ChatMessage]),
+    /// A conversation and the tools offered.
+    Chat(&'a [ChatMessage], &'a [crate::types::Tool]),
     /// A conversation plus the start of the assistant's answer, to continue from.
-    Continue(&'a [ChatMessage], &'a str),
+    Continue(&'a [ChatMessage], &'a [crate::types::Tool], &'a str),
     Tokens(Vec<LlamaToken>),
 }
 
@@ -246,6 +282,12 @@ impl LocalEngine {
             cfg.chat_template.as_deref(),
             gguf.architecture.as_deref(),
         )?;
+        // A configured template overrides the model's, tool section and all.
+        let jinja = cfg
+            .chat_template
+            .is_none()
+            .then(|| jinja::Jinja::for_model(&model))
+            .flatten();
         let n_ctx_train = model.n_ctx_train();
         let n_ctx = cfg.n_ctx.unwrap_or_else(|| n_ctx_train.clamp(16, 4096));
         if n_ctx > n_ctx_train && n_ctx_train > 0 {
@@ -288,6 +330,7 @@ impl LocalEngine {
             returned: Condvar::new(),
             rendered: Mutex::new(None),
             template,
+            jinja,
             info,
             cfg,
             model: Arc::new(model),
@@ -331,9 +374,9 @@ impl LocalEngine {
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
-        let constraint = self.constraint(req)?;
+        let constraint = self.matcher(req)?.map(LlamaSampler::from);
         self.run(
-            Prompt::Chat(&req.messages),
+            Prompt::Chat(&req.messages, crate::tools::offered(req)),
             req.max_tokens,
             &req.sampling,
             &req.stop,
@@ -358,26 +401,15 @@ impl LocalEngine {
     ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
         // A structured answer continues from where the draft left the grammar.
-        let constraint = match self.constraint(req)? {
-            Some(_) => {
-                let mut m = self
-                    .grammars()?
-                    .matcher(&req.response_format)?
-                    .expect("a structured format has a matcher");
-                let draft_tokens: Vec<u32> = self
-                    .model
-                    .vocab()
-                    .tokenize(draft.as_bytes(), false, false)
-                    .iter()
-                    .map(|t| t.0 as u32)
-                    .collect();
-                let _ = m.try_consume_tokens(&draft_tokens);
+        let constraint = match self.matcher(req)? {
+            Some(mut m) => {
+                let _ = m.try_consume_tokens(&self.grammar_tokens(draft));
                 Some(LlamaSampler::from(m))
             }
             None => None,
         };
         self.run(
-            Prompt::Continue(&req.messages, draft),
+            Prompt::Continue(&req.messages, crate::tools::offered(req), draft),
             req.max_tokens,
             &req.sampling,
             &req.stop,
@@ -417,6 +449,7 @@ pub(crate) fn validate_request(req: &ChatRequest) -> Result<(), LocalError> {
         ));
     }
     constraint::schema_of(&req.response_format).map_err(LocalError::InvalidRequest)?;
+    crate::tools::validate(req).map_err(LocalError::InvalidRequest)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use super::{
     ChatMessage, ContextPolicy, LlamaChatMessage, LlamaChatTemplate, LlamaModel, LlamaToken,
     LocalEngine, LocalError, Role,
 };
+use crate::types::{ChatRequest, Tool};
 
 impl LocalEngine {
     /// Drops the cached rendering of `messages`, if that is what the one-entry render cache
@@ -13,7 +14,7 @@ impl LocalEngine {
         if let Ok(mut cache) = self.rendered.lock() {
             if cache
                 .as_ref()
-                .is_some_and(|(m, _)| m.as_slice() == messages)
+                .is_some_and(|(m, _, _)| m.as_slice() == messages)
             {
                 *cache = None;
             }
@@ -22,24 +23,64 @@ impl LocalEngine {
 
     /// Tokens the chat template turns `messages` into (with the assistant prefix).
     pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, LocalError> {
-        Ok(self.render(messages)?.len() as u32)
+        Ok(self.render(messages, &[])?.len() as u32)
+    }
+
+    /// Tokens a request's prompt renders to, its tools included.
+    pub fn count_request_tokens(&self, req: &ChatRequest) -> Result<u32, LocalError> {
+        Ok(self
+            .render(&req.messages, crate::tools::offered(req))?
+            .len() as u32)
     }
 
     /// Renders through a one-entry cache: the runtime counts a request's prompt tokens for the
     /// router, then generation renders the same messages; the second call is a lookup.
-    fn render(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, LocalError> {
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+    ) -> Result<Vec<LlamaToken>, LocalError> {
         if let Ok(cache) = self.rendered.lock() {
-            if let Some((m, t)) = cache.as_ref() {
-                if m.as_slice() == messages {
-                    return Ok(t.clone());
+            if let Some((m, t, tokens)) = cache.as_ref() {
+                if m.as_slice() == messages && t.as_slice() == tools {
+                    return Ok(tokens.clone());
                 }
             }
         }
-        let tokens = self.render_uncached(messages)?;
+        let tokens = if tools.is_empty() && !crate::tools::has_tool_turns(messages) {
+            self.render_uncached(messages)?
+        } else {
+            self.render_tools(messages, tools)?
+        };
         if let Ok(mut cache) = self.rendered.lock() {
-            *cache = Some((messages.to_vec(), tokens.clone()));
+            *cache = Some((messages.to_vec(), tools.to_vec(), tokens.clone()));
         }
         Ok(tokens)
+    }
+
+    /// A conversation with tools: the model's own template where it has a tool section, else
+    /// the tools written into the system turn for the built-in template.
+    fn render_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+    ) -> Result<Vec<LlamaToken>, LocalError> {
+        if let Some(jinja) = &self.jinja {
+            match jinja.render(messages, tools) {
+                Ok(text) => {
+                    if text.contains('\0') {
+                        return Err(LocalError::InvalidRequest(
+                            "message contains a NUL byte".into(),
+                        ));
+                    }
+                    return Ok(self.tokenize_prompt(&text));
+                }
+                Err(e) => log::warn!(
+                    "the model's chat template failed on this conversation ({e}); tools are described in the system turn instead"
+                ),
+            }
+        }
+        self.render_uncached(&crate::tools::lower(messages, tools))
     }
 
     fn render_uncached(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, LocalError> {
@@ -52,22 +93,28 @@ impl LocalEngine {
             .model
             .apply_chat_template(&self.template, &msgs, true)
             .map_err(|e| LocalError::Template(e.to_string()))?;
-        // The template already holds BOS where the model wants it; special tokens are parsed.
+        Ok(self.tokenize_prompt(&text))
+    }
+
+    /// A rendered prompt's tokens. The template already holds BOS where the model wants it;
+    /// special tokens are parsed.
+    fn tokenize_prompt(&self, text: &str) -> Vec<LlamaToken> {
         let vocab = self.model.vocab();
         let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
         if vocab.should_add_bos() && tokens.first() != Some(&vocab.bos()) {
             tokens.insert(0, vocab.bos());
         }
-        Ok(tokens)
+        tokens
     }
 
     /// Renders the conversation, dropping the oldest turns if the policy allows.
     pub(super) fn fit_prompt(
         &self,
         messages: &[ChatMessage],
+        tools: &[Tool],
     ) -> Result<(Vec<LlamaToken>, u32), LocalError> {
         let n_ctx = self.info.n_ctx;
-        let tokens = self.render(messages)?;
+        let tokens = self.render(messages, tools)?;
         if (tokens.len() as u32) < n_ctx {
             return Ok((tokens, 0));
         }
@@ -81,7 +128,7 @@ impl LocalEngine {
                 }
                 kept.remove(i);
                 dropped += 1;
-                let t = self.render(&kept)?;
+                let t = self.render(&kept, tools)?;
                 if (t.len() as u32) < n_ctx {
                     log::info!(
                         "dropped the {dropped} oldest messages to fit the {n_ctx}-token context"

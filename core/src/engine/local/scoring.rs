@@ -23,7 +23,7 @@ impl LocalEngine {
                 "messages must not be empty".into(),
             ));
         }
-        let (tokens, _) = self.fit_prompt(messages)?;
+        let (tokens, _) = self.fit_prompt(messages, &[])?;
         let vocab = self.model.vocab();
         let option_tokens: Vec<Vec<LlamaToken>> = options
             .iter()

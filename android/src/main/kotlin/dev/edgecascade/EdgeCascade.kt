@@ -90,12 +90,46 @@ data class EdgeCascadeConfig(
     val toml: String? = null,
 )
 
-/** One chat turn. */
-data class Message(val role: Role, val content: String) {
+/** One chat turn. An assistant turn may carry [toolCalls]; a TOOL turn answers [toolCallId]. */
+data class Message(
+    val role: Role,
+    val content: String,
+    val toolCalls: List<ToolCall> = emptyList(),
+    val toolCallId: String? = null,
+) {
     companion object {
         fun system(text: String) = Message(Role.SYSTEM, text)
         fun user(text: String) = Message(Role.USER, text)
         fun assistant(text: String) = Message(Role.ASSISTANT, text)
+        /** The assistant's turn that made [calls] (from [ChatResponse.toolCalls]). */
+        fun assistant(text: String, calls: List<ToolCall>) = Message(Role.ASSISTANT, text, calls)
+        /** What the app's function returned for the call [callId]. */
+        fun toolResult(callId: String, result: String) = Message(Role.TOOL, result, toolCallId = callId)
+    }
+}
+
+/** A function the model may call. [parameters] is a JSON schema of an object, as JSON text. */
+data class Tool(val name: String, val description: String? = null, val parameters: String = "")
+
+/** One call the model made; [arguments] is a JSON object as JSON text. */
+data class ToolCall(val id: String, val name: String, val arguments: String)
+
+/** Whether the model must call a tool. Locally, [Required] and [Function] constrain decoding to a valid call. */
+sealed class ToolChoice {
+    /** The model answers in text or calls tools. */
+    object Auto : ToolChoice()
+    /** Text only. */
+    object None : ToolChoice()
+    /** At least one call. */
+    object Required : ToolChoice()
+    /** A call to the function [name]. */
+    data class Function(val name: String) : ToolChoice()
+
+    internal fun toFfi(): uniffi.edgecascade.ToolChoice = when (this) {
+        Auto -> uniffi.edgecascade.ToolChoice.Auto
+        None -> uniffi.edgecascade.ToolChoice.None
+        Required -> uniffi.edgecascade.ToolChoice.Required
+        is Function -> uniffi.edgecascade.ToolChoice.Function(name)
     }
 }
 
@@ -115,6 +149,9 @@ data class ChatRequest(
     val holdDraft: Boolean = false,
     /** Text, any JSON object, or JSON matching a schema (`ResponseFormat.JsonSchema(name, schemaJson, strict)`). */
     val responseFormat: ResponseFormat = ResponseFormat.Text,
+    /** Functions the model may call; its calls arrive in [ChatResponse.toolCalls]. */
+    val tools: List<Tool> = emptyList(),
+    val toolChoice: ToolChoice = ToolChoice.Auto,
 ) {
     companion object {
         /** A single user question. */
@@ -139,8 +176,10 @@ data class ChatResponse(
     val timings: Timings,
     val confidence: Confidence?,
     val id: String,
-    /** With a JSON response format: why the answer does not match it; null when it does. */
+    /** With a JSON response format or tools: why the answer or a call is not valid; null when it is. */
     val formatError: String? = null,
+    /** The model's calls to the request's tools (then [finishReason] is TOOL_CALLS). */
+    val toolCalls: List<ToolCall> = emptyList(),
 )
 
 /** What [EdgeCascade.stream] emits: tokens, maybe an escalation, then the final answer. */
@@ -289,7 +328,9 @@ internal fun ChatRequest.toFfi(): FfiRequest {
         seed = seed?.toUInt(),
     )
     return FfiRequest(
-        messages = messages.map { FfiMessage(it.role, it.content) },
+        messages = messages.map { m ->
+            FfiMessage(m.role, m.content, m.toolCalls.map { it.toFfi() }, m.toolCallId)
+        },
         maxTokens = maxTokens.coerceAtLeast(0).toUInt(),
         sampling = base,
         stop = stop,
@@ -298,8 +339,12 @@ internal fun ChatRequest.toFfi(): FfiRequest {
         taskHint = null,
         holdDraft = holdDraft,
         responseFormat = responseFormat.toFfi(),
+        tools = tools.map { uniffi.edgecascade.Tool(it.name, it.description, it.parameters) },
+        toolChoice = toolChoice.toFfi(),
     )
 }
+
+internal fun ToolCall.toFfi() = uniffi.edgecascade.ToolCall(id, name, arguments)
 
 internal fun FfiResponse.toSdk() = ChatResponse(
     text = text,
@@ -314,4 +359,5 @@ internal fun FfiResponse.toSdk() = ChatResponse(
     confidence = confidence,
     id = id,
     formatError = formatError,
+    toolCalls = toolCalls.map { ToolCall(it.id, it.name, it.arguments) },
 )

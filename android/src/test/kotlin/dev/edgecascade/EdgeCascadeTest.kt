@@ -242,4 +242,31 @@ class EdgeCascadeTest {
             assertTrue(Regex("""^\{"city": "[^"]*", "population": \d+\}$""").matches(r.text), r.text)
         }
     }
+
+    @Test
+    fun aRequiredToolCallIsValidAndTheResultGoesBack() = runBlocking<Unit> {
+        val weather = Tool(
+            "get_weather", "Current weather in a city",
+            """{"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+               "required": ["city"], "additionalProperties": false}""",
+        )
+        EdgeCascade(EdgeCascadeConfig(localModel = model)).use { ai ->
+            val ask = greedy("What is the weather in Paris?", maxTokens = 60)
+                .copy(tools = listOf(weather), toolChoice = ToolChoice.Required)
+            val r = ai.complete(ask)
+            assertEquals(null, r.formatError, r.text)
+            assertEquals(FinishReason.TOOL_CALLS, r.finishReason)
+            val call = r.toolCalls.single()
+            assertEquals("get_weather", call.name)
+            assertTrue(Regex("""^\{"city": ?"[^"]*"\}$""").matches(call.arguments), call.arguments)
+            val next = ask.copy(
+                messages = ask.messages + Message.assistant(r.text, r.toolCalls) +
+                    Message.toolResult(call.id, """{"temperature": 18}"""),
+                toolChoice = ToolChoice.None,
+            )
+            val after = ai.complete(next)
+            assertTrue(after.toolCalls.isEmpty())
+            assertTrue(after.text.isNotBlank())
+        }
+    }
 }
