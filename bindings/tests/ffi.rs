@@ -157,3 +157,82 @@ fn eight_threads_share_one_runtime_with_cancels_and_drops() {
     let e = rt.chat(greedy("Hi", 2)).unwrap_err();
     assert!(matches!(e, EdgeCascadeError::Closed(_)), "{e:?}");
 }
+
+/// A listener on 127.0.0.1 that counts connections and answers each with HTTP 401, echoing
+/// the request's Authorization header in the error body (as a careless proxy might).
+fn counting_server() -> (String, Arc<AtomicU32>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut auth = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    line.trim().clone_into(&mut auth);
+                }
+                line.clear();
+            }
+            let body = format!(r#"{{"error":{{"message":"rejected {auth}"}}}}"#);
+            let _ = write!(
+                s,
+                "HTTP/1.1 401 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn private_requests_never_connect_and_the_key_never_shows() {
+    let key = "sk-ffi-secret-51c0";
+    let (url, connections) = counting_server();
+    let mut c = default_config();
+    c.local.model = Some(model().into());
+    c.local.n_ctx = Some(512);
+    c.local.threads = Some(1);
+    let mut remote = edgecascade_ffi::default_remote_config(url, "remote-model".into());
+    remote.api_key = Some(key.into());
+    remote.max_retries = 0;
+    c.remote = Some(remote);
+    c.cascade.threshold = 0.0; // every answer escalates unless private
+    let shown = format!("{c:?}");
+    let rt = Runtime::new(c).unwrap();
+    let mut private = greedy("My PIN is 4321. Is that safe?", 8);
+    private.private = true;
+    for _ in 0..3 {
+        let r = rt.chat(private.clone()).unwrap();
+        assert_eq!((r.route, r.reason), (Route::Local, Reason::Private));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    // The positive control: not private, it connects (and the 401 degrades to local).
+    private.private = false;
+    let r = rt.chat(private).unwrap();
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+    assert_eq!(r.route, Route::DegradedLocal, "{r:?}");
+    let remote_error = r.remote_error.clone().unwrap_or_default();
+    assert!(
+        remote_error.contains("[redacted]"),
+        "{remote_error} / {r:?}"
+    );
+    // Forced remote: the error crosses the FFI.
+    let mut forced = greedy("hi", 4);
+    forced.policy = edgecascade::PolicyOverride::ForceRemote;
+    let err = rt.chat(forced).unwrap_err();
+    for text in [
+        shown,
+        format!("{r:?}"),
+        remote_error,
+        err.to_string(),
+        format!("{err:?}"),
+    ] {
+        assert!(!text.contains(key), "the key leaked: {text}");
+    }
+}

@@ -42,6 +42,8 @@ fn main() {
             prompt_tokens: 40,
             last_user: "What is the capital of France?",
             rules: &rules,
+            offline: false,
+            background: false,
         });
         ledger
             .record(&CostRecord {

@@ -190,7 +190,11 @@ pub(crate) fn lower(messages: &[ChatMessage], tools: &[Tool]) -> Vec<ChatMessage
                     if !text.is_empty() {
                         text.push('\n');
                     }
-                    text.push_str(&format!("{OPEN}\n{}\n{CLOSE}", call_json(c)));
+                    text.push_str(OPEN);
+                    text.push('\n');
+                    text.push_str(&call_json(c));
+                    text.push('\n');
+                    text.push_str(CLOSE);
                 }
                 out.push(ChatMessage::assistant(text));
             }
@@ -292,10 +296,10 @@ pub(crate) fn parse(text: &str, id: &str) -> Parsed {
                 }
             }
         }
-        parsed.content = text.to_owned();
+        text.clone_into(&mut parsed.content);
         return parsed;
     };
-    parsed.content = text[..start].trim_end().to_owned();
+    text[..start].trim_end().clone_into(&mut parsed.content);
     let mut rest = &text[start..];
     while let Some(body) = rest.strip_prefix(OPEN) {
         let (inner, after, closed) = match body.find(CLOSE) {

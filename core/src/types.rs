@@ -305,6 +305,13 @@ impl ChatRequest {
             ..Self::default()
         }
     }
+
+    /// Checks the request as the runtime does before any tier sees it (messages, sampling
+    /// ranges, the response format's schema, the tools): `Err` is an `InvalidRequest` naming
+    /// what is wrong. Whether a schema can be enforced is known only to a loaded model.
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        Ok(crate::engine::local::validate_request(self)?)
+    }
 }
 
 /// Which tier produced text.

@@ -352,3 +352,56 @@ fn ask_with_a_schema_answers_json_that_matches_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("response_format"), "{}", stderr(&out));
 }
+
+#[test]
+fn private_asks_never_connect_and_the_key_never_shows() {
+    use std::sync::atomic::Ordering;
+    let key = "sk-cli-secret-90ab";
+    let (url, connections) = common::counting_server();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::escalating_config(dir.path(), &model(), &url, key);
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            "-vv",
+            "ask",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-tokens",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        args.push("My PIN is 4321. Is it safe?");
+        run(&args)
+    };
+    for extra in [&["--private"][..], &["--private", "--json"]] {
+        let o = ask(extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a private ask connected"
+    );
+    // The positive control: the same ask, not private, connects (and degrades to local).
+    let o = ask(&["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["route"], "degraded_local", "{v}");
+    let forced = ask(&["--force", "remote"]);
+    assert_eq!(forced.status.code(), Some(1));
+    for out in [&o, &forced] {
+        for text in [
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        ] {
+            assert!(!text.contains(key), "the key leaked: {text}");
+        }
+    }
+    assert!(String::from_utf8_lossy(&forced.stderr).contains("[redacted]"));
+    let ledger = std::fs::read_to_string(dir.path().join("ledger.jsonl")).unwrap();
+    assert!(
+        !ledger.contains(key) && !ledger.contains("4321"),
+        "{ledger}"
+    );
+}

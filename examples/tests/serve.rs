@@ -948,3 +948,368 @@ mod eval {
         );
     }
 }
+
+/// Malformed, hostile and oversized requests: each is an OpenAI-shaped 4xx or is served; never
+/// a 5xx, a dropped connection or a hang; the server keeps serving.
+#[test]
+fn hostile_requests_get_openai_shaped_4xx_and_the_server_stays_up() {
+    let server = Server::start(&["--max-body-bytes", "300000"]);
+    let a = &server.addr;
+    let with = |extra: serde_json::Value| {
+        let mut v =
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v.to_string().into_bytes()
+    };
+    let content = |c: serde_json::Value| {
+        with(serde_json::json!({"messages": [{"role": "user", "content": c}]}))
+    };
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let many: Vec<_> = (0..5000)
+        .map(|_| serde_json::json!({"role": "user", "content": "hi"}))
+        .collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "invalid UTF-8",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(),
+        ),
+        (
+            "deep nesting",
+            format!("{{\"messages\":{deep}}}").into_bytes(),
+        ),
+        (
+            "deep nesting in an unknown field",
+            format!("{{\"x\":{deep},\"messages\":[]}}").into_bytes(),
+        ),
+        ("not JSON", b"hello".to_vec()),
+        ("empty body", Vec::new()),
+        ("a JSON array", b"[1,2,3]".to_vec()),
+        (
+            "messages a string",
+            with(serde_json::json!({"messages": "hi"})),
+        ),
+        (
+            "role a number",
+            with(serde_json::json!({"messages": [{"role": 1, "content": "x"}]})),
+        ),
+        (
+            "unknown role",
+            with(serde_json::json!({"messages": [{"role": "wizard", "content": "x"}]})),
+        ),
+        ("content a number", content(serde_json::json!(42))),
+        (
+            "content an object",
+            content(serde_json::json!({"text": "x"})),
+        ),
+        (
+            "part text not a string",
+            content(serde_json::json!([{"type": "text", "text": 5}])),
+        ),
+        (
+            "an image part",
+            content(serde_json::json!([{"type": "image_url", "image_url": {"url": "data:,"}}])),
+        ),
+        (
+            "an audio part after text",
+            content(serde_json::json!([{"type": "text", "text": "hi"}, {"type": "input_audio"}])),
+        ),
+        ("NUL byte", content(serde_json::json!("a\u{0}b"))),
+        (
+            "max_tokens negative",
+            with(serde_json::json!({"max_tokens": -5})),
+        ),
+        (
+            "max_tokens huge",
+            br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100000000000000000000}"#
+                .to_vec(),
+        ),
+        (
+            "max_tokens a float",
+            with(serde_json::json!({"max_tokens": 2.5})),
+        ),
+        (
+            "temperature overflow",
+            br#"{"messages":[{"role":"user","content":"hi"}],"temperature":1e999}"#.to_vec(),
+        ),
+        (
+            "temperature a string",
+            with(serde_json::json!({"temperature": "hot"})),
+        ),
+        (
+            "temperature negative",
+            with(serde_json::json!({"temperature": -1})),
+        ),
+        ("top_p zero", with(serde_json::json!({"top_p": 0}))),
+        (
+            "stream a string",
+            with(serde_json::json!({"stream": "yes"})),
+        ),
+        (
+            "thousands of stop strings",
+            with(serde_json::json!({"stop": vec!["x"; 5000]})),
+        ),
+        ("stop a number", with(serde_json::json!({"stop": 7}))),
+        (
+            "thousands of messages",
+            with(serde_json::json!({"messages": many})),
+        ),
+        (
+            "tools not an array",
+            with(serde_json::json!({"tools": {"a": 1}})),
+        ),
+        (
+            "a tool without a name",
+            with(serde_json::json!({"tools": [{"type": "function", "function": {}}]})),
+        ),
+        (
+            "tool_choice unknown",
+            with(serde_json::json!({"tool_choice": "always"})),
+        ),
+        (
+            "response_format unknown",
+            with(serde_json::json!({"response_format": {"type": "yaml"}})),
+        ),
+        (
+            "edgecascade.force unknown",
+            with(serde_json::json!({"edgecascade": {"force": "moon"}})),
+        ),
+    ];
+    for (name, body) in &cases {
+        for ct in ["application/json", "text/plain"] {
+            let r = http(
+                a,
+                "POST",
+                "/v1/chat/completions",
+                &[&format!("Content-Type: {ct}")],
+                body,
+            );
+            assert!(
+                (400..500).contains(&r.status),
+                "{name} ({ct}): status {} {}",
+                r.status,
+                r.body.chars().take(300).collect::<String>()
+            );
+            let e: serde_json::Value = serde_json::from_str(&r.body)
+                .unwrap_or_else(|_| panic!("{name}: the error body must be JSON: {}", r.body));
+            assert!(
+                e["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{name}: {e}"
+            );
+            assert_eq!(e["error"]["type"], "invalid_request_error", "{name}: {e}");
+        }
+    }
+    // Served, not refused: a negative seed and an unknown field.
+    let r = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &with(serde_json::json!({"seed": -3, "zzz": [1]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = http(a, "GET", "/metrics", &[], b"").body;
+    assert!(!m.contains("status=\"5"), "{m}");
+    assert_eq!(post(a, &chat_json("Hi", 4, false)).status, 200);
+}
+
+/// A client that trickles its headers is cut off, and one that never finishes its body gets a
+/// 408, both after --read-timeout; neither holds anything afterwards.
+#[test]
+fn slow_clients_are_cut_off() {
+    let server = Server::start(&["--read-timeout", "1"]);
+    let a = &server.addr;
+    // Headers, a byte at a time, never finished.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _ = s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n");
+    let mut closed = false;
+    let mut buf = [0u8; 512];
+    for _ in 0..150 {
+        // Keep trickling; the server must close the connection anyway (30 s at most here).
+        if s.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        match s.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // End of stream, a 408 before it, or a reset.
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "the server kept a connection whose headers never ended"
+    );
+    // A body announced at 100 bytes, 10 sent.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"message",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert_eq!(post(a, &chat_json("Hi", 4, false)).status, 200);
+}
+
+/// A private request through `serve` never connects to the remote tier (a listener counts),
+/// the same request not private does; neither the remote key nor serve's own key, nor the
+/// private prompt, shows in any response or in the server's `-vv` log.
+#[test]
+fn private_requests_never_connect_and_keys_never_show() {
+    use std::sync::atomic::Ordering;
+    let remote_key = "sk-serve-remote-3e7f";
+    let serve_key = "serve-key-a81c";
+    let (url, connections) = common::counting_server();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::escalating_config(dir.path(), &model(), &url, remote_key);
+    let log = dir.path().join("serve.log");
+    let mut child = edgecascade()
+        .args([
+            "-vv",
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--port",
+            "0",
+        ])
+        .args(["--api-key", serve_key])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        child,
+        addr: line
+            .trim()
+            .trim_start_matches("listening on http://")
+            .to_owned(),
+    };
+    let a = &server.addr;
+    let auth = format!("Authorization: Bearer {serve_key}");
+    let body = |private: bool| {
+        serde_json::json!({"messages": [{"role": "user", "content": "My PIN is 4321. Is it safe?"}],
+            "max_tokens": 8, "temperature": 0, "edgecascade": {"private": private}})
+        .to_string()
+    };
+    let mut replies = Vec::new();
+    for stream in [false, true] {
+        let mut v: serde_json::Value = serde_json::from_str(&body(true)).unwrap();
+        v["stream"] = serde_json::json!(stream);
+        let r = http(
+            a,
+            "POST",
+            "/v1/chat/completions",
+            &[&auth],
+            v.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        replies.push(r.body);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a private request connected"
+    );
+    let r = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[&auth],
+        body(false).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("degraded_local"), "{}", r.body);
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+    replies.push(r.body);
+    let wrong = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &["Authorization: Bearer serve-key-a81"],
+        body(true).as_bytes(),
+    );
+    assert_eq!(wrong.status, 401);
+    replies.push(wrong.body);
+    replies.push(http(a, "GET", "/metrics", &[], b"").body);
+    drop(server);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.is_empty());
+    for text in replies.iter().chain(std::iter::once(&logged)) {
+        assert!(
+            !text.contains(remote_key) && !text.contains(serve_key),
+            "a key leaked: {text}"
+        );
+    }
+    assert!(!logged.contains("4321"), "the prompt was logged: {logged}");
+}
+
+/// A streaming client that stops reading (but keeps its connection open) does not hold a
+/// context: once the buffers between it and the generation are full, its generation is
+/// cancelled after --write-timeout and the context is free again.
+#[test]
+fn a_stream_whose_client_stops_reading_is_cancelled() {
+    let server = Server::start(&["--write-timeout", "1"]);
+    let a = &server.addr;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&a.parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let mut s: TcpStream = sock.into();
+    // An integer without a maximum: SmolLM2 writes digits until max_tokens, a long stream.
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the population of Paris?"}],
+        "max_tokens": 900, "temperature": 0, "stream": true,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema":
+            {"type": "object", "properties": {"population": {"type": "integer"}}, "required": ["population"]}}}
+    })
+    .to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Never read. The state to reach: one stalled stream, nothing in flight (120 s bound).
+    let metric = |m: &str, name: &str| -> Option<u64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let since = Instant::now();
+    loop {
+        let m = http(a, "GET", "/metrics", &[], b"").body;
+        if metric(&m, "edgecascade_stalled_streams_total") == Some(1)
+            && metric(&m, "edgecascade_in_flight") == Some(0)
+        {
+            assert_eq!(metric(&m, "edgecascade_cancelled_total"), Some(1), "{m}");
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "never cancelled: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(s);
+    assert_eq!(post(a, &chat_json("Hi", 4, false)).status, 200);
+}

@@ -299,6 +299,39 @@ impl RemoteEngine {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<RemoteOutput, RemoteError> {
+        self.generate_inner(req, cancel, on_text)
+            .map_err(|e| self.scrub(e))
+    }
+
+    /// Removes the API key from an error's text: a server may echo the request's
+    /// `Authorization` header back in its error body, and errors are logged and shown.
+    fn scrub(&self, mut e: RemoteError) -> RemoteError {
+        let Some(key) = self
+            .key
+            .as_ref()
+            .map(|k| k.0.as_str())
+            .filter(|k| !k.is_empty())
+        else {
+            return e;
+        };
+        if let RemoteError::Connect { detail: text, .. }
+        | RemoteError::Status { body: text, .. }
+        | RemoteError::Malformed { detail: text, .. }
+        | RemoteError::Cut { detail: text, .. } = &mut e
+        {
+            if text.contains(key) {
+                *text = text.replace(key, "[redacted]");
+            }
+        }
+        e
+    }
+
+    fn generate_inner(
+        &self,
+        req: &ChatRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<RemoteOutput, RemoteError> {
         self.check_available()?;
         let t0 = Instant::now();
         let deadline = t0 + self.deadline;
@@ -347,7 +380,8 @@ impl RemoteEngine {
                 return Err(e);
             }
             log::info!(
-                "remote attempt {attempt} failed ({e}); retrying in {:.2} s",
+                "remote attempt {attempt} failed ({}); retrying in {:.2} s",
+                self.scrub(e),
                 wait.as_secs_f64()
             );
             if sleep_cancellable(wait, cancel) {
@@ -922,6 +956,52 @@ fn exchange(
     }
 }
 
+/// The remote tier's reading of a response body without a socket: an SSE stream (`stream`)
+/// or one JSON object, through the same line reader, event parser and JSON reader the engine
+/// runs on the wire. For fuzzing and tests.
+#[doc(hidden)]
+pub fn decode_body(
+    body: &[u8],
+    stream: bool,
+    req: &ChatRequest,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<RemoteOutput, RemoteError> {
+    let url = "http://127.0.0.1/v1/chat/completions";
+    let t0 = Instant::now();
+    if !stream {
+        let engine = RemoteEngine::new(&RemoteConfig {
+            base_url: "http://127.0.0.1".into(),
+            model: "m".into(),
+            ..RemoteConfig::default()
+        })?;
+        return engine.read_json(&String::from_utf8_lossy(body), req, t0, on_text);
+    }
+    let mut reader = std::io::Cursor::new(body);
+    let mut buf = Vec::new();
+    let mut sse = Sse::new(t0);
+    loop {
+        match read_line_bounded(&mut reader, &mut buf, MAX_LINE) {
+            Ok(Some(line)) => {
+                if sse.line(&line, url, on_text)? {
+                    return sse.finish(req, url);
+                }
+            }
+            Ok(None) => {
+                return Err(RemoteError::Cut {
+                    url: url.into(),
+                    detail: format!("after {} chunks, no [DONE]", sse.chunks),
+                })
+            }
+            Err(e) => {
+                return Err(RemoteError::Malformed {
+                    url: url.into(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
 /// Reads one `\n`-terminated line of at most `max` bytes (line endings stripped, invalid
 /// UTF-8 replaced). `Ok(None)` at the end of the stream; an error for a longer line.
 fn read_line_bounded(
@@ -1131,6 +1211,26 @@ impl Sse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_carry_the_key() {
+        let e = RemoteEngine::new(&RemoteConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            model: "m".into(),
+            api_key: Some("sk-ffi-secret-51c0".into()),
+            ..RemoteConfig::default()
+        })
+        .unwrap();
+        let err = e.scrub(RemoteError::Status {
+            url: "u".into(),
+            status: 401,
+            body: "rejected authorization: Bearer sk-ffi-secret-51c0".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "u answered HTTP 401: rejected authorization: Bearer [redacted]"
+        );
+    }
 
     #[test]
     fn url_with_or_without_v1() {

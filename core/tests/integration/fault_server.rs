@@ -29,6 +29,11 @@ pub enum Behavior {
     SlowHeaders(Duration),
     /// A non-streaming JSON answer (or this raw body, if not JSON).
     Json(&'static str),
+    /// This status, with the request's Authorization header echoed in the error body (as a
+    /// careless proxy might).
+    EchoAuth(u16),
+    /// A 200 whose body is not JSON and echoes the Authorization header.
+    EchoAuthGarbage,
     /// An SSE stream of these raw event payloads (JSON text), then [DONE].
     Events(Vec<String>),
     /// Answers "Hello" as a stream with a Content-Length and keeps the connection open for
@@ -51,12 +56,21 @@ fn chunk(content: &str, finish: Option<&str>) -> String {
 }
 
 fn read_request(stream: &mut TcpStream) -> String {
+    read_request_head(stream).1
+}
+
+/// The request's Authorization header (if any) and its body.
+fn read_request_head(stream: &mut TcpStream) -> (String, String) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut len = 0;
+    let mut auth = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return String::new();
+            return (auth, String::new());
+        }
+        if line.to_ascii_lowercase().starts_with("authorization:") {
+            auth = line.trim().to_owned();
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
@@ -67,10 +81,10 @@ fn read_request(stream: &mut TcpStream) -> String {
     }
     let mut body = vec![0; len];
     let _ = reader.read_exact(&mut body);
-    String::from_utf8_lossy(&body).into_owned()
+    (auth, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn serve(mut s: TcpStream, b: &Behavior, closed: &AtomicUsize) {
+fn serve(mut s: TcpStream, b: &Behavior, closed: &AtomicUsize, auth: &str) {
     let sse_head =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
     match b {
@@ -143,6 +157,14 @@ fn serve(mut s: TcpStream, b: &Behavior, closed: &AtomicUsize) {
             }
             let _ = s.write_all(b"data: [DONE]\n\n");
         }
+        Behavior::EchoAuth(code) => {
+            let body = serde_json::json!({"error": {"message": format!("bad credentials: {auth}"), "type": "auth"}}).to_string();
+            let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+        Behavior::EchoAuthGarbage => {
+            let body = format!("<html>{auth}</html>");
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
         Behavior::Hangup => {}
         Behavior::KeepAlive(n) => {
             for i in 0..*n {
@@ -184,9 +206,9 @@ impl FaultServer {
                 let b = script[i.min(script.len() - 1)].clone();
                 let (bs, cl, b) = (Arc::clone(&bs), Arc::clone(&cl), b);
                 std::thread::spawn(move || {
-                    let body = read_request(&mut s);
+                    let (auth, body) = read_request_head(&mut s);
                     bs.lock().unwrap().push(body);
-                    serve(s, &b, &cl);
+                    serve(s, &b, &cl, &auth);
                 });
             }
         });

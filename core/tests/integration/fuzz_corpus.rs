@@ -34,3 +34,72 @@ fn gguf_corpus_replays_without_panics() {
     // The hand-made seeds are well-formed; the corpus holds the fuzzer's variations.
     assert!(valid >= 4, "{valid} valid of {}", files.len());
 }
+
+#[test]
+fn remote_body_corpus_replays_without_panics() {
+    let files = inputs("remote_body");
+    assert!(files.len() >= 6, "the seeds are missing: {files:?}");
+    let req = edgecascade::ChatRequest::user("q");
+    let mut answered = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let Some((&mode, body)) = bytes.split_first() else {
+            continue;
+        };
+        let mut streamed = String::new();
+        let out = edgecascade::engine::remote::decode_body(body, mode & 1 == 0, &req, &mut |t| {
+            streamed.push_str(t)
+        });
+        if let Ok(out) = out {
+            assert_eq!(out.text, streamed, "{}", f.display());
+            answered += 1;
+        }
+    }
+    // The seeds' good answers, with and without tool calls, streamed and whole.
+    assert!(answered >= 5, "{answered} of {}", files.len());
+}
+
+#[test]
+fn config_corpus_replays_without_panics() {
+    let files = inputs("config");
+    assert!(files.len() >= 2, "the seeds are missing: {files:?}");
+    let mut valid = 0;
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        if edgecascade::Config::from_toml(&text).is_ok() {
+            valid += 1;
+        }
+    }
+    assert!(valid >= 2, "{valid} valid of {}", files.len());
+}
+
+#[test]
+fn score_corpus_replays_without_panics() {
+    use edgecascade::Kind;
+    let files = inputs("score");
+    assert!(files.len() >= 4, "the seeds are missing: {files:?}");
+    let mut correct = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let Some((&k, rest)) = bytes.split_first() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(rest);
+        let mut fields = text.split('\0');
+        let answer = fields.next().unwrap_or_default().to_owned();
+        let got = fields.next().unwrap_or_default().to_owned();
+        let aliases: Vec<String> = fields
+            .next()
+            .unwrap_or_default()
+            .split('|')
+            .map(str::to_owned)
+            .collect();
+        let choices: Vec<String> = fields.map(str::to_owned).collect();
+        let kind = Kind::ALL[usize::from(k) % Kind::ALL.len()];
+        if edgecascade::eval::score::is_correct(kind, &got, &answer, &aliases, &choices) {
+            correct += 1;
+        }
+    }
+    // The four seeds are right answers in each kind's phrasing.
+    assert!(correct >= 4, "{correct} of {}", files.len());
+}

@@ -10,6 +10,7 @@ mod fault_server;
 mod file_host;
 mod fuzz_corpus;
 mod local;
+mod privacy;
 mod pull;
 mod remote;
 mod structured;

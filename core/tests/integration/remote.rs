@@ -184,6 +184,10 @@ fn the_api_key_never_appears_in_logs_errors_or_debug_output() {
     let key = "sk-edgecascade-test-4f9a1c";
     std::env::set_var("EDGECASCADE_SECRET_TEST_KEY", key);
     let s = FaultServer::start(vec![
+        Behavior::EchoAuth(401),
+        Behavior::EchoAuthGarbage,
+        Behavior::EchoAuth(500),
+        Behavior::EchoAuth(500),
         Behavior::Status(500, None),
         Behavior::Status(401, None),
         Behavior::Malformed,
@@ -199,14 +203,15 @@ fn the_api_key_never_appears_in_logs_errors_or_debug_output() {
     })
     .unwrap();
     let mut seen = vec![format!("{e:?}")];
-    for _ in 0..4 {
+    for _ in 0..7 {
         if let Err(err) = ask(&e).0 {
             seen.push(err.to_string());
             seen.push(format!("{err:?}"));
         }
     }
-    // The key was sent...
-    assert!(s.count() >= 3);
+    // The key was sent, and echoed back by the server...
+    assert!(s.count() >= 4);
+    assert!(seen.iter().any(|l| l.contains("[redacted]")), "{seen:?}");
     // ...and never shown.
     seen.extend(LOGS.0.lock().unwrap().iter().cloned());
     assert!(seen.len() > 5);

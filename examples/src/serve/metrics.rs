@@ -39,6 +39,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub rejected: Counter,
     pub cancelled: Counter,
+    pub stalled: Counter,
+    pub refused_connections: Counter,
 }
 
 impl Metrics {
@@ -54,6 +56,18 @@ impl Metrics {
         let in_flight = Gauge::default();
         let rejected = Counter::default();
         let cancelled = Counter::default();
+        let stalled = Counter::default();
+        let refused_connections = Counter::default();
+        registry.register(
+            "stalled_streams",
+            "Streams cancelled because the client stopped reading for --write-timeout",
+            stalled.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections closed on accept because --max-connections were open",
+            refused_connections.clone(),
+        );
         registry.register(
             "requests",
             "Chat completion requests by route and HTTP status",
@@ -108,6 +122,8 @@ impl Metrics {
             in_flight,
             rejected,
             cancelled,
+            stalled,
+            refused_connections,
         }
     }
 

@@ -32,6 +32,8 @@ use crate::common::{load_config, load_runtime, ModelArgs};
 use crate::Failure;
 use metrics::Metrics;
 use openai::ApiError;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
 
 /// `serve` flags.
 #[derive(ClapArgs)]
@@ -56,7 +58,24 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers, and again its body; a client
+    /// slower than that is cut off (headers) or answered 408 (body).
+    #[arg(long, default_value_t = 10.0)]
+    read_timeout: f64,
+    /// Seconds a streaming client may leave the answer unread before its generation is
+    /// cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    write_timeout: f64,
+    /// Open connections at once; more are closed on accept.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
 }
+
+/// Events a stream may have waiting for its client.
+const STREAM_BUFFER: usize = 64;
+
+/// Each connection's kernel send buffer, in bytes (Linux doubles it).
+const SEND_BUFFER: usize = 16 * 1024;
 
 struct AppState {
     runtime: Arc<Runtime>,
@@ -65,6 +84,8 @@ struct AppState {
     admission: Arc<Semaphore>,
     metrics: Metrics,
     max_body: usize,
+    read_timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
     /// Cancel flags of running requests, for shutdown.
     active: Mutex<Vec<Weak<AtomicBool>>>,
     shutting_down: AtomicBool,
@@ -112,6 +133,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         admission: Arc::new(Semaphore::new((parallel + args.queue) as usize)),
         metrics: Metrics::new(),
         max_body: args.max_body_bytes,
+        read_timeout: seconds(args.read_timeout, "--read-timeout")?,
+        write_timeout: seconds(args.write_timeout, "--write-timeout")?,
         active: Mutex::new(Vec::new()),
         shutting_down: AtomicBool::new(false),
         next_id: AtomicU64::new(1),
@@ -120,16 +143,37 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    tokio.block_on(serve(state, &args.host, args.port, parallel, args.queue))
+    let limits = Limits {
+        parallel,
+        queue: args.queue,
+        max_connections: args.max_connections.max(1),
+    };
+    tokio.block_on(serve(state, &args.host, args.port, limits))
 }
 
-async fn serve(
-    state: Arc<AppState>,
-    host: &str,
-    port: u16,
+/// A positive, finite number of seconds.
+fn seconds(s: f64, flag: &str) -> Result<std::time::Duration, Failure> {
+    if s.is_finite() && s > 0.0 && s < 1e6 {
+        Ok(std::time::Duration::from_secs_f64(s))
+    } else {
+        Err(Failure::Usage(format!(
+            "{flag} must be a positive number of seconds"
+        )))
+    }
+}
+
+struct Limits {
     parallel: u32,
     queue: u32,
-) -> Result<(), Failure> {
+    max_connections: usize,
+}
+
+async fn serve(state: Arc<AppState>, host: &str, port: u16, limits: Limits) -> Result<(), Failure> {
+    let Limits {
+        parallel,
+        queue,
+        max_connections,
+    } = limits;
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|e| Failure::Runtime(format!("cannot listen on {host}:{port}: {e}")))?;
@@ -158,20 +202,66 @@ async fn serve(
     );
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let shutdown_state = Arc::clone(&state);
-    // Token-sized SSE writes must not wait for ACKs (Nagle): that cost 2-5 ms per first token.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!("shutting down: cancelling in-flight requests");
-            shutdown_state.cancel_all();
-        })
-        .await?;
+    accept_loop(listener, app, &state, max_connections).await;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Serves connections until SIGINT/SIGTERM. Each connection gets `read_timeout` to send its
+/// headers (hyper's timer; `axum::serve` sets none, so a client trickling headers would hold
+/// its connection forever), and at most `max_connections` are open at once: more are closed on
+/// accept, so slow or idle clients cannot exhaust file descriptors. On shutdown it stops
+/// accepting, cancels what is generating (streams still end with `[DONE]`) and waits, a
+/// bounded time, for the connections to finish.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    state: &Arc<AppState>,
+    max_connections: usize,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            state.metrics.refused_connections.inc();
+            drop(tcp);
+            continue;
+        };
+        // Token-sized SSE writes must not wait for ACKs (Nagle): that cost 2-5 ms per first token.
+        let _ = tcp.set_nodelay(true);
+        // A small send buffer: a token stream needs little, and a client that stops reading
+        // then pushes back within a few hundred tokens (see `write_timeout`), rather than after
+        // megabytes of kernel buffer.
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.read_timeout)
+            .serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    eprintln!("shutting down: cancelling in-flight requests");
+    state.cancel_all();
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }
 
 async fn shutdown_signal() {
@@ -262,16 +352,14 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     };
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time enough for a local key: compare every byte.
-    let ok = given.is_some_and(|g| {
-        g.len() == key.len()
-            && g.bytes()
-                .zip(key.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    // Constant time, and blind to the key's length: the digests are compared, not the keys.
+    let (a, b) = (
+        sha2::Sha256::digest(given),
+        sha2::Sha256::digest(key.as_bytes()),
+    );
+    let ok: bool = a.as_slice().ct_eq(b.as_slice()).into();
     if ok {
         Ok(())
     } else {
@@ -324,17 +412,77 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> H
     }
 }
 
-async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, ApiError> {
-    authorize(state, req.headers())?;
-    let body: Bytes = axum::body::to_bytes(req.into_body(), state.max_body)
+/// Where a request's events go: the stream's channel, bounded. A client that stops reading
+/// fills it; after `write_timeout` of waiting its generation is cancelled (and later events are
+/// dropped). A closed channel (the client left) cancels at once. A whole, non-streamed answer
+/// comes from `chat`'s result, so its events are dropped.
+fn stream_sink(
+    tx: mpsc::Sender<Event>,
+    stream: bool,
+    write_timeout: std::time::Duration,
+    on_closed: Arc<AtomicBool>,
+    state: Arc<AppState>,
+) -> impl Fn(Event) + Send + Sync {
+    let stalled = AtomicBool::new(false);
+    move |e: Event| {
+        if !stream || stalled.load(Ordering::SeqCst) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + write_timeout;
+        let mut e = e;
+        loop {
+            match tx.try_send(e) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    on_closed.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        log::warn!(
+                            "a streaming client stopped reading for {:.0} s: cancelling its generation",
+                            write_timeout.as_secs_f64()
+                        );
+                        state.metrics.stalled.inc();
+                        stalled.store(true, Ordering::SeqCst);
+                        on_closed.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    e = back;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
+/// The request body, within `max_body` bytes (else 413) and `read_timeout` (else 408).
+async fn read_body(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let read = axum::body::to_bytes(req.into_body(), state.max_body);
+    tokio::time::timeout(state.read_timeout, read)
         .await
+        .map_err(|_| ApiError {
+            status: 408,
+            kind: "invalid_request_error",
+            code: Some("request_timeout"),
+            param: None,
+            message: format!(
+                "the request body did not arrive within {:.0} s",
+                state.read_timeout.as_secs_f64()
+            ),
+        })?
         .map_err(|_| ApiError {
             status: 413,
             kind: "invalid_request_error",
             code: Some("request_too_large"),
             param: None,
             message: format!("request body exceeds {} bytes", state.max_body),
-        })?;
+        })
+}
+
+async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, ApiError> {
+    authorize(state, req.headers())?;
+    let body = read_body(state, req).await?;
     let parsed: openai::CompletionRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}"), None))?;
     let (chat, stream, include_usage) = parsed.into_chat()?;
@@ -356,18 +504,21 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         state.next_id.fetch_add(1, Ordering::Relaxed)
     );
     let created = now();
-    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    // Bounded: a streaming client that stops reading fills it (once hyper's and the kernel's
+    // buffers are full), and its generation is cancelled after `write_timeout`.
+    let (tx, rx) = mpsc::channel::<Event>(STREAM_BUFFER);
     let runtime = Arc::clone(&state.runtime);
     let flag = Arc::clone(&cancel);
     let st = Arc::clone(state);
+    let write_timeout = state.write_timeout;
     let worker = tokio::task::spawn_blocking(move || {
-        let on_closed = Arc::clone(&flag);
-        let sink = move |e: Event| {
-            // A closed channel means the client is gone: stop generating.
-            if tx.send(e).is_err() {
-                on_closed.store(true, Ordering::SeqCst);
-            }
-        };
+        let sink = stream_sink(
+            tx,
+            stream,
+            write_timeout,
+            Arc::clone(&flag),
+            Arc::clone(&st),
+        );
         let out = runtime.chat_cancellable(&chat, &sink, &flag);
         if matches!(&out, Ok(r) if r.finish_reason == edgecascade::FinishReason::Cancelled) {
             st.metrics.cancelled.inc();
@@ -428,7 +579,7 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
 fn stream_response(
     state: Arc<AppState>,
     first: Event,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut rx: mpsc::Receiver<Event>,
     worker: tokio::task::JoinHandle<edgecascade::Result<edgecascade::Response>>,
     cancel: Arc<AtomicBool>,
     id: String,

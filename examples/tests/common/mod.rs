@@ -12,3 +12,60 @@ pub fn edgecascade() -> Command {
         .env("EDGECASCADE_LEDGER", data.path().join("ledger.jsonl"));
     c
 }
+
+/// A listener on 127.0.0.1 that counts connections and answers each with HTTP 401, echoing
+/// the request's Authorization header in its error body (as a careless proxy might), so a test
+/// can prove both that a request never connected and that a key sent was never shown.
+#[allow(dead_code)]
+pub fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut auth = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = line.trim().to_owned();
+                }
+                line.clear();
+            }
+            let body = format!(r#"{{"error":{{"message":"rejected {auth}"}}}}"#);
+            let _ = write!(
+                s,
+                "HTTP/1.1 401 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, count)
+}
+
+/// A config file (in `dir`) with SmolLM2 local, the remote tier at `url` with `key`, every
+/// answer escalating unless private, and the ledger in `dir`.
+#[allow(dead_code)]
+pub fn escalating_config(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    url: &str,
+    key: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("edgecascade.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[local]\nmodel = {:?}\nn_ctx = 512\n[remote]\nbase_url = {url:?}\nmodel = \"remote-model\"\napi_key = {key:?}\nmax_retries = 0\n[cascade]\nthreshold = 0.0\n[ledger]\npath = {:?}\n",
+            model.to_str().unwrap(),
+            dir.join("ledger.jsonl").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    cfg
+}
