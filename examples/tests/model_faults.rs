@@ -134,3 +134,86 @@ fn random_header_byte_flips_never_crash_panic_or_hang() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     assert_eq!(loaded + refused, n);
 }
+
+/// Where the bytes of `key`'s value (or a tensor's info) start: the GGUF string (u64 length,
+/// then the bytes) names it once in the header.
+fn locate(header: &[u8], name: &str) -> usize {
+    let mut pat = (name.len() as u64).to_le_bytes().to_vec();
+    pat.extend_from_slice(name.as_bytes());
+    let at = header
+        .windows(pat.len())
+        .position(|w| w == pat.as_slice())
+        .unwrap_or_else(|| panic!("{name} is not in the header"));
+    at + pat.len()
+}
+
+/// Metadata and shapes that look plausible but contradict the weights (an embedding width, head
+/// counts, a feed-forward width, a tensor's dimensions swapped): each a clear one-line error
+/// naming the cause from llama.cpp's own checks, never an abort.
+#[test]
+fn plausible_but_wrong_metadata_is_a_clear_error() {
+    let src = std::path::PathBuf::from(std::env::var_os("EDGECASCADE_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        PathBuf::from,
+    ))
+    .join("smollm2-135m-instruct-q4_1.gguf");
+    let original = std::fs::read(&src).unwrap();
+    let info = edgecascade::engine::local::verify_model(&src).unwrap();
+    let header_len = usize::try_from(info.file_len - info.data_bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // (what, key or tensor, change)
+    let u32_at = |key: &str, v: u32| {
+        let at = locate(&original[..header_len], key) + 4; // the value type, then the value
+        (at, v.to_le_bytes().to_vec())
+    };
+    let swapped = |tensor: &str| {
+        let at = locate(&original[..header_len], tensor) + 4; // n_dims, then ne[0], ne[1]
+        let mut dims = original[at + 8..at + 16].to_vec();
+        dims.extend_from_slice(&original[at..at + 8]);
+        (at, dims)
+    };
+    let cases = [
+        (
+            "embedding width 512",
+            u32_at("llama.embedding_length", 512),
+            "n_rot",
+        ),
+        ("7 heads", u32_at("llama.attention.head_count", 7), ""),
+        ("0 heads", u32_at("llama.attention.head_count", 0), ""),
+        ("0 KV heads", u32_at("llama.attention.head_count_kv", 0), ""),
+        (
+            "feed-forward width 100",
+            u32_at("llama.feed_forward_length", 100),
+            "ffn",
+        ),
+        (
+            "token_embd dims swapped",
+            swapped("token_embd.weight"),
+            "token_embd.weight",
+        ),
+        (
+            "ffn_up dims swapped",
+            swapped("blk.0.ffn_up.weight"),
+            "blk.0.ffn_up.weight",
+        ),
+    ];
+    for (what, (at, bytes), names) in cases {
+        let mut m = original.clone();
+        m[at..at + bytes.len()].copy_from_slice(&bytes);
+        let path = dir.path().join("mutant.gguf");
+        std::fs::write(&path, &m).unwrap();
+        let out = edgecascade()
+            .args(["models", "verify"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        assert!(!err.contains("crashed"), "{what}: {err}");
+        assert!(
+            err.contains(names),
+            "{what}: the error does not name {names:?}: {err}"
+        );
+    }
+}

@@ -12,7 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let mut fields = text.split('\0');
     let answer = fields.next().unwrap_or_default().to_owned();
     let got = fields.next().unwrap_or_default().to_owned();
-    let aliases: Vec<String> = fields.next().unwrap_or_default().split('|').map(str::to_owned).collect();
+    let aliases: Vec<String> = fields
+        .next()
+        .unwrap_or_default()
+        .split('|')
+        .map(str::to_owned)
+        .collect();
     let choices: Vec<String> = fields.map(str::to_owned).collect();
     let kind = Kind::ALL[usize::from(k) % Kind::ALL.len()];
     let _ = edgecascade::eval::score::is_correct(kind, &got, &answer, &aliases, &choices);

@@ -35,11 +35,17 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, LocalError> {
 static LINE: Mutex<(u32, String)> = Mutex::new((0, String::new()));
 
 /// The last error line llama.cpp logged, for error messages when it returns only a null.
-static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
+static LAST_ERROR: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Takes the last error llama.cpp logged since the previous call.
+/// Error lines kept between two takes: llama.cpp logs the cause first ("tensor
+/// 'token_embd.weight' has wrong shape; expected ...") and a summary last ("failed to load
+/// model"); both belong in the error.
+const ERROR_LINES: usize = 4;
+
+/// Takes the errors llama.cpp logged since the previous call, first to last, joined by "; ".
 pub(crate) fn take_last_error() -> Option<String> {
-    LAST_ERROR.lock().ok().and_then(|mut e| e.take())
+    let lines = std::mem::take(&mut *LAST_ERROR.lock().ok()?);
+    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 unsafe extern "C" fn log_callback(
@@ -77,7 +83,12 @@ unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, 
             };
             if lvl == log::Level::Error {
                 if let Ok(mut e) = LAST_ERROR.lock() {
-                    *e = Some(msg.to_owned());
+                    if e.len() < ERROR_LINES {
+                        e.push(msg.chars().take(300).collect());
+                    } else {
+                        // Keep the cause (first) and the summary (last).
+                        e[ERROR_LINES - 1] = msg.chars().take(300).collect();
+                    }
                 }
             }
             log::log!(target: "llama.cpp", lvl, "{msg}");
