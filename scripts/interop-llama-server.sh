@@ -12,7 +12,7 @@ bin_dir=$(scripts/build-llama-tools.sh | tail -1)
 cargo build --release -q --bin edgecascade
 ec=${CARGO_TARGET_DIR:-$root/target}/release/edgecascade
 port=${PORT:-18181}
-"$bin_dir/llama-server" -m "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" --port "$port" -t 2 -c 2048 --no-webui >/tmp/interop-llama-server.log 2>&1 &
+"$bin_dir/llama-server" -m "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" --port "$port" -t 2 -c 2048 --no-webui --jinja >/tmp/interop-llama-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
@@ -46,5 +46,37 @@ print('  ok: route', v['route'], '/', v['reason'], '| remote tokens', r, '| cost
 }
 check forced-remote remote --force remote "What is the capital of France?"
 check escalation escalated "What is the capital of France?"
+# Structured output and tool calls through llama-server: a JSON schema and a forced tool call
+# passed through and checked, and an escalated tool call.
+cat > "$work/city.json" <<'JSON'
+{"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+ "population": {"type": "integer", "minimum": 0, "maximum": 100000000}},
+ "required": ["city", "population"], "additionalProperties": false}
+JSON
+cat > "$work/tools.json" <<'JSON'
+[{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+  "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}]
+JSON
+structured() { # name, expected route, kind (schema|tools), ask args...
+  local name=$1 want=$2 kind=$3; shift 3
+  out=$("$ec" ask --config "$work/edgecascade.toml" --json --max-tokens 96 "$@")
+  echo "$name: $out" | cut -c1-400
+  echo "$out" | python3 -c "
+import json, sys
+v = json.load(sys.stdin)
+assert v['route'] == '$want', v['route']
+assert v['format_error'] is None, v['format_error']
+if '$kind' == 'schema':
+    o = json.loads(v['text'])
+    assert set(o) == {'city', 'population'}, o
+else:
+    (c,) = v['tool_calls']
+    assert c['name'] == 'get_weather' and 'city' in json.loads(c['arguments']), c
+print('  ok:', v['route'], '/', v['reason'], '|', v['text'][:80] if '$kind' == 'schema' else v['tool_calls'])"
+}
+structured schema-remote remote schema --force remote --schema "$work/city.json" "What is the biggest city in Japan?"
+structured tools-remote remote tools --force remote --tools "$work/tools.json" --tool-choice required "What's the weather in Paris?"
+structured tools-escalated escalated tools --tools "$work/tools.json" --tool-choice required "What's the weather in Paris?"
 "$ec" costs --config "$work/edgecascade.toml"
 echo "interop with llama-server: ok"

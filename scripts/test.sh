@@ -43,6 +43,7 @@ if [ $# -eq 0 ]; then
   suite kotlin scripts/test-kotlin.sh
   suite python scripts/test-python.sh
   suite swift scripts/check-swift.sh
+  suite neon scripts/check-neon.sh
 fi
 set -e
 # One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).

@@ -32,95 +32,19 @@ impl TokenSignal {
     }
 }
 
-const LANES: usize = 8;
+// The portable kernel (the max and exp passes, `finish`) lives in `kernel.rs`, free of crate
+// dependencies, so scripts/check-neon.sh can compile it alone for aarch64 and check that it
+// vectorises to NEON.
+#[path = "kernel.rs"]
+mod kernel;
+pub use kernel::Stats;
+use kernel::{exp_neg, finish, stats_impl, LANES};
 
-/// e^x for x <= 0, relative error about 2e-7. Branch-free and integer-only for the exponent
-/// (a saturating float-to-int cast would stop LLVM from vectorising the loop).
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    let x = if x < -87.0 { -87.0 } else { x };
-    let t = x * std::f32::consts::LOG2_E + SHIFT;
-    let n = t - SHIFT;
-    let r = n.mul_add(-0.693_145_75, x);
-    let r = n.mul_add(-1.428_606_8e-6, r);
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67 + r * (0.041_666_52 + r * (0.008_333_45 + r * 0.001_395_4)))));
-    // t's bit pattern is 0x4B40_0000 + n for n in [-126, 0]: build 2^n from it directly.
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
-    p * scale
-}
-
-#[inline(always)] // inlined into the target-feature wrapper, so it gets its codegen
-#[allow(clippy::inline_always)]
-fn stats_impl(logits: &[f32]) -> Stats {
-    let chunks = logits.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    let mut t1 = [f32::NEG_INFINITY; LANES];
-    let mut t2 = [f32::NEG_INFINITY; LANES];
-    for c in chunks.clone() {
-        let c: &[f32; LANES] = c.try_into().expect("chunk of LANES");
-        for l in 0..LANES {
-            let x = c[l];
-            let lo = if x < t1[l] { x } else { t1[l] };
-            t2[l] = if lo > t2[l] { lo } else { t2[l] };
-            t1[l] = if x > t1[l] { x } else { t1[l] };
-        }
-    }
-    let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in t1.iter().chain(t2.iter()).chain(rest) {
-        if x > m1 {
-            m2 = m1;
-            m1 = x;
-        } else if x > m2 {
-            m2 = x;
-        }
-    }
-    let mut z = [0f32; LANES];
-    let mut ze = [0f32; LANES];
-    for c in chunks {
-        let c: &[f32; LANES] = c.try_into().expect("chunk of LANES");
-        for l in 0..LANES {
-            let d = c[l] - m1;
-            let e = exp_neg(d);
-            z[l] += e;
-            ze[l] += d * e;
-        }
-    }
-    let (mut zs, mut zes) = (z.iter().sum::<f32>(), ze.iter().sum::<f32>());
-    for &x in rest {
-        let d = x - m1;
-        let e = exp_neg(d);
-        zs += e;
-        zes += d * e;
-    }
-    finish(m1, m2, zs, zes)
-}
-
-/// The stats from the max, runner-up, Z = sum e^(x - max) and sum (x - max) e^(x - max).
-fn finish(m1: f32, m2: f32, zs: f32, zes: f32) -> Stats {
-    let log_z = zs.ln();
-    Stats {
-        max: m1,
-        log_z,
-        entropy: (log_z - zes / zs).max(0.0),
-        margin: (1.0 - exp_neg(m2 - m1)) / zs,
-    }
-}
-
-/// One next-token distribution, summarised: enough to score any token, and to find the greedy one.
-#[derive(Debug, Clone, Copy)]
-pub struct Stats {
-    /// The largest logit.
-    pub max: f32,
-    /// ln Z, with Z = sum e^(x - max).
-    pub log_z: f32,
-    /// Entropy in nats.
-    pub entropy: f32,
-    /// p(top-1) - p(top-2).
-    pub margin: f32,
+/// The portable kernel that runs where AVX2 does not (ARM phones, older x86), exposed so the
+/// bench can time it beside the AVX2 one.
+#[doc(hidden)]
+pub fn stats_portable(logits: &[f32]) -> Stats {
+    stats_impl(logits)
 }
 
 impl Stats {
@@ -302,6 +226,16 @@ mod tests {
 
     #[test]
     fn matches_f64_reference() {
+        check_against_reference(token_signal);
+    }
+
+    /// The portable kernel (NEON on phones) on this machine too, whatever it picks at run time.
+    #[test]
+    fn portable_kernel_matches_f64_reference() {
+        check_against_reference(|l, c| stats_portable(l).signal(l, c));
+    }
+
+    fn check_against_reference(token_signal: fn(&[f32], usize) -> TokenSignal) {
         let mut x = 12345u64;
         for n in [1usize, 2, 7, 8, 9, 100, 49_152, 151_936] {
             let logits: Vec<f32> = (0..n)
