@@ -105,10 +105,11 @@ fn extract_choice<'a>(text: &str, choices: &'a [String]) -> Option<&'a str> {
             }
         }
     }
-    // The text of exactly one choice.
+    // The text of exactly one choice (of the first 26: only they have letters).
     let t = normalize(text);
     let hits: Vec<usize> = choices
         .iter()
+        .take(LETTERS.len())
         .enumerate()
         .filter(|(_, c)| {
             let c = normalize(c);
@@ -191,4 +192,21 @@ fn first_number(text: &str) -> Option<f64> {
         i += 1;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `score` fuzzer: a choice answer matched by its text among more than 26
+    /// choices indexed past the 26 letters.
+    #[test]
+    fn choices_past_the_alphabet_have_no_letter_and_do_not_panic() {
+        let choices: Vec<String> = (0..40).map(|i| format!("option {i}")).collect();
+        assert_eq!(extract(Kind::Choice, "option 32", &choices), None);
+        assert_eq!(
+            extract(Kind::Choice, "option 2", &choices).as_deref(),
+            Some("C")
+        );
+    }
 }
