@@ -112,7 +112,7 @@ def run(model, items, binary):
         results = {}
         for choice in ("required", "auto"):
             valid = right = tokens = errors = 0
-            rates = []
+            rates, why = [], {}
             for q, truth in items:
                 tools = [{"type": "function", "function": {
                     "name": f["name"], "description": f.get("description", ""),
@@ -127,6 +127,9 @@ def run(model, items, binary):
                 calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
                          for c in (msg.get("tool_calls") or [])]
                 ok = bool(calls) and ext["format_error"] is None
+                if not ok:
+                    reason = (ext["format_error"] or "no call")[:60]
+                    why[reason] = why.get(reason, 0) + 1
                 valid += ok
                 right += ok and len(calls) == 1 and correct(calls[0], truth)
                 tokens += r["usage"]["completion_tokens"]
@@ -135,7 +138,8 @@ def run(model, items, binary):
             rates.sort()
             results[choice] = {"items": n, "valid_call": round(valid / n, 3), "correct_call": round(right / n, 3),
                                "refused_400": errors, "mean_completion_tokens": round(tokens / max(1, n - errors), 1),
-                               "median_decode_tok_s": rates[len(rates) // 2] if rates else None}
+                               "median_decode_tok_s": rates[len(rates) // 2] if rates else None,
+                               "invalid_because": dict(sorted(why.items(), key=lambda kv: -kv[1])[:5])}
             print(os.path.basename(model), choice, json.dumps(results[choice]), flush=True)
         return results
     finally:
