@@ -66,13 +66,18 @@ structured() { # name, expected route, kind (schema|tools), ask args...
 import json, sys
 v = json.load(sys.stdin)
 assert v['route'] == '$want', v['route']
-assert v['format_error'] is None, v['format_error']
 if '$kind' == 'schema':
+    assert v['format_error'] is None, v['format_error']
     o = json.loads(v['text'])
     assert set(o) == {'city', 'population'}, o
-else:
+elif v['tool_calls']:
+    assert v['format_error'] is None, v['format_error']
     (c,) = v['tool_calls']
     assert c['name'] == 'get_weather' and 'city' in json.loads(c['arguments']), c
+else:
+    # llama-server (with --jinja) sends no tool_calls for Qwen2.5-Coder-0.5B, which writes the
+    # call as plain text: the answer must be reported as not a valid call, never passed off.
+    assert 'no tool call' in (v['format_error'] or ''), v
 print('  ok:', v['route'], '/', v['reason'], '|', v['text'][:80] if '$kind' == 'schema' else v['tool_calls'])"
 }
 structured schema-remote remote schema --force remote --schema "$work/city.json" "What is the biggest city in Japan?"

@@ -214,3 +214,16 @@ fn answers_outside_the_schema_are_caught_and_unenforceable_schemas_refused() {
         assert!(err.contains("response_format"), "{err}");
     }
 }
+
+/// Found by the interop run against llama-server, which pretty-prints its JSON: an answer
+/// checked after the fact may have any whitespace; only local decoding is held to the compact
+/// form. A value of the wrong type is still caught.
+#[test]
+fn answers_checked_after_the_fact_may_have_any_whitespace() {
+    let e = engine();
+    let pretty = "{\n  \"name\": \"Ann\",\n  \"age\": 30,\n  \"colour\": \"red\",\n  \"alive\": true,\n  \"address\": {\"city\":\"Oslo\"}\n}";
+    e.check_format(&person(), pretty)
+        .expect("pretty-printed and valid");
+    let wrong = "{\n  \"name\": \"Ann\",\n  \"age\": \"thirty\",\n  \"colour\": \"red\",\n  \"alive\": true,\n  \"address\": {\"city\": \"Oslo\"}\n}";
+    assert!(e.check_format(&person(), wrong).is_err());
+}

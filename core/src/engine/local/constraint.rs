@@ -125,10 +125,12 @@ impl Grammars {
     /// Checks an answer, as tokens of this model's vocabulary, against `format`: every token
     /// allowed, and the grammar complete at the end.
     pub(crate) fn validate(&self, format: &ResponseFormat, tokens: &[u32]) -> Result<(), String> {
-        let Some(m) = self.matcher(format).map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        Self::consume_all(m, tokens)
+        // Any whitespace: a remote server (llama-server, say) may pretty-print its JSON; only
+        // local decoding is held to the compact form.
+        match schema_of(format)? {
+            Some(schema) => self.validate_schema(schema, tokens),
+            None => Ok(()),
+        }
     }
 
     fn consume_all(mut m: Matcher, tokens: &[u32]) -> Result<(), String> {
