@@ -105,6 +105,34 @@ pub(crate) fn openai_tool(tool: &Tool) -> Value {
     json!({"type": "function", "function": f})
 }
 
+/// A message as OpenAI writes it: role, content, an assistant turn's `tool_calls`, a tool
+/// turn's `tool_call_id`. The wire carries arguments as JSON text; chat templates index them
+/// as an object (`as_object`).
+pub(crate) fn openai_message(m: &ChatMessage, as_object: bool) -> Value {
+    let mut v = json!({"role": m.role.as_str(), "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments = if as_object {
+                    serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}))
+                } else {
+                    json!(c.arguments)
+                };
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": arguments}})
+            })
+            .collect();
+    }
+    if m.role == Role::Tool {
+        if let Some(id) = &m.tool_call_id {
+            v["tool_call_id"] = json!(id);
+        }
+    }
+    v
+}
+
 /// JSON with Python's separators (`", "` and `": "`), as the templates' `tojson` writes it in
 /// the texts models were trained on.
 pub(crate) fn to_json(v: &Value) -> String {

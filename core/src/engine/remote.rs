@@ -394,23 +394,7 @@ impl RemoteEngine {
         let messages: Vec<Value> = req
             .messages
             .iter()
-            .map(|m| {
-                let mut v = json!({"role": m.role.as_str(), "content": m.content});
-                if !m.tool_calls.is_empty() {
-                    v["tool_calls"] = m
-                        .tool_calls
-                        .iter()
-                        .map(|c| {
-                            json!({"id": c.id, "type": "function",
-                                   "function": {"name": c.name, "arguments": c.arguments}})
-                        })
-                        .collect();
-                }
-                if let Some(id) = &m.tool_call_id {
-                    v["tool_call_id"] = json!(id);
-                }
-                v
-            })
+            .map(|m| crate::tools::openai_message(m, false))
             .collect();
         let mut body = json!({
             "model": self.model,

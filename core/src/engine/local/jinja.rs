@@ -8,10 +8,9 @@
 //! ([`crate::tools::lower`]) rather than failing the request.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
-use serde_json::json;
 
 use crate::tools;
-use crate::types::{ChatMessage, Role, Tool};
+use crate::types::{ChatMessage, Tool};
 
 /// Instructions a render may spend: the templates seen take a few thousand per message.
 const FUEL: u64 = 5_000_000;
@@ -112,27 +111,7 @@ impl Jinja {
     ) -> Result<String, String> {
         let messages: Vec<serde_json::Value> = messages
             .iter()
-            .map(|m| {
-                let mut v = json!({"role": m.role.as_str(), "content": m.content});
-                if !m.tool_calls.is_empty() {
-                    v["tool_calls"] = m
-                        .tool_calls
-                        .iter()
-                        .map(|c| {
-                            let args: serde_json::Value =
-                                serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
-                            json!({"id": c.id, "type": "function",
-                                   "function": {"name": c.name, "arguments": args}})
-                        })
-                        .collect();
-                }
-                if m.role == Role::Tool {
-                    if let Some(id) = &m.tool_call_id {
-                        v["tool_call_id"] = json!(id);
-                    }
-                }
-                v
-            })
+            .map(|m| tools::openai_message(m, true))
             .collect();
         let tools: Option<Vec<serde_json::Value>> =
             (!offered.is_empty()).then(|| offered.iter().map(tools::openai_tool).collect());
