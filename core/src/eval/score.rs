@@ -4,6 +4,32 @@
 use super::Kind;
 pub use crate::policy::answer::{extract, extract_number, extract_yesno, normalize};
 
+/// One input of the `score` fuzz target, run as the fuzzer runs it: the first byte picks the
+/// kind; the rest, split at NUL bytes, is the gold answer, the model's text, `|`-separated
+/// aliases, then the choices. Whether the text scores as correct. For the fuzzer and its CI
+/// replay, so both run the same code.
+#[doc(hidden)]
+pub fn score_fuzz_input(data: &[u8]) -> bool {
+    let Some((&k, rest)) = data.split_first() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let mut fields = text.split('\0');
+    let answer = fields.next().unwrap_or_default().to_owned();
+    let got = fields.next().unwrap_or_default().to_owned();
+    let aliases: Vec<String> = fields
+        .next()
+        .unwrap_or_default()
+        .split('|')
+        .map(str::to_owned)
+        .collect();
+    let choices: Vec<String> = fields.map(str::to_owned).collect();
+    let kind = Kind::ALL[usize::from(k) % Kind::ALL.len()];
+    let _ = extract(kind, &got, &choices);
+    let _ = normalize(&got);
+    is_correct(kind, &got, &answer, &aliases, &choices)
+}
+
 /// Whether `text` answers correctly: `answer` (and any `aliases`) is the gold answer.
 pub fn is_correct(
     kind: Kind,

@@ -85,28 +85,32 @@ impl Grammars {
         let Some(schema) = schema_of(format).map_err(LocalError::InvalidRequest)? else {
             return Ok(None);
         };
-        let parser = self
-            .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
+        self.compile(TopLevelGrammar::from_json_schema(schema))
+            .map(Some)
             .map_err(|e| {
                 LocalError::InvalidRequest(format!(
                     "response_format: the schema cannot be enforced: {e}"
                 ))
-            })?;
-        Ok(Some(Matcher::new(Ok(parser))))
+            })
+    }
+
+    /// A fresh matcher for a grammar.
+    fn compile(&self, grammar: TopLevelGrammar) -> Result<Matcher, String> {
+        let parser = self
+            .factory
+            .create_parser(grammar)
+            .map_err(|e| e.to_string())?;
+        Ok(Matcher::new(Ok(parser)))
     }
 
     /// A matcher for an llguidance Lark grammar (the forced tool call).
     pub(crate) fn lark_matcher(&self, grammar: String) -> Result<Matcher, LocalError> {
-        let parser = self
-            .factory
-            .create_parser(TopLevelGrammar::from_lark(grammar))
+        self.compile(TopLevelGrammar::from_lark(grammar))
             .map_err(|e| {
                 LocalError::InvalidRequest(format!(
                     "tools: the parameter schemas cannot be enforced: {e}"
                 ))
-            })?;
-        Ok(Matcher::new(Ok(parser)))
+            })
     }
 
     /// Checks JSON text, as tokens of this model's vocabulary, against a JSON schema, with
@@ -115,11 +119,10 @@ impl Grammars {
         if let Some(o) = schema.as_object_mut() {
             o.remove("x-guidance");
         }
-        let parser = self
-            .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
+        let m = self
+            .compile(TopLevelGrammar::from_json_schema(schema))
             .map_err(|e| format!("the schema cannot be checked: {e}"))?;
-        Self::consume_all(Matcher::new(Ok(parser)), tokens)
+        Self::consume_all(m, tokens)
     }
 
     /// Checks an answer, as tokens of this model's vocabulary, against `format`: every token
