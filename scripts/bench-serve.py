@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """`edgecascade serve` against llama.cpp's `llama-server`: same model, threads, prompts.
 
-For each server and each concurrency (1 and 4 clients), streams greedy completions and measures
+For each concurrency (1, 2, 4 and 8 clients by default) and each server in turn (alternated, so
+both see the same machine), streams greedy completions and measures
 client-side TTFT (request sent to first content chunk) and requests/s. For our server it also
 takes the engine's own TTFT from the `edgecascade` extension of the same response, so the
 difference is exactly what the HTTP layer adds.
 
-    scripts/bench-serve.py [--model PATH] [--requests 16] [--max-tokens 32]
+    scripts/bench-serve.py [--model PATH] [--clients 1,2,4,8] [--per-client 3] [--max-tokens 64]
+                           [--rounds 2]
+
+Each server gets `-np`/`--parallel` equal to the clients, 2 threads, 1024 tokens of context per
+sequence. Figures are the mean over rounds; TTFT is the median over a round's requests.
 """
 import argparse, http.client, json, os, statistics, subprocess, sys, threading, time
 
@@ -86,8 +91,10 @@ def main():
     ap = argparse.ArgumentParser()
     models = os.environ.get("EDGECASCADE_MODELS", os.path.join(ROOT, "models"))
     ap.add_argument("--model", default=os.path.join(models, "smollm2-135m-instruct-q4_1.gguf"))
-    ap.add_argument("--requests", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--per-client", type=int, default=3, help="requests per client")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-bin", default=None)
     ap.add_argument("--our-parallel", type=int, default=None, help="contexts for edgecascade (default: = clients)")
@@ -100,7 +107,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "edgecascade"], check=True, cwd=ROOT)
     ours = os.path.join(target, "release", "edgecascade")
     out = {}
-    for clients in (1, 4):
+    for clients in [int(c) for c in a.clients.split(",")]:
         servers = {
             "edgecascade": ([ours, "serve", "--model", a.model, "--port", "0",
                              "--parallel", str(a.our_parallel or clients), "--queue", "64", "--n-ctx", "1024"]
@@ -110,19 +117,27 @@ def main():
                               "-np", str(clients), "-c", str(1024 * clients), "--no-webui"],
                              lambda l: "127.0.0.1:18099" if "listening on http" in l else None),
         }
-        for name, (cmd, ready) in servers.items():
-            if a.only_ours and name != "edgecascade":
-                continue
-            p, addr = start(cmd, ready)
-            try:
-                out[f"{name}@{clients}"] = run(addr, clients, a.requests, a.max_tokens)
-            finally:
-                p.terminate()
-                p.wait()
-            r = out[f"{name}@{clients}"]
+        rounds = {}
+        for rnd in range(a.rounds):
+            for name, (cmd, ready) in servers.items():
+                if a.only_ours and name != "edgecascade":
+                    continue
+                p, addr = start(cmd, ready)
+                try:
+                    rounds.setdefault(name, []).append(run(addr, clients, clients * a.per_client, a.max_tokens))
+                finally:
+                    p.terminate()
+                    p.wait()
+        for name, rs in rounds.items():
+            r = {k: (statistics.mean(x[k] for x in rs) if rs[0][k] is not None else None) for k in rs[0]}
+            out[f"{name}@{clients}"] = r
             extra = f", HTTP layer adds {r['http_overhead_ms']:.2f} ms to TTFT" if r["http_overhead_ms"] is not None else ""
             print(f"{name:13} {clients} client(s): {r['req_s']:.2f} req/s, {r['tok_s']:.1f} tok/s, "
                   f"TTFT {r['ttft_ms']:.1f} ms{extra}", flush=True)
+        if "edgecascade" in rounds and "llama-server" in rounds:
+            o, l = out[f"edgecascade@{clients}"], out[f"llama-server@{clients}"]
+            print(f"  ratio at {clients}: throughput {o['tok_s'] / l['tok_s']:.2f}x, "
+                  f"TTFT {o['ttft_ms'] / l['ttft_ms']:.2f}x", flush=True)
     print(json.dumps(out))
 
 

@@ -83,8 +83,12 @@ pub struct LocalConfig {
     pub n_batch: u32,
     /// Layers to offload to a GPU backend (needs a GPU cargo feature).
     pub n_gpu_layers: u32,
-    /// Contexts served in parallel; further requests queue.
+    /// Requests served in parallel; further requests queue.
     pub parallel: u32,
+    /// With `parallel` > 1: decode all running requests together in one context, one
+    /// llama.cpp call per token step (continuous batching); off gives each request a context
+    /// of its own.
+    pub batching: bool,
     /// What to do with an over-long prompt.
     pub context_policy: ContextPolicy,
     /// KV reuse across requests.
@@ -107,6 +111,7 @@ impl Default for LocalConfig {
             n_batch: 512,
             n_gpu_layers: 0,
             parallel: 1,
+            batching: true,
             context_policy: ContextPolicy::Error,
             prefix_cache: PrefixCache::Fast,
             poll: 50,

@@ -1313,3 +1313,54 @@ fn a_stream_whose_client_stops_reading_is_cancelled() {
     drop(s);
     assert_eq!(post(a, &chat_json("Hi", 4, false)).status, 200);
 }
+
+#[test]
+fn concurrent_streams_are_decoded_together_and_answer_as_they_would_alone() {
+    let server = Server::start(&["--parallel", "4"]);
+    let a = server.addr.clone();
+    let prompts = [
+        "Name three fruits.",
+        "Name two rivers.",
+        "What is the capital of France?",
+        "Say hello in French.",
+    ];
+    // Alone first (one at a time), then four at once.
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| sse_text(&post(&a, &chat_json(p, 24, true)).body).0)
+        .collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(prompts.len()));
+    let together: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let (a, p, start) = (a.clone(), (*p).to_owned(), std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let r = post(&a, &chat_json(&p, 24, true));
+                assert_eq!(r.status, 200, "{}", r.body);
+                let (text, done) = sse_text(&r.body);
+                assert!(done, "{}", r.body);
+                text
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(together, alone);
+    // The batch sampled more tokens than it made decode calls: requests shared them.
+    let m = http(&a, "GET", "/metrics", &[], b"").body;
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    let (steps, sampled) = (
+        value("edgecascade_batch_steps_total "),
+        value("edgecascade_batch_sampled_tokens_total "),
+    );
+    assert!(
+        sampled > steps && steps > 0.0,
+        "steps {steps}, sampled {sampled}"
+    );
+}

@@ -6,6 +6,7 @@
 #![allow(missing_docs)]
 
 mod bad_models;
+mod batching;
 mod fault_server;
 mod file_host;
 mod fuzz_corpus;

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub stalled: Counter,
     pub refused_connections: Counter,
+    batch_steps: Counter,
+    batch_tokens: Counter,
+    batch_sampled: Counter,
+    /// The engine's batch counters as last copied into the three above.
+    batch_seen: std::sync::Mutex<edgecascade::engine::local::BatchStats>,
 }
 
 impl Metrics {
@@ -58,6 +63,24 @@ impl Metrics {
         let cancelled = Counter::default();
         let stalled = Counter::default();
         let refused_connections = Counter::default();
+        let (batch_steps, batch_tokens, batch_sampled) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "batch_steps",
+            "llama.cpp decode calls of the continuous batch",
+            batch_steps.clone(),
+        );
+        registry.register(
+            "batch_tokens",
+            "Tokens evaluated by the continuous batch (prompt chunks and generated tokens)",
+            batch_tokens.clone(),
+        );
+        registry.register(
+            "batch_sampled_tokens",
+            "Tokens sampled from the continuous batch; divided by batch_steps, the mean number \
+             of requests decoded together",
+            batch_sampled.clone(),
+        );
         registry.register(
             "stalled_streams",
             "Streams cancelled because the client stopped reading for --write-timeout",
@@ -124,6 +147,23 @@ impl Metrics {
             cancelled,
             stalled,
             refused_connections,
+            batch_steps,
+            batch_tokens,
+            batch_sampled,
+            batch_seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Brings the batch counters up to the engine's.
+    pub fn batch(&self, now: edgecascade::engine::local::BatchStats) {
+        if let Ok(mut seen) = self.batch_seen.lock() {
+            self.batch_steps
+                .inc_by(now.steps.saturating_sub(seen.steps));
+            self.batch_tokens
+                .inc_by(now.tokens.saturating_sub(seen.tokens));
+            self.batch_sampled
+                .inc_by(now.sampled.saturating_sub(seen.sampled));
+            *seen = now;
         }
     }
 

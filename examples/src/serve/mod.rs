@@ -49,7 +49,8 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` (default: $EDGECASCADE_SERVE_API_KEY if set).
     #[arg(long)]
     api_key: Option<String>,
-    /// Requests generating at once (contexts); overrides [local] parallel.
+    /// Requests generating at once, decoded together in one batch (or in a context each with
+    /// `[local] batching = false`); overrides [local] parallel.
     #[arg(long)]
     parallel: Option<u32>,
     /// Requests allowed to wait for a context; more get 503.
@@ -187,8 +188,13 @@ async fn serve(state: Arc<AppState>, host: &str, port: u16, limits: Limits) -> R
         .with_state(Arc::clone(&state));
     let loopback = addr.ip().is_loopback();
     eprintln!(
-        "serving {} with {parallel} parallel context(s) and a queue of {queue}{}{}",
+        "serving {} with {parallel} request(s) at once{} and a queue of {queue}{}{}",
         state.model_name,
+        if parallel > 1 && state.runtime.config().local.batching {
+            ", batched"
+        } else {
+            ""
+        },
         if loopback {
             "; bound to loopback only (use --host 0.0.0.0 to expose it)"
         } else {
@@ -319,6 +325,9 @@ async fn health(State(state): State<Arc<AppState>>) -> HttpResponse {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> HttpResponse {
+    if let Some(stats) = state.runtime.local_engine().and_then(|e| e.batch_stats()) {
+        state.metrics.batch(stats);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -49,6 +49,25 @@ impl LocalEngine {
                 "the prompt rendered to zero tokens".into(),
             ));
         }
+        if let Some(batcher) = self
+            .batcher
+            .as_ref()
+            .filter(|_| !opts.cold && !opts.ignore_eos)
+        {
+            let job = super::batch::Job {
+                tokens,
+                truncated,
+                max_tokens,
+                sampling: sampling.clone(),
+                stop: stop.to_vec(),
+                constraint: opts.constraint,
+                // Exact reuse promises output bit-identical to a cold run, which a batch
+                // (whose numerics depend on its neighbours) cannot: it starts cold.
+                reuse_prefix: self.cfg.prefix_cache == PrefixCache::Fast,
+                t0,
+            };
+            return batcher.generate(job, cancel, on_token);
+        }
         let Some(mut guard) = self.acquire(&tokens, cancel)? else {
             return Ok(empty_output(
                 &tokens,
@@ -115,72 +134,22 @@ impl LocalEngine {
         };
         let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
 
-        let mut sampler = build_sampler(sampling, self.info.n_vocab as i32, opts.constraint);
-        let vocab = self.model.vocab();
-        let mut stream = text::TextStream::new(stop);
-        let mut text = String::new();
-        let mut signals = Vec::with_capacity(max_tokens.min(4096) as usize);
-        let mut piece = Vec::with_capacity(32);
         let room = n_ctx as usize - tokens.len();
-        let limit = (max_tokens as usize).min(room);
+        let mut gen = Gen::new(
+            sampling,
+            self.info.n_vocab,
+            opts.constraint,
+            stop,
+            (max_tokens as usize).min(room),
+            opts.ignore_eos,
+            t0,
+        );
+        let vocab = self.model.vocab();
         let mut logits_idx = batch.n_tokens() - 1;
-        let mut ttft_ms = 0.0;
-        let mut t_first = None;
-        let mut finish = FinishReason::Length;
-        let mut generated = 0u32;
-        let mut confidence_ms = 0.0;
-        let mut sample_ms = 0.0;
-        let mut decode_call_ms = 0.0;
         if let Some((gov, _)) = slot.governor.as_mut() {
             gov.start_request();
         }
-        while (generated as usize) < limit {
-            // Greedy without penalties: the confidence pass already found the max logit, so skip
-            // llama.cpp's sampler (it rebuilds an n_vocab candidate array every token).
-            let t_sig = Instant::now();
-            let logits = slot.ctx.get_logits_ith(logits_idx);
-            let stats = confidence::stats(logits);
-            let t_sample = Instant::now();
-            confidence_ms += (t_sample - t_sig).as_secs_f64() * 1e3;
-            let token = match sampler.as_mut() {
-                None => LlamaToken(stats.argmax(logits) as i32),
-                Some(s) => s.sample(&slot.ctx, logits_idx),
-            };
-            sample_ms += t_sample.elapsed().as_secs_f64() * 1e3;
-            let signal = stats.signal(slot.ctx.get_logits_ith(logits_idx), token.0 as usize);
-            if t_first.is_none() {
-                ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-                t_first = Some(Instant::now());
-            }
-            if !opts.ignore_eos && vocab.is_eog(token) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            generated += 1;
-            signals.push(signal);
-            piece.clear();
-            vocab.token_to_piece_into(token, &mut piece, false, None);
-            let (emit, stopped) = match stream.push(&piece) {
-                text::Pushed::Text(s) => (s, false),
-                text::Pushed::Stopped(s) => (s, true),
-            };
-            text.push_str(&emit);
-            let flow = on_token(TokenEvent {
-                text: &emit,
-                signal,
-                index: generated,
-            });
-            if stopped {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if flow.is_break() || cancel.load(Ordering::Relaxed) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if generated as usize == limit {
-                break;
-            }
+        while let Some(token) = gen.step(&slot.ctx, logits_idx, &vocab, cancel, on_token) {
             batch.clear();
             batch
                 .add(token, pos as i32, &[0], true)
@@ -191,7 +160,7 @@ impl LocalEngine {
             let t_dec = Instant::now();
             let decoded = slot.ctx.decode(&mut batch);
             let step_ms = t_dec.elapsed().as_secs_f64() * 1e3;
-            decode_call_ms += step_ms;
+            gen.decode_call_ms += step_ms;
             if let Some((gov, raw)) = slot.governor.as_mut() {
                 if let Some(n) = gov.record(step_ms) {
                     log::debug!("decode threads now {n}");
@@ -209,36 +178,15 @@ impl LocalEngine {
             pos += 1;
             logits_idx = 0;
         }
-        {
-            let tail = stream.finish();
-            if !tail.is_empty() {
-                text.push_str(&tail);
-                let _ = on_token(TokenEvent {
-                    text: &tail,
-                    signal: signals.last().copied().unwrap_or(ZERO_SIGNAL),
-                    index: generated,
-                });
-            }
-        }
+        gen.flush(on_token);
         slot.tokens = cached;
         slot.exact_rows = exact_rows;
-        let decode_ms = t_first.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-        Ok(LocalOutput {
-            text,
-            finish_reason: finish,
-            prompt_tokens: tokens.len() as u32,
-            prompt_tokens_evaluated: to_eval.len() as u32,
-            completion_tokens: generated,
-            signals,
-            ttft_ms,
+        Ok(gen.output(
+            tokens.len() as u32,
+            to_eval.len() as u32,
             prefill_ms,
-            decode_ms,
-            total_ms: t0.elapsed().as_secs_f64() * 1e3,
-            confidence_ms,
-            sample_ms,
-            decode_call_ms,
-            truncated_messages: truncated,
-        })
+            truncated,
+        ))
     }
 }
 
@@ -249,7 +197,7 @@ const ZERO_SIGNAL: TokenSignal = TokenSignal {
     top_logprob: 0.0,
 };
 
-fn empty_output(
+pub(super) fn empty_output(
     tokens: &[LlamaToken],
     evaluated: usize,
     truncated: u32,
@@ -271,6 +219,164 @@ fn empty_output(
         sample_ms: 0.0,
         decode_call_ms: 0.0,
         truncated_messages: truncated,
+    }
+}
+
+/// One sequence's generation: sampling, confidence signals, end-of-turn and stop sequences,
+/// the text so far and its timings. The single-context loop and the batch worker both drive
+/// it, one sampled token per step.
+pub(super) struct Gen {
+    sampler: Option<LlamaSampler>,
+    stream: text::TextStream,
+    text: String,
+    signals: Vec<TokenSignal>,
+    piece: Vec<u8>,
+    limit: usize,
+    ignore_eos: bool,
+    generated: u32,
+    finish: FinishReason,
+    t0: Instant,
+    ttft_ms: f64,
+    t_first: Option<Instant>,
+    confidence_ms: f64,
+    sample_ms: f64,
+    /// Milliseconds inside llama.cpp's decode for this sequence's generated tokens.
+    pub(super) decode_call_ms: f64,
+}
+
+impl Gen {
+    /// A generation of at most `limit` tokens (at least one), timed from `t0`.
+    pub(super) fn new(
+        sampling: &Sampling,
+        n_vocab: u32,
+        constraint: Option<llguidance::Matcher>,
+        stop: &[String],
+        limit: usize,
+        ignore_eos: bool,
+        t0: Instant,
+    ) -> Self {
+        Self {
+            sampler: build_sampler(sampling, n_vocab as i32, constraint.map(LlamaSampler::from)),
+            stream: text::TextStream::new(stop),
+            text: String::new(),
+            signals: Vec::with_capacity(limit.min(4096)),
+            piece: Vec::with_capacity(32),
+            limit,
+            ignore_eos,
+            generated: 0,
+            finish: FinishReason::Length,
+            t0,
+            ttft_ms: 0.0,
+            t_first: None,
+            confidence_ms: 0.0,
+            sample_ms: 0.0,
+            decode_call_ms: 0.0,
+        }
+    }
+
+    /// Samples from the logits in row `idx` of `ctx`'s last decode and emits what became text.
+    /// `Some(token)`: feed it back and call again; `None`: the generation is over (end of
+    /// turn, a stop sequence, the limit, `Break` from `on_token`, or `cancel`).
+    pub(super) fn step(
+        &mut self,
+        ctx: &LlamaContext<'_>,
+        idx: i32,
+        vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Option<LlamaToken> {
+        // Greedy without penalties: the confidence pass already found the max logit, so skip
+        // llama.cpp's sampler (it rebuilds an n_vocab candidate array every token).
+        let t_sig = Instant::now();
+        let logits = ctx.get_logits_ith(idx);
+        let stats = confidence::stats(logits);
+        let t_sample = Instant::now();
+        self.confidence_ms += (t_sample - t_sig).as_secs_f64() * 1e3;
+        let token = match self.sampler.as_mut() {
+            None => LlamaToken(stats.argmax(logits) as i32),
+            Some(s) => s.sample(ctx, idx),
+        };
+        self.sample_ms += t_sample.elapsed().as_secs_f64() * 1e3;
+        let signal = stats.signal(ctx.get_logits_ith(idx), token.0 as usize);
+        if self.t_first.is_none() {
+            self.ttft_ms = self.t0.elapsed().as_secs_f64() * 1e3;
+            self.t_first = Some(Instant::now());
+        }
+        if !self.ignore_eos && vocab.is_eog(token) {
+            self.finish = FinishReason::Stop;
+            return None;
+        }
+        self.generated += 1;
+        self.signals.push(signal);
+        self.piece.clear();
+        vocab.token_to_piece_into(token, &mut self.piece, false, None);
+        let (emit, stopped) = match self.stream.push(&self.piece) {
+            text::Pushed::Text(s) => (s, false),
+            text::Pushed::Stopped(s) => (s, true),
+        };
+        self.text.push_str(&emit);
+        let flow = on_token(TokenEvent {
+            text: &emit,
+            signal,
+            index: self.generated,
+        });
+        if stopped {
+            self.finish = FinishReason::Stop;
+            return None;
+        }
+        if flow.is_break() || cancel.load(Ordering::Relaxed) {
+            self.finish = FinishReason::Cancelled;
+            return None;
+        }
+        if self.generated as usize >= self.limit {
+            return None;
+        }
+        Some(token)
+    }
+
+    /// Ends the generation as cancelled (the batch worker saw the flag between steps).
+    pub(super) fn cancel(&mut self) {
+        self.finish = FinishReason::Cancelled;
+    }
+
+    /// Emits text still held back (an incomplete character or a possible stop prefix).
+    pub(super) fn flush(&mut self, on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>) {
+        let tail = self.stream.finish();
+        if !tail.is_empty() {
+            self.text.push_str(&tail);
+            let _ = on_token(TokenEvent {
+                text: &tail,
+                signal: self.signals.last().copied().unwrap_or(ZERO_SIGNAL),
+                index: self.generated,
+            });
+        }
+    }
+
+    pub(super) fn output(
+        self,
+        prompt_tokens: u32,
+        evaluated: u32,
+        prefill_ms: f64,
+        truncated: u32,
+    ) -> LocalOutput {
+        LocalOutput {
+            text: self.text,
+            finish_reason: self.finish,
+            prompt_tokens,
+            prompt_tokens_evaluated: evaluated,
+            completion_tokens: self.generated,
+            signals: self.signals,
+            ttft_ms: self.ttft_ms,
+            prefill_ms,
+            decode_ms: self
+                .t_first
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
+            total_ms: self.t0.elapsed().as_secs_f64() * 1e3,
+            confidence_ms: self.confidence_ms,
+            sample_ms: self.sample_ms,
+            decode_call_ms: self.decode_call_ms,
+            truncated_messages: truncated,
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! the types, loading, and the public entry points.
 
 pub mod backend;
+mod batch;
 pub mod confidence;
 pub(crate) mod constraint;
 mod decode;
@@ -44,6 +45,7 @@ use decode::prefill;
 use pool::{common_prefix, Pool};
 use prompt::choose_template;
 
+pub use batch::BatchStats;
 pub use confidence::TokenSignal;
 pub use gguf::{GgufError, GgufInfo};
 
@@ -134,6 +136,8 @@ pub struct LocalEngine {
     grammars: std::sync::OnceLock<Result<constraint::Grammars, LocalError>>,
     pool: Mutex<Pool>,
     returned: Condvar,
+    /// With `parallel` > 1 and `batching`: the worker that decodes every request in one batch.
+    batcher: Option<batch::Batcher>,
     /// The last rendered conversation, its tools and its tokens.
     rendered: Mutex<Option<Rendered>>,
     template: LlamaChatTemplate,
@@ -156,7 +160,7 @@ impl std::fmt::Debug for LocalEngine {
 #[derive(Default)]
 pub(crate) struct RunOptions {
     /// A structured-output constraint, first in the sampler chain.
-    pub constraint: Option<LlamaSampler>,
+    pub constraint: Option<llguidance::Matcher>,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
     /// Do not reuse a slot's cached prefix (benchmarks, cold measurements).
@@ -294,11 +298,17 @@ impl LocalEngine {
             log::warn!("n_ctx {n_ctx} exceeds the model's training context {n_ctx_train}; quality may suffer");
         }
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
-        // Parallel contexts share the cores: by default each gets its share, so they never
-        // oversubscribe the CPU (4 contexts x 2 threads on 2 cores ran at a third of the speed).
-        let threads = cfg
-            .threads
-            .unwrap_or_else(|| (LocalConfig::default_threads() / cfg.parallel).max(1));
+        let batching = cfg.batching && cfg.parallel > 1;
+        // Separate parallel contexts share the cores: by default each gets its share, so they
+        // never oversubscribe the CPU (4 contexts x 2 threads on 2 cores ran at a third of the
+        // speed). One batched context uses them all.
+        let threads = cfg.threads.unwrap_or_else(|| {
+            if batching {
+                LocalConfig::default_threads()
+            } else {
+                (LocalConfig::default_threads() / cfg.parallel).max(1)
+            }
+        });
         let threads_batch = cfg.threads_batch.unwrap_or(cores);
         let name = gguf.name.clone().unwrap_or_else(|| {
             path.file_stem()
@@ -328,6 +338,7 @@ impl LocalEngine {
                 created: 0,
             }),
             returned: Condvar::new(),
+            batcher: None,
             rendered: Mutex::new(None),
             template,
             jinja,
@@ -336,12 +347,21 @@ impl LocalEngine {
             model: Arc::new(model),
         };
         // Create the first context now, so a bad n_ctx or out-of-memory fails at load, not at the
-        // first request.
-        let slot = engine.new_slot()?;
-        let mut pool = engine.pool.lock().expect("pool lock");
-        pool.free.push(slot);
-        pool.created = 1;
-        drop(pool);
+        // first request. A batching engine creates single-sequence contexts only for scoring
+        // and benchmarks, on demand.
+        let mut engine = engine;
+        if batching {
+            engine.batcher = Some(batch::Batcher::start(
+                Arc::clone(&engine.model),
+                engine.context_spec(engine.cfg.parallel),
+                engine.info.n_vocab,
+            )?);
+        } else {
+            let slot = engine.new_slot()?;
+            let mut pool = engine.pool.lock().expect("pool lock");
+            pool.free.push(slot);
+            pool.created = 1;
+        }
         log::info!(
             "loaded {} ({}, {} params, n_ctx {}, {} threads) in {:.0} ms",
             engine.info.name,
@@ -359,6 +379,12 @@ impl LocalEngine {
         &self.info
     }
 
+    /// What continuous batching has done, when this engine batches (`parallel` > 1 and
+    /// `batching`).
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(batch::Batcher::stats)
+    }
+
     /// Context size of each slot.
     pub fn n_ctx(&self) -> u32 {
         self.info.n_ctx
@@ -374,7 +400,7 @@ impl LocalEngine {
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
-        let constraint = self.matcher(req)?.map(LlamaSampler::from);
+        let constraint = self.matcher(req)?;
         self.run(
             Prompt::Chat(&req.messages, crate::tools::offered(req)),
             req.max_tokens,
@@ -404,7 +430,7 @@ impl LocalEngine {
         let constraint = match self.matcher(req)? {
             Some(mut m) => {
                 let _ = m.try_consume_tokens(&self.grammar_tokens(draft));
-                Some(LlamaSampler::from(m))
+                Some(m)
             }
             None => None,
         };

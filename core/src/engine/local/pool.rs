@@ -57,6 +57,9 @@ impl LocalEngine {
     /// Forgets every idle slot's cached prefix (the next request starts cold). Slots in use are
     /// untouched.
     pub fn clear_cache(&self) {
+        if let Some(b) = &self.batcher {
+            b.clear_cache();
+        }
         if let Ok(mut pool) = self.pool.lock() {
             for slot in &mut pool.free {
                 slot.ctx.clear_kv_cache();
@@ -70,6 +73,9 @@ impl LocalEngine {
     /// mapped. Contexts in use are untouched and return to the pool when their request ends.
     /// The next request creates the context it needs.
     pub fn trim(&self) {
+        if let Some(b) = &self.batcher {
+            b.trim();
+        }
         let idle = match self.pool.lock() {
             Ok(mut pool) => {
                 pool.created -= pool.free.len();
@@ -84,54 +90,24 @@ impl LocalEngine {
     }
 
     pub(super) fn new_slot(&self) -> Result<Slot, LocalError> {
+        make_slot(&self.model, &self.context_spec(1))
+    }
+
+    /// The context this engine's configuration asks for, holding `n_seq` sequences of
+    /// `n_ctx` tokens each.
+    pub(super) fn context_spec(&self, n_seq: u32) -> ContextSpec {
         let n_ctx = self.info.n_ctx;
-        let n_batch = self.cfg.n_batch.min(n_ctx);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch)
-            .with_n_threads(self.info.threads as i32)
-            .with_n_threads_batch(self.info.threads_batch as i32);
-        let backend = backend::backend()?;
-        let ctx = self
-            .model
-            .new_context(backend, params)
-            .map_err(|e| LocalError::Context {
-                n_ctx,
-                detail: backend::take_last_error().unwrap_or_else(|| e.to_string()),
-            })?;
-        // SAFETY: the context borrows the model behind `self.model`'s `Arc`. The slot keeps a
-        // clone of that `Arc` and drops the context before it (`Slot`'s `Drop`), so the model
-        // outlives the context wherever the slot goes.
-        let ctx: LlamaContext<'static> =
-            unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
-        let (threads, threads_batch, poll) =
-            (self.info.threads, self.info.threads_batch, self.cfg.poll);
-        let mut pools = Vec::new();
-        if let Some(decode) = threadpool::Threadpool::new(threads, poll) {
-            let batch = if threads_batch == threads {
-                None
-            } else {
-                threadpool::Threadpool::new(threads_batch, poll)
-            };
-            if threadpool::Threadpool::attach(&ctx, &decode, batch.as_ref()) {
-                pools.push(decode);
-                pools.extend(batch);
-            }
+        ContextSpec {
+            n_ctx,
+            n_seq,
+            n_batch: self.cfg.n_batch.min(n_ctx),
+            threads: self.info.threads,
+            threads_batch: self.info.threads_batch,
+            poll: self.cfg.poll,
+            // Step times vary with the batch's make-up, which the governor would read as
+            // contention: it runs for single-sequence contexts only.
+            adaptive: self.cfg.adaptive_threads && n_seq == 1,
         }
-        let governor = if self.cfg.adaptive_threads && threads > 1 && !pools.is_empty() {
-            threadpool::RawContext::of(&ctx).map(|raw| (governor::Governor::new(threads), raw))
-        } else {
-            None
-        };
-        Ok(Slot {
-            ctx: std::mem::ManuallyDrop::new(ctx),
-            tokens: Vec::new(),
-            exact_rows: 0,
-            governor,
-            _pools: pools,
-            _model: Arc::clone(&self.model),
-        })
     }
 
     /// Takes the free slot whose cache shares the longest prefix with `prompt`, creates one if the
@@ -177,6 +153,75 @@ impl LocalEngine {
                 .0;
         }
     }
+}
+
+/// What a context is created with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ContextSpec {
+    /// Tokens per sequence.
+    pub(super) n_ctx: u32,
+    /// Sequences (each with its own KV stream).
+    pub(super) n_seq: u32,
+    pub(super) n_batch: u32,
+    pub(super) threads: u32,
+    pub(super) threads_batch: u32,
+    pub(super) poll: u32,
+    pub(super) adaptive: bool,
+}
+
+/// A context (with its threadpools and governor) for `model`, owned by the returned slot.
+pub(super) fn make_slot(model: &Arc<LlamaModel>, spec: &ContextSpec) -> Result<Slot, LocalError> {
+    let n_ctx = spec.n_ctx;
+    let total = n_ctx.saturating_mul(spec.n_seq.max(1));
+    let mut params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total))
+        .with_n_batch(spec.n_batch)
+        .with_n_ubatch(spec.n_batch)
+        .with_n_threads(spec.threads as i32)
+        .with_n_threads_batch(spec.threads_batch as i32);
+    if spec.n_seq > 1 {
+        params = params
+            .with_n_seq_max(spec.n_seq)
+            .with_kv_unified(super::batch::KV_UNIFIED);
+    }
+    let backend = backend::backend()?;
+    let ctx = model
+        .new_context(backend, params)
+        .map_err(|e| LocalError::Context {
+            n_ctx: total,
+            detail: backend::take_last_error().unwrap_or_else(|| e.to_string()),
+        })?;
+    // SAFETY: the context borrows the model behind the `Arc`. The slot keeps a clone of that
+    // `Arc` and drops the context before it (`Slot`'s `Drop`), so the model outlives the
+    // context wherever the slot goes.
+    let ctx: LlamaContext<'static> =
+        unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+    let (threads, threads_batch, poll) = (spec.threads, spec.threads_batch, spec.poll);
+    let mut pools = Vec::new();
+    if let Some(decode) = threadpool::Threadpool::new(threads, poll) {
+        let batch = if threads_batch == threads {
+            None
+        } else {
+            threadpool::Threadpool::new(threads_batch, poll)
+        };
+        if threadpool::Threadpool::attach(&ctx, &decode, batch.as_ref()) {
+            pools.push(decode);
+            pools.extend(batch);
+        }
+    }
+    let governor = if spec.adaptive && threads > 1 && !pools.is_empty() {
+        threadpool::RawContext::of(&ctx).map(|raw| (governor::Governor::new(threads), raw))
+    } else {
+        None
+    };
+    Ok(Slot {
+        ctx: std::mem::ManuallyDrop::new(ctx),
+        tokens: Vec::new(),
+        exact_rows: 0,
+        governor,
+        _pools: pools,
+        _model: Arc::clone(model),
+    })
 }
 
 pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
