@@ -15,20 +15,188 @@ static BACKEND: OnceCell<LlamaBackend> = OnceCell::new();
 pub(crate) fn backend() -> Result<&'static LlamaBackend, LocalError> {
     BACKEND.get_or_try_init(|| {
         check_cpu()?;
-        // With runtime CPU-variant selection, ggml's backends are shared libraries: load them
-        // (from $EDGECASCADE_BACKENDS_DIR, else the build's own folder) before init.
-        #[cfg(feature = "cpu-variants")]
-        match std::env::var_os("EDGECASCADE_BACKENDS_DIR") {
-            Some(dir) => {
-                llama_cpp_2::llama_backend::load_backends_from_path(std::path::Path::new(&dir))
-            }
-            None => llama_cpp_2::llama_backend::load_backends(),
-        }
-        // Route llama.cpp and ggml logs through `log` before anything can print.
+        // Route llama.cpp and ggml logs through `log` before anything can print (the backend
+        // loader's lines included: they name the CPU variant picked).
         // SAFETY: the callback is a plain `extern "C"` fn with no user data; it lives forever.
         unsafe { llama_cpp_sys_2::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
+        #[cfg(feature = "cpu-variants")]
+        variants::load()?;
         LlamaBackend::init().map_err(|e| LocalError::Backend(e.to_string()))
     })
+}
+
+/// The CPU backend in use: the variant ggml picked at start-up (`zen4`, `haswell`, `x64`, ...)
+/// in a `cpu-variants` build, `built-in` otherwise. `None` before the first model load.
+pub fn cpu_backend() -> Option<String> {
+    BACKEND.get()?;
+    if cfg!(feature = "cpu-variants") {
+        CPU_VARIANT.get().cloned()
+    } else {
+        Some("built-in".into())
+    }
+}
+
+/// The variant named by the loader's "loaded CPU backend from .../libggml-cpu-NAME.so" line.
+static CPU_VARIANT: OnceCell<String> = OnceCell::new();
+
+/// Notes the CPU variant from a loader line, if it is one.
+fn note_variant(msg: &str) {
+    if let Some(path) = msg
+        .split_once("loaded CPU backend from ")
+        .map(|(_, p)| p.trim())
+    {
+        let stem = std::path::Path::new(path)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = stem
+            .strip_prefix("libggml-cpu-")
+            .or_else(|| stem.strip_prefix("ggml-cpu-"));
+        let _ = CPU_VARIANT.set(format!("{} ({path})", name.unwrap_or(&stem)));
+    }
+}
+
+/// Runtime CPU-variant selection: ggml's CPU backends are shared libraries, one per
+/// instruction set; the loader scores each against this CPU and keeps the best.
+#[cfg(feature = "cpu-variants")]
+mod variants {
+    use std::ffi::CString;
+    use std::path::{Path, PathBuf};
+
+    use crate::error::LocalError;
+
+    /// Where the CPU backends may be, first match wins: `$EDGECASCADE_BACKENDS_DIR`; the
+    /// folder of the module holding this code (the executable, or the app's shared library)
+    /// and its `backends/` subfolder, so a binary copied with its libraries finds them; the
+    /// folder the build put them in.
+    fn candidates() -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Some(d) = std::env::var_os("EDGECASCADE_BACKENDS_DIR") {
+            dirs.push(PathBuf::from(d));
+        }
+        if let Some(here) = own_dir() {
+            dirs.push(here.join("backends"));
+            dirs.push(here);
+        }
+        if let Some(d) = llama_cpp_sys_2::BACKENDS_DIR {
+            dirs.push(PathBuf::from(d));
+        }
+        dirs
+    }
+
+    /// The folder of the executable or shared library this code was linked into.
+    fn own_dir() -> Option<PathBuf> {
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        let addr = (own_dir as *const ()).cast::<libc::c_void>();
+        // SAFETY: dladdr only reads the address and fills `info`; `dli_fname` is a C string
+        // owned by the loader, copied out at once.
+        let found = unsafe { libc::dladdr(addr, &raw mut info) };
+        if found == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, NUL-terminated, valid while the module is loaded.
+        let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+        let path = PathBuf::from(name.to_string_lossy().into_owned());
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        path.parent().map(Path::to_path_buf)
+    }
+
+    fn variants_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let v = n.strip_prefix("libggml-cpu-")?.strip_suffix(".so")?;
+                Some(v.to_owned())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn cpu_registered() -> bool {
+        // SAFETY: plain queries of ggml's backend registry.
+        unsafe {
+            (0..llama_cpp_sys_2::ggml_backend_reg_count()).any(|i| {
+                let reg = llama_cpp_sys_2::ggml_backend_reg_get(i);
+                let name = llama_cpp_sys_2::ggml_backend_reg_name(reg);
+                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"CPU"
+            })
+        }
+    }
+
+    /// Loads the best CPU variant this CPU runs (or the one `$EDGECASCADE_CPU_VARIANT` names,
+    /// for tests and for working around a bad pick).
+    pub(super) fn load() -> Result<(), LocalError> {
+        let forced = std::env::var("EDGECASCADE_CPU_VARIANT")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let dirs = candidates();
+        for dir in &dirs {
+            let found = variants_in(dir);
+            if found.is_empty() {
+                continue;
+            }
+            let path = |p: &Path| {
+                CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
+                    LocalError::Backend(format!("backend folder {} has a NUL", p.display()))
+                })
+            };
+            #[allow(clippy::single_match_else)]
+            match &forced {
+                Some(v) => {
+                    if !found.contains(v) {
+                        return Err(LocalError::Backend(format!(
+                            "EDGECASCADE_CPU_VARIANT={v}: no such CPU variant in {} (have: {})",
+                            dir.display(),
+                            found.join(", ")
+                        )));
+                    }
+                    let file = path(&dir.join(format!("libggml-cpu-{v}.so")))?;
+                    // SAFETY: a valid C path; ggml refuses (null) a variant this CPU cannot run.
+                    let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(file.as_ptr()) };
+                    if reg.is_null() {
+                        return Err(LocalError::Backend(format!(
+                            "EDGECASCADE_CPU_VARIANT={v}: this CPU cannot run that variant, or it \
+                             failed to load{}",
+                            super::take_last_error()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        )));
+                    }
+                    // ggml registers a library it was asked for by path without logging it.
+                    let _ = super::CPU_VARIANT.set(format!("{v} ({})", dir.display()));
+                }
+                None => {
+                    let d = path(dir)?;
+                    // SAFETY: a valid C path to a folder.
+                    unsafe { llama_cpp_sys_2::ggml_backend_load_all_from_path(d.as_ptr()) };
+                }
+            }
+            if cpu_registered() {
+                log::info!(
+                    "CPU backend: {}",
+                    super::CPU_VARIANT.get().map_or("?", String::as_str)
+                );
+                return Ok(());
+            }
+            return Err(LocalError::Backend(format!(
+                "none of the CPU variants in {} ({}) runs on this CPU",
+                dir.display(),
+                found.join(", ")
+            )));
+        }
+        Err(LocalError::Backend(format!(
+            "no llama.cpp CPU backend (libggml-cpu-*.so) found; looked in {}. Keep the \
+             libraries that came with the binary beside it, or set EDGECASCADE_BACKENDS_DIR",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
 }
 
 /// llama.cpp writes a line in pieces (level CONT continues the previous one); we assemble lines.
@@ -73,6 +241,7 @@ unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, 
     line.1.push_str(&piece);
     if line.1.ends_with('\n') {
         let msg = line.1.trim_end();
+        note_variant(msg);
         if !msg.is_empty() {
             // llama.cpp's INFO is chatty (hundreds of lines per load): it goes to debug.
             let lvl = match line.0 {
@@ -100,6 +269,8 @@ unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, 
 /// llama-cpp-sys-2's default x86-64 build compiles ggml for AVX, AVX2, FMA, F16C and BMI2 (its
 /// CMake defaults when GGML_NATIVE is off). On a CPU without them ggml would die with SIGILL on
 /// the first matrix multiply; refuse with a clear error instead, before any ggml code runs.
+// With CPU variants the check is ggml's (each variant scores itself), and this returns Ok.
+#[allow(clippy::unnecessary_wraps)]
 fn check_cpu() -> Result<(), LocalError> {
     #[cfg(all(target_arch = "x86_64", not(feature = "cpu-variants")))]
     {

@@ -336,6 +336,7 @@ impl Worker {
     }
 
     /// One round: drop cancelled waiters, admit, decode one batch, sample.
+    #[allow(clippy::too_many_lines)]
     fn step(&mut self) {
         self.waiting.retain(|(job, cancel, events)| {
             if cancel.load(Ordering::Relaxed) {

@@ -124,6 +124,10 @@ pub struct ModelInfo {
     pub load_ms: f64,
     /// Layers are offloaded to a GPU (`n_gpu_layers` > 0 in a build with a GPU backend).
     pub gpu_offload: bool,
+    /// The llama.cpp CPU backend: the variant picked for this CPU and where it was loaded from
+    /// (`zen4 (/path/libggml-cpu-zen4.so)`) in a build with runtime variant selection, else
+    /// `built-in`.
+    pub cpu_backend: String,
 }
 
 /// A rendered conversation: its messages, its tools, its tokens.
@@ -328,6 +332,7 @@ impl LocalEngine {
             chat_template: template_source,
             load_ms,
             gpu_offload: cfg.n_gpu_layers > 0 && backend.supports_gpu_offload(),
+            cpu_backend: backend::cpu_backend().unwrap_or_default(),
         };
         let mut cfg = cfg.clone();
         cfg.n_ctx = Some(n_ctx);
