@@ -25,7 +25,7 @@ macro(add_subdirectory)
     function(ggml_add_cpu_backend_variant_impl tag_name)
       if(tag_name STREQUAL "" OR NOT GGML_SYSTEM_ARCH STREQUAL "x86"
          OR tag_name IN_LIST EDGECASCADE_CPU_VARIANTS)
-        _ggml_add_cpu_backend_variant_impl(${tag_name})
+        _ggml_add_cpu_backend_variant_impl("${tag_name}")
       else()
         message(STATUS "edgecascade: skipping the ${tag_name} CPU variant")
       endif()

@@ -6,12 +6,22 @@ and the accepted values of each argument). Each model answers through `edgecasca
 constrained to a valid call) and "auto" (free decoding, calls read back), greedy.
 
     scripts/bench-tools.py --model models/smollm2-135m-instruct-q4_1.gguf [--model ...] --items 100
+        [--remote models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf] [--choices required,auto]
 
 Reports per model and choice: the share of answers that are a valid call (parses, names the
 tool, required arguments present: what `format_error` checks), the share whose name and every
 argument match the accepted values (BFCL's AST check, simplified: numbers compared as numbers,
 strings case-insensitively after trimming, an argument may be left out where "" is accepted),
 the mean completion tokens and decode rate.
+
+With --remote, the remote model answers the same items the same way, and for each local model
+the cascade's curve is computed from the per-item results, as `eval` does for text: items are
+escalated least confident first (an invalid local call always first), by the local answer's
+mean log-probability or its lowest token probability. These are read from the logits before
+the grammar's mask, so under `required` they also measure how hard the grammar had to force
+the call. Reported per signal: APGR (the area under the normalised gain curve, 0.5 for random
+escalation), the escalation share that reaches 95% of the remote tier's accuracy (CPT(95%)),
+and the oracle's share (items the local model got wrong and the remote one right).
 """
 import argparse
 import glob
@@ -104,15 +114,15 @@ def post(port, body):
         return {"error": json.load(e)}
 
 
-def run(model, items, binary):
+def run(model, items, binary, choices):
     server = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", "--n-ctx", "2048"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
         results = {}
-        for choice in ("required", "auto"):
+        for choice in choices:
             valid = right = tokens = errors = 0
-            rates, why = [], {}
+            rates, why, per_item = [], {}, []
             for q, truth in items:
                 tools = [{"type": "function", "function": {
                     "name": f["name"], "description": f.get("description", ""),
@@ -121,6 +131,7 @@ def run(model, items, binary):
                                 "max_tokens": 160, "temperature": 0})
                 if "error" in r:
                     errors += 1
+                    per_item.append({"valid": False, "correct": False, "mean_logprob": None, "min_prob": None})
                     continue
                 msg = r["choices"][0]["message"]
                 ext = r["edgecascade"]
@@ -130,8 +141,12 @@ def run(model, items, binary):
                 if not ok:
                     reason = (ext["format_error"] or "no call")[:60]
                     why[reason] = why.get(reason, 0) + 1
+                good = ok and len(calls) == 1 and correct(calls[0], truth)
                 valid += ok
-                right += ok and len(calls) == 1 and correct(calls[0], truth)
+                right += good
+                conf = ext.get("confidence") or {}
+                per_item.append({"valid": ok, "correct": bool(good), "mean_logprob": conf.get("mean_logprob"),
+                                 "min_prob": conf.get("min_prob")})
                 tokens += r["usage"]["completion_tokens"]
                 rates.append(ext["timings"]["decode_tok_s"])
             n = len(items)
@@ -141,21 +156,61 @@ def run(model, items, binary):
                                "median_decode_tok_s": rates[len(rates) // 2] if rates else None,
                                "invalid_because": dict(sorted(why.items(), key=lambda kv: -kv[1])[:5])}
             print(os.path.basename(model), choice, json.dumps(results[choice]), flush=True)
+            results[choice]["per_item"] = per_item
         return results
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
+def curve(local, remote, signal):
+    """The cascade's curve: escalate the k least confident local answers (invalid ones first)."""
+    n = len(local)
+    key = lambda i: (local[i]["valid"], local[i][signal] if local[i][signal] is not None else float("-inf"))
+    order = sorted(range(n), key=key)
+    small = sum(x["correct"] for x in local) / n
+    large = sum(x["correct"] for x in remote) / n
+    escalated, accs = set(), []
+    for k in range(n + 1):
+        if k:
+            escalated.add(order[k - 1])
+        accs.append(sum((remote if i in escalated else local)[i]["correct"] for i in range(n)) / n)
+    gain = large - small
+    apgr = (sum((a - small) / gain for a in accs) / len(accs)) if gain > 0 else None
+    target = small + 0.95 * gain if gain > 0 else None
+    cpt95 = next((k / n for k, a in enumerate(accs) if a >= target), None) if target is not None else None
+    oracle = sum(1 for l, r in zip(local, remote) if not l["correct"] and r["correct"]) / n
+    return {"signal": signal, "small": round(small, 3), "large": round(large, 3), "best": round(max(accs), 3),
+            "apgr": None if apgr is None else round(apgr, 3), "cpt95": None if cpt95 is None else round(cpt95, 3),
+            "oracle_escalation": round(oracle, 3),
+            "invalid_share": round(sum(1 for x in local if not x["valid"]) / n, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True)
+    ap.add_argument("--remote", default=None, help="the remote tier's model, for the cascade's curve")
+    ap.add_argument("--choices", default="required,auto")
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--binary", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "edgecascade"))
     args = ap.parse_args()
     items = load_items(args.items)
-    out = {os.path.basename(m): run(m, items, args.binary) for m in args.model}
+    choices = args.choices.split(",")
+    out = {os.path.basename(m): run(m, items, args.binary, choices) for m in args.model}
+    if args.remote:
+        remote = run(args.remote, items, args.binary, choices)
+        out["remote " + os.path.basename(args.remote)] = remote
+        for m in args.model:
+            for choice in choices:
+                for signal in ("mean_logprob", "min_prob"):
+                    c = curve(out[os.path.basename(m)][choice]["per_item"], remote[choice]["per_item"], signal)
+                    out[os.path.basename(m)][choice].setdefault("cascade", []).append(c)
+                    print("cascade", os.path.basename(m), "->", os.path.basename(args.remote), choice,
+                          json.dumps(c), flush=True)
+    for per_model in out.values():
+        for r in per_model.values():
+            r.pop("per_item", None)
     print(json.dumps(out, indent=1))
 
 

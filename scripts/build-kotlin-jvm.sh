@@ -9,7 +9,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/kotlin-env.sh
 target=${CARGO_TARGET_DIR:-$root/target}
-cargo build --release -q -p edgecascade-ffi
+# The workspace's build: the library the Rust tests built, with the same llama.cpp (a build
+# of this crate alone would resolve other features and compile llama.cpp a second time).
+cargo build --release -q --workspace
 lib=$target/release/libedgecascade_ffi.so
 gen=android/src/main/kotlin-generated
 rm -rf "$gen"

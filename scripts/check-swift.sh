@@ -14,7 +14,9 @@ venv=${EDGECASCADE_VENV:-$root/.cache/venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c 'import tree_sitter, tree_sitter_swift' 2>/dev/null ||
   "$venv/bin/pip" install -q tree-sitter==0.26.1 tree-sitter-swift==0.7.4
-cargo build --release -q -p edgecascade-ffi
+# The workspace's build: the library the Rust tests built, with the same llama.cpp (a build
+# of this crate alone would resolve other features and compile llama.cpp a second time).
+cargo build --release -q --workspace
 gen=$(mktemp -d)
 trap 'rm -rf "$gen"' EXIT
 "$target/release/uniffi-bindgen" generate --library "$target/release/libedgecascade_ffi.so" \

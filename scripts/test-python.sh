@@ -5,7 +5,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
-cargo build --release -q -p edgecascade-ffi
+# The workspace's build: the library the Rust tests built, with the same llama.cpp (a build
+# of this crate alone would resolve other features and compile llama.cpp a second time).
+cargo build --release -q --workspace
 # A package (the generated modules import each other relatively), with the library beside them.
 out=$target/python
 pkg=$out/edgecascade_sdk
