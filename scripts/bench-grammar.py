@@ -12,6 +12,8 @@ median rates and, per server, the median of the per-round ratios constrained / f
 import argparse, http.client, json, os, statistics, subprocess, sys, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from benchlib import start  # noqa: E402
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -28,21 +30,6 @@ SCHEMA = {
     "additionalProperties": False,
 }
 PROMPT = "Describe a fictional person: name, age, favourite colour, tags, height, alive, city."
-
-
-def start(cmd, ready):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
-        line = p.stdout.readline()
-        if not line:
-            break
-        addr = ready(line)
-        if addr:
-            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
-            return p, addr
-    p.kill()
-    sys.exit(f"server did not start: {' '.join(cmd)}")
 
 
 def ask(addr, schema, max_tokens):

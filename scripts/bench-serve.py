@@ -16,22 +16,9 @@ sequence. Figures are the mean over rounds; TTFT is the median over a round's re
 import argparse, http.client, json, os, statistics, subprocess, sys, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from benchlib import start  # noqa: E402
 PROMPTS = [f"In two sentences, tell me something interesting about the number {i}." for i in range(64)]
-
-
-def start(cmd, ready):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
-        line = p.stdout.readline()
-        if not line:
-            break
-        addr = ready(line)
-        if addr:
-            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
-            return p, addr
-    p.kill()
-    sys.exit(f"server did not start: {' '.join(cmd)}")
 
 
 def one(addr, prompt, max_tokens):

@@ -3,22 +3,8 @@
 
 mod common;
 use common::edgecascade;
-use std::path::PathBuf;
+use common::smollm2 as model;
 use std::process::{Command, Output};
-
-fn model() -> PathBuf {
-    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
-        PathBuf::from,
-    );
-    let p = dir.join("smollm2-135m-instruct-q4_1.gguf");
-    assert!(
-        p.exists(),
-        "missing {}: run scripts/fetch_models.py smollm2",
-        p.display()
-    );
-    p
-}
 
 fn run(args: &[&str]) -> Output {
     edgecascade().args(args).output().expect("run edgecascade")

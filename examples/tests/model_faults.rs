@@ -14,20 +14,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn model() -> PathBuf {
-    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
-        PathBuf::from,
-    );
     // EDGECASCADE_FLIP_MODEL names another file in the models folder for a longer hand run.
     let file = std::env::var("EDGECASCADE_FLIP_MODEL")
         .unwrap_or_else(|_| "smollm2-135m-instruct-q4_1.gguf".into());
-    let p = dir.join(file);
-    assert!(
-        p.exists(),
-        "missing {}: run scripts/fetch_models.py smollm2",
-        p.display()
-    );
-    p
+    common::model_file(&file, "smollm2")
 }
 
 struct Rng(u64);

@@ -7,22 +7,9 @@
 
 #[allow(dead_code)]
 mod common;
+use common::smollm2 as model;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn model() -> PathBuf {
-    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
-        PathBuf::from,
-    );
-    let p = dir.join("smollm2-135m-instruct-q4_1.gguf");
-    assert!(
-        p.exists(),
-        "missing {}: run scripts/fetch_models.py smollm2",
-        p.display()
-    );
-    p
-}
 
 /// `models verify` through `exe`, with no library path from cargo and `env` set.
 fn verify(exe: &Path, env: &[(&str, &str)]) -> Output {

@@ -4,29 +4,12 @@
 
 mod common;
 use common::edgecascade;
+use common::{model_file, smollm2 as model};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-pub fn model_file(file: &str, name: &str) -> PathBuf {
-    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
-        PathBuf::from,
-    );
-    let p = dir.join(file);
-    assert!(
-        p.exists(),
-        "missing {}: run scripts/fetch_models.py {name}",
-        p.display()
-    );
-    p
-}
-
-fn model() -> PathBuf {
-    model_file("smollm2-135m-instruct-q4_1.gguf", "smollm2")
-}
 
 /// A running server, killed on drop.
 struct Server {

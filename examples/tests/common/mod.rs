@@ -1,6 +1,30 @@
 //! What the CLI's test binaries share.
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// A test model in `$EDGECASCADE_MODELS` (else `models/`); a missing one fails the test with the
+/// command that fetches it (`name` for `scripts/fetch_models.py`).
+#[allow(dead_code)]
+pub fn model_file(file: &str, name: &str) -> PathBuf {
+    let dir = std::env::var_os("EDGECASCADE_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        PathBuf::from,
+    );
+    let p = dir.join(file);
+    assert!(
+        p.exists(),
+        "missing {}: run scripts/fetch_models.py {name}",
+        p.display()
+    );
+    p
+}
+
+/// SmolLM2-135M, the CI model.
+#[allow(dead_code)]
+pub fn smollm2() -> PathBuf {
+    model_file("smollm2-135m-instruct-q4_1.gguf", "smollm2")
+}
 
 /// The binary with its default ledger in a temporary folder: tests never write the user's own
 /// ledger (a config's `[ledger] path` still wins where a test sets one).
