@@ -118,6 +118,7 @@ impl Batcher {
                     waiting: VecDeque::new(),
                     next_order: 0,
                     counters: shared,
+                    batch: LlamaBatch::new((spec.n_batch as usize).max(1), 1),
                 }
                 .run(&rx);
             })
@@ -265,6 +266,8 @@ struct Worker {
     waiting: VecDeque<(Box<Job>, Arc<AtomicBool>, mpsc::Sender<Msg>)>,
     next_order: u64,
     counters: Arc<Counters>,
+    /// Reused every step (cleared, never reallocated).
+    batch: LlamaBatch<'static>,
 }
 
 impl Worker {
@@ -373,7 +376,9 @@ impl Worker {
             return;
         };
         let n_batch = self.spec.n_batch as usize;
-        let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        // One batch for the worker's life: llama_batch_init allocates per token slot.
+        let batch = &mut self.batch;
+        batch.clear();
         // (sequence, batch row) of every row whose logits are sampled after the decode.
         let mut rows: Vec<(usize, i32)> = Vec::new();
         let mut in_batch: Vec<usize> = Vec::new();
@@ -428,7 +433,7 @@ impl Worker {
             return;
         }
         let t_dec = Instant::now();
-        let decoded = slot.ctx.decode(&mut batch);
+        let decoded = slot.ctx.decode(batch);
         let step_ms = t_dec.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = decoded {
             self.fail(&in_batch, &e.to_string());
