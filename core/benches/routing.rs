@@ -7,6 +7,7 @@ use std::time::Instant;
 use edgecascade::config::{BudgetConfig, CascadeConfig, RouterConfig};
 use edgecascade::cost::{now_s, CostRecord, Ledger};
 use edgecascade::engine::local::TokenSignal;
+use edgecascade::policy::probe::{self, Head, HeadPair, Probe};
 use edgecascade::policy::{calibrated, route, CalibratedModel, Cascade, Evidence, RouteInput};
 use edgecascade::{ChatMessage, FinishReason, PolicyOverride};
 
@@ -99,6 +100,8 @@ fn main() {
         signals: &signals,
         text: "B. carbon dioxide",
         finish: FinishReason::Stop,
+        hidden: None,
+        task: None,
     };
     let xs: Vec<[f64; calibrated::N]> = (0..64)
         .map(|i| {
@@ -125,5 +128,81 @@ fn main() {
         "calibrated cascade decision (16-token answer): p50 {:.4} ms, p99 {:.4} ms",
         pct(decide.clone(), 0.5),
         pct(decide, 0.99)
+    );
+
+    // The hidden-state probe at Qwen2.5-1.5B's width (1536): the pre-generation gate and the
+    // post-generation decision, each two heads over the hidden state(s) plus scalar terms.
+    let width = 1536;
+    let tasks: Vec<String> = (0..7).map(|i| format!("task{i}")).collect();
+    let (pre_names, post_names) = Probe::names(&tasks);
+    let head = |scalars: usize, hidden: usize| Head {
+        mean: vec![0.1; scalars],
+        scale: vec![1.0; scalars],
+        weights: vec![0.01; scalars],
+        hidden_mean: vec![0.0; hidden],
+        hidden_weights: vec![0.001; hidden],
+        bias: 0.0,
+    };
+    let pair = |s, h| HeadPair {
+        small: head(s, h),
+        large: head(s, h),
+    };
+    let probe = Probe {
+        format: probe::FORMAT.into(),
+        model_sha256: "0".repeat(64),
+        n_embd: width,
+        pre: pair(pre_names.len(), width),
+        post: pair(post_names.len(), 2 * width),
+        pre_features: pre_names,
+        post_features: post_names,
+        tasks,
+        pre_threshold: Some(-0.99),
+        threshold: -0.99,
+        fitted_on: String::new(),
+    };
+    probe.validate(width).expect("a valid probe");
+    let hp: Vec<f32> = (0..width).map(|i| (i as f32 * 0.37).sin()).collect();
+    let ha: Vec<f32> = (0..width).map(|i| (i as f32 * 0.11).cos()).collect();
+    let states = edgecascade::engine::local::HiddenStates {
+        prompt: hp.clone(),
+        answer: ha,
+    };
+    let cascade = Cascade::new(&CascadeConfig {
+        signal: edgecascade::policy::Signal::Probe,
+        threshold: -0.99,
+        probe: Some("probe.json".into()),
+        ..CascadeConfig::default()
+    })
+    .expect("a valid config")
+    .with_probe(probe);
+    let with_hidden = Evidence {
+        hidden: Some(&states),
+        task: Some("task3"),
+        ..e
+    };
+    let (mut pre, mut post) = (Vec::new(), Vec::new());
+    for _ in 0..10_000 {
+        let t = Instant::now();
+        std::hint::black_box(cascade.pre_gate(
+            &messages,
+            None,
+            Some("task3"),
+            60,
+            std::hint::black_box(&hp),
+        ));
+        pre.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        std::hint::black_box(cascade.after(std::hint::black_box(&with_hidden)));
+        post.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "probe gate before generation (width {width}): p50 {:.4} ms, p99 {:.4} ms",
+        pct(pre.clone(), 0.5),
+        pct(pre, 0.99)
+    );
+    println!(
+        "probe decision after generation (width {width}, 16-token answer): p50 {:.4} ms, p99 {:.4} ms",
+        pct(post.clone(), 0.5),
+        pct(post, 0.99)
     );
 }

@@ -255,6 +255,10 @@ pub struct CascadeConfig {
     pub mid_stream_min_tokens: u32,
     /// The calibrated model (`signal = "calibrated"`), fitted by `edgecascade eval`.
     pub calibrated: Option<crate::policy::CalibratedModel>,
+    /// The hidden-state probe file (`signal = "probe"`), fitted by `edgecascade eval
+    /// --write-probe`; it must match the local model's sha256.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub probe: Option<PathBuf>,
 }
 
 impl Default for CascadeConfig {
@@ -265,6 +269,7 @@ impl Default for CascadeConfig {
             mid_stream_floor: 0.4,
             mid_stream_min_tokens: 8,
             calibrated: None,
+            probe: None,
         }
     }
 }

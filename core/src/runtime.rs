@@ -24,7 +24,9 @@ use std::time::Instant;
 
 use crate::config::{Config, ContextPolicy};
 use crate::cost::{self, CostRecord, CostReport, Ledger};
-use crate::engine::local::{confidence, LocalEngine, LocalOutput, ModelInfo, TokenSignal};
+use crate::engine::local::{
+    confidence, GenerateOptions, LocalEngine, LocalOutput, ModelInfo, TokenSignal,
+};
 use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
 use crate::error::{ConfigError, Error, LocalError, Result};
 use crate::policy::{self, Cascade, Plan, RouteInput, Verdict};
@@ -44,7 +46,8 @@ pub struct Runtime {
     /// Requests take a clone of the `Arc`, so swapping the model never disturbs one in flight.
     local: RwLock<Option<Arc<dyn LocalTier>>>,
     remote: Option<Arc<dyn RemoteTier>>,
-    cascade: Cascade,
+    /// The cascade's decisions; replaced when a new local model brings its own probe.
+    cascade: RwLock<Arc<Cascade>>,
     ledger: Option<Ledger>,
     lifecycle: Arc<Lifecycle>,
     next_id: AtomicU64,
@@ -272,7 +275,13 @@ impl Runtime {
         local: Option<Arc<dyn LocalTier>>,
         remote: Option<Arc<dyn RemoteTier>>,
     ) -> Result<Self> {
-        let cascade = Cascade::new(&config.cascade).map_err(ConfigError::Invalid)?;
+        let mut cascade = Cascade::new(&config.cascade).map_err(ConfigError::Invalid)?;
+        if let Some(engine) = local.clone().and_then(LocalTier::engine) {
+            if let Some(p) = Self::load_probe(&config, &engine)? {
+                cascade = cascade.with_probe(p);
+            }
+        }
+        let cascade = RwLock::new(Arc::new(cascade));
         let ledger = config.ledger.path.clone().map(Ledger::new);
         Ok(Self {
             config,
@@ -338,13 +347,56 @@ impl Runtime {
         let mut cfg = self.config.local.clone();
         cfg.model = Some(path.to_owned());
         let engine = LocalEngine::load(&cfg, None)?;
+        // A probe fitted on another model refuses the swap: the old model stays.
+        let probe = Self::load_probe(&self.config, &engine)?;
         let info = engine.info().clone();
         let mut slot = self
             .local
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = Some(Arc::new(engine));
+        if let Some(p) = probe {
+            let policy = Cascade::new(&self.config.cascade)
+                .map_err(ConfigError::Invalid)?
+                .with_probe(p);
+            *self
+                .cascade
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+        }
         Ok(info)
+    }
+
+    /// The `[cascade] probe` for `engine`'s model, when `signal = "probe"`: checked against the
+    /// model file's sha256 and hidden width.
+    fn load_probe(
+        config: &Config,
+        engine: &LocalEngine,
+    ) -> Result<Option<crate::policy::probe::Probe>> {
+        if config.cascade.signal != crate::policy::Signal::Probe {
+            return Ok(None);
+        }
+        let Some(path) = config.cascade.probe.as_deref() else {
+            return Ok(None);
+        };
+        let model = &engine.info().path;
+        let sha = crate::models::pull::sha256_file(model)
+            .map_err(|e| ConfigError::Invalid(format!("model {}: {e}", model.display())))?
+            .map(|(h, _)| h)
+            .unwrap_or_default();
+        crate::policy::probe::Probe::load(path, &sha, model, engine.n_embd())
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(e.to_string()).into())
+    }
+
+    /// The cascade's decisions in force.
+    fn policy(&self) -> Arc<Cascade> {
+        Arc::clone(
+            &self
+                .cascade
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Tells the router about the device: offline keeps everything local, the background sends
@@ -884,11 +936,32 @@ impl Runtime {
         }
         let mut signals: Vec<TokenSignal> = Vec::new();
         let mut mid: Option<String> = None;
+        let policy = self.policy();
+        // With the probe: the hidden states, and (with its pre-generation threshold) a gate
+        // that sends the request remote before any local token is decoded.
+        let mut predicted: Option<String> = None;
+        let mut gate = |h: &[f32], prompt_tokens: u32| {
+            predicted = policy.pre_gate(
+                &req.messages,
+                req.task_hint,
+                req.task.as_deref(),
+                prompt_tokens,
+                h,
+            );
+            predicted.is_some()
+        };
+        let opts = GenerateOptions {
+            hidden: policy.wants_hidden(),
+            gate: policy
+                .pre_router()
+                .is_some()
+                .then_some(&mut gate as crate::engine::local::Gate<'_>),
+        };
         let draft = local
-            .generate(req, cancel, &mut |t| {
+            .generate_with(req, opts, cancel, &mut |t| {
                 stream.text(t.text, Tier::Local);
                 signals.push(t.signal);
-                mid = self.cascade.mid_stream(&signals);
+                mid = policy.mid_stream(&signals);
                 if mid.is_some() {
                     ControlFlow::Break(())
                 } else {
@@ -917,8 +990,13 @@ impl Runtime {
                 with_draft(draft),
             ));
         }
-        let cut_short = mid.is_some();
-        let malformed = if stream.tools {
+        // A gated request has an empty draft: if the escalation fails, the local model answers
+        // in full (the continuation of nothing).
+        let gated = draft.gated.then(|| predicted.take()).flatten();
+        let cut_short = mid.is_some() || draft.gated;
+        let malformed = if draft.gated {
+            None
+        } else if stream.tools {
             let parsed = crate::tools::parse(&draft.text, id);
             match parsed.error {
                 Some(e) => Some(e),
@@ -929,7 +1007,9 @@ impl Runtime {
         } else {
             local.check_format(&req.response_format, &draft.text).err()
         };
-        let verdict = if let Some(m) = mid {
+        let verdict = if let Some(g) = gated {
+            Verdict::Escalate(Reason::PredictedLowGain, g)
+        } else if let Some(m) = mid {
             Verdict::Escalate(Reason::MidStreamLowConfidence, m)
         } else if let Some(why) = malformed {
             let what = if stream.tools {
@@ -940,7 +1020,7 @@ impl Runtime {
             Verdict::Escalate(Reason::InvalidOutput, format!("{what}: {why}"))
         } else {
             let shift = policy::Shift::of(&routed.device, &self.config.device);
-            self.cascade.decide(
+            policy.decide(
                 &policy::Evidence {
                     messages: &req.messages,
                     hint: req.task_hint,
@@ -948,6 +1028,8 @@ impl Runtime {
                     signals: &draft.signals,
                     text: &draft.text,
                     finish: draft.finish_reason,
+                    hidden: draft.hidden.as_ref(),
+                    task: req.task.as_deref(),
                 },
                 &shift,
             )

@@ -265,6 +265,10 @@ pub struct ChatRequest {
     /// What kind of answer the request wants, if the app knows: the calibrated cascade signal
     /// uses it (otherwise it infers the kind from the prompt's wording).
     pub task_hint: Option<Kind>,
+    /// The task's name, if the app has one (for the hidden-state probe's per-task terms:
+    /// `eval` names tasks by their dataset).
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub task: Option<String>,
     /// In the cascade, hold the local draft's tokens until the route is settled: sent at once
     /// when the local answer is kept (accepted, or degraded after a failed escalation), never
     /// when it escalates (the remote answer streams instead). For callers that cannot take
@@ -289,6 +293,7 @@ impl Default for ChatRequest {
             policy: PolicyOverride::Auto,
             private: false,
             task_hint: None,
+            task: None,
             hold_draft: false,
             response_format: ResponseFormat::Text,
             tools: Vec::new(),
@@ -478,6 +483,9 @@ pub enum Reason {
     /// The local answer does not match the requested response format (cut short by
     /// `max_tokens`, or not JSON): the cascade escalated it.
     InvalidOutput,
+    /// The hidden-state probe, reading the prompt, predicted the local answer was not worth
+    /// having: the request went remote before any local token was decoded.
+    PredictedLowGain,
 }
 
 impl Reason {
@@ -502,6 +510,7 @@ impl Reason {
             Reason::LowPower => "low_power",
             Reason::Metered => "metered",
             Reason::InvalidOutput => "invalid_output",
+            Reason::PredictedLowGain => "predicted_low_gain",
         }
     }
 }

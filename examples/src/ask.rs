@@ -50,8 +50,9 @@ pub struct Args {
     /// Force a tier.
     #[arg(long, value_enum)]
     force: Option<Force>,
-    /// What kind of answer the prompt wants, for the calibrated cascade signal.
-    #[arg(long, value_parser = ["choice", "number", "exact", "yesno"])]
+    /// The task: an answer kind (choice, number, exact, yesno) hints the calibrated signal;
+    /// any name selects the hidden-state probe's per-task terms.
+    #[arg(long)]
     task: Option<String>,
     /// Answer with JSON matching this JSON schema (a file); locally, decoding is constrained
     /// to it.
@@ -137,6 +138,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         policy,
         private: args.private,
         task_hint: args.task.as_deref().and_then(edgecascade::Kind::parse),
+        task: args.task.clone(),
         hold_draft: Display::holds_draft(),
     };
     let interrupt = Interrupt::install();

@@ -438,7 +438,7 @@ mod cascade {
             threshold,
             mid_stream_floor: floor,
             mid_stream_min_tokens: 8,
-            calibrated: None,
+            ..CascadeConfig::default()
         };
         c.ledger.path = Some(ledger.to_owned());
         Runtime::new(c).unwrap()

@@ -34,6 +34,9 @@ pub struct Item {
     /// How to score; default `choice` when there are choices, else `exact`.
     #[serde(default)]
     pub kind: Option<Kind>,
+    /// The task's name, for the probe's per-task terms (default: the dataset's file stem).
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 impl Item {

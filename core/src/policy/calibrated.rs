@@ -67,6 +67,10 @@ pub struct Evidence<'a> {
     pub text: &'a str,
     /// Why it ended.
     pub finish: FinishReason,
+    /// The local model's hidden states, when they were read (for the probe).
+    pub hidden: Option<&'a crate::engine::local::HiddenStates>,
+    /// The request's task name, if any (for the probe's per-task terms).
+    pub task: Option<&'a str>,
 }
 
 /// The task kind a request asks for: the hint, else inferred from the last user message.

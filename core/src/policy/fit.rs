@@ -64,24 +64,29 @@ fn standardise(xs: &[[f64; N]], mean: &[f64; N], scale: &[f64; N]) -> Vec<[f64; 
         .collect()
 }
 
-/// Newton's method on the penalised log-loss: the weights and the bias.
-fn fit_weights(z: &[[f64; N]], ys: &[bool], l2: f64) -> (Vec<f64>, f64) {
+/// Newton's method on the penalised log-loss: the weights and the bias. Rows are standardised
+/// features, all of one length.
+pub(crate) fn fit_weights<R: AsRef<[f64]>>(z: &[R], ys: &[bool], l2: f64) -> (Vec<f64>, f64) {
     assert_eq!(z.len(), ys.len());
-    // Parameters: N weights, then the bias.
-    let d = N + 1;
+    let n = z.first().map_or(0, |r| r.as_ref().len());
+    // Parameters: n weights, then the bias.
+    let d = n + 1;
     let mut w = vec![0.0; d];
+    let mut row = vec![0.0; d];
     for _ in 0..50 {
         let mut g = vec![0.0; d];
         let mut h = vec![0.0; d * d];
         for (zi, &y) in z.iter().zip(ys) {
-            let row: Vec<f64> = zi.iter().copied().chain(std::iter::once(1.0)).collect();
+            row[..n].copy_from_slice(zi.as_ref());
+            row[n] = 1.0;
             let p = sigmoid(row.iter().zip(&w).map(|(a, b)| a * b).sum());
             let r = p - f64::from(u8::from(y));
             let s = (p * (1.0 - p)).max(1e-9);
             for a in 0..d {
                 g[a] += r * row[a];
+                let sa = s * row[a];
                 for b in 0..=a {
-                    h[a * d + b] += s * row[a] * row[b];
+                    h[a * d + b] += sa * row[b];
                 }
             }
         }
@@ -90,11 +95,11 @@ fn fit_weights(z: &[[f64; N]], ys: &[bool], l2: f64) -> (Vec<f64>, f64) {
                 h[b * d + a] = h[a * d + b];
             }
         }
-        for a in 0..N {
+        for a in 0..n {
             g[a] += l2 * w[a];
             h[a * d + a] += l2;
         }
-        h[N * d + N] += 1e-9;
+        h[n * d + n] += 1e-9;
         let Some(step) = solve(&h, &g, d) else { break };
         let mut change = 0.0f64;
         for a in 0..d {
@@ -105,8 +110,8 @@ fn fit_weights(z: &[[f64; N]], ys: &[bool], l2: f64) -> (Vec<f64>, f64) {
             break;
         }
     }
-    let bias = w[N];
-    w.truncate(N);
+    let bias = w[n];
+    w.truncate(n);
     (w, bias)
 }
 
@@ -184,12 +189,12 @@ pub fn cross_validate_gain(
 }
 
 /// The elements of `v` at `idx`.
-fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+pub(crate) fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
     idx.iter().map(|&i| v[i]).collect()
 }
 
 /// Fits on every fold but one and scores the held-out fold, for each fold.
-fn out_of_fold<M>(
+pub(crate) fn out_of_fold<M>(
     groups: &[usize],
     folds: usize,
     seed: u64,

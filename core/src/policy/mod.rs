@@ -6,6 +6,9 @@ pub mod calibrated;
 pub mod device;
 #[cfg(feature = "eval")]
 mod fit;
+pub mod probe;
+#[cfg(feature = "eval")]
+pub mod probe_fit;
 
 use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
 use crate::engine::local::TokenSignal;
@@ -203,6 +206,9 @@ pub enum Signal {
     /// P(small right) - P(large right) from the calibrated pair: the accuracy expected to be
     /// lost by escalating (escalate below; a negative value means escalating should help).
     CalibratedGain,
+    /// The hidden-state probe's P(small right) - P(large right) after the answer (escalate
+    /// below); with the probe's `pre_threshold`, it also routes before generation.
+    Probe,
 }
 
 impl Signal {
@@ -215,6 +221,7 @@ impl Signal {
             "mean_entropy" => Signal::MeanEntropy,
             "calibrated" => Signal::Calibrated,
             "calibrated_gain" => Signal::CalibratedGain,
+            "probe" => Signal::Probe,
             _ => return None,
         })
     }
@@ -228,6 +235,7 @@ impl Signal {
             Signal::MeanEntropy => "mean_entropy",
             Signal::Calibrated => "calibrated",
             Signal::CalibratedGain => "calibrated_gain",
+            Signal::Probe => "probe",
         }
     }
 
@@ -239,7 +247,7 @@ impl Signal {
             Signal::MinProb => c.min_prob,
             Signal::P10Prob => c.p10_prob,
             Signal::MeanEntropy => c.mean_entropy,
-            Signal::Calibrated | Signal::CalibratedGain => return None,
+            Signal::Calibrated | Signal::CalibratedGain | Signal::Probe => return None,
         })
     }
 
@@ -257,6 +265,8 @@ impl Signal {
 pub struct Cascade {
     signal: Signal,
     model: Option<CalibratedModel>,
+    /// The hidden-state probe (`signal = "probe"`), loaded by the runtime against its model.
+    probe: Option<std::sync::Arc<probe::Probe>>,
     threshold: f64,
     floor: f64,
     min_tokens: u32,
@@ -280,6 +290,17 @@ impl Cascade {
         let signal = c.signal;
         if let Some(m) = &c.calibrated {
             m.validate()?;
+        }
+        if signal == Signal::Probe {
+            if c.probe.is_none() {
+                return Err("cascade.signal = \"probe\" needs cascade.probe = \"FILE\": fit one with `edgecascade eval --write-probe FILE`".into());
+            }
+            if !(-1.0..=1.0).contains(&c.threshold) {
+                return Err(format!(
+                    "cascade.threshold {} must be between -1 and 1 for the probe",
+                    c.threshold
+                ));
+            }
         }
         if matches!(signal, Signal::Calibrated | Signal::CalibratedGain) && c.calibrated.is_none() {
             return Err(
@@ -309,14 +330,59 @@ impl Cascade {
         Ok(Self {
             signal,
             model: c.calibrated.clone(),
+            probe: None,
             threshold: c.threshold,
             floor: c.mid_stream_floor,
             min_tokens: c.mid_stream_min_tokens,
         })
     }
 
+    /// Uses `probe` for `signal = "probe"` (the runtime loads it against the local model).
+    #[must_use]
+    pub fn with_probe(mut self, probe: probe::Probe) -> Self {
+        self.probe = Some(std::sync::Arc::new(probe));
+        self
+    }
+
+    /// The local model's hidden states are needed (`signal = "probe"` with a probe loaded).
+    pub fn wants_hidden(&self) -> bool {
+        self.signal == Signal::Probe && self.probe.is_some()
+    }
+
+    /// The probe, when it routes before generation (it has a `pre_threshold`).
+    pub fn pre_router(&self) -> Option<&probe::Probe> {
+        self.probe
+            .as_deref()
+            .filter(|p| self.signal == Signal::Probe && p.pre_threshold.is_some())
+    }
+
+    /// Before generation, from the prompt's hidden state: `Some(detail)` when the probe
+    /// predicts the local answer is not worth having (go remote at once).
+    pub fn pre_gate(
+        &self,
+        messages: &[crate::types::ChatMessage],
+        hint: Option<crate::types::Kind>,
+        task: Option<&str>,
+        prompt_tokens: u32,
+        prompt_hidden: &[f32],
+    ) -> Option<String> {
+        let p = self.pre_router()?;
+        let threshold = p.pre_threshold?;
+        let x = p.pre_x(messages, hint, prompt_tokens, task);
+        let v = p.pre_score(&x, prompt_hidden);
+        (v.is_nan() || v < threshold).then(|| {
+            format!("the probe's expected gain from the local answer {v:.3} is under the pre-generation threshold {threshold:.3}")
+        })
+    }
+
     /// The decision score of a local answer: the configured signal's value.
     pub fn score(&self, e: &Evidence<'_>) -> f64 {
+        if self.signal == Signal::Probe {
+            return match (&self.probe, e.hidden) {
+                (Some(p), Some(h)) => p.post_score(&p.post_x(e, e.task), &h.prompt, &h.answer),
+                _ => f64::NAN,
+            };
+        }
         match (self.signal, &self.model) {
             (Signal::Calibrated, Some(m)) => m.predict(&calibrated::features(e)),
             (Signal::CalibratedGain, Some(m)) => {
@@ -680,6 +746,8 @@ mod tests {
             signals: &signals,
             text: "hello",
             finish: crate::types::FinishReason::Stop,
+            hidden: None,
+            task: None,
         };
         let cascade = |signal, threshold| {
             Cascade::new(&CascadeConfig {
@@ -760,6 +828,8 @@ mod tests {
             signals: &signals,
             text: "hello",
             finish: crate::types::FinishReason::Stop,
+            hidden: None,
+            task: None,
         };
         assert!(c("mean_logprob", -1.0).after(&e).is_none());
         assert!(c("mean_logprob", -0.2).after(&e).is_some());

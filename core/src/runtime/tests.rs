@@ -56,6 +56,8 @@ fn output(text: String, n: u32, finish: FinishReason, signals: Vec<TokenSignal>)
         sample_ms: 0.0,
         decode_call_ms: 0.0,
         truncated_messages: 0,
+        hidden: None,
+        gated: false,
     }
 }
 

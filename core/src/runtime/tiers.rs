@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent};
+use crate::engine::local::{GenerateOptions, LocalEngine, LocalOutput, ModelInfo, TokenEvent};
 use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
 use crate::error::LocalError;
 use crate::types::{ChatMessage, ChatRequest, ToolCall};
@@ -33,6 +33,17 @@ pub(crate) trait LocalTier: Send + Sync {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError>;
+    /// Generates with hidden states and a gate after the prompt (see
+    /// [`LocalEngine::generate_with`]); a tier without hidden states generates plainly.
+    fn generate_with(
+        &self,
+        req: &ChatRequest,
+        _opts: GenerateOptions<'_>,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        self.generate(req, cancel, on_token)
+    }
     /// Continues a cut draft (see [`LocalEngine::continue_answer`]).
     fn continue_answer(
         &self,
@@ -84,6 +95,15 @@ impl LocalTier for LocalEngine {
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
         LocalEngine::generate(self, req, cancel, on_token)
+    }
+    fn generate_with(
+        &self,
+        req: &ChatRequest,
+        opts: GenerateOptions<'_>,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
+        LocalEngine::generate_with(self, req, opts, cancel, on_token)
     }
     fn continue_answer(
         &self,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edgecascade::engine::local::{confidence, LocalEngine};
+use edgecascade::engine::local::{confidence, GenerateOptions, LocalEngine};
 use edgecascade::engine::remote::RemoteEngine;
 use edgecascade::{ChatRequest, FinishReason};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,6 +41,45 @@ pub struct LocalResult {
     pub signals: Vec<[f32; 3]>,
     /// Wall time of the generation.
     pub ms: f64,
+    /// Of which evaluating the prompt.
+    #[serde(default)]
+    pub prefill_ms: f64,
+    /// The model's final hidden states (with `--probe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Hidden>,
+}
+
+/// Hidden states as stored: little-endian f32, base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hidden {
+    /// At the prompt's end.
+    pub prompt: String,
+    /// At the answer's end.
+    pub answer: String,
+}
+
+impl Hidden {
+    fn encode(v: &[f32]) -> String {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn decode(s: &str) -> Option<Vec<f32>> {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+        (b.len() % 4 == 0).then(|| {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+
+    /// The two vectors, if they decode to one width.
+    pub fn vectors(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let (p, a) = (Self::decode(&self.prompt)?, Self::decode(&self.answer)?);
+        (p.len() == a.len() && !p.is_empty()).then_some((p, a))
+    }
 }
 
 /// What the remote tier produced for one item.
@@ -167,19 +206,18 @@ fn run_cached<T: Cached>(
     label: &str,
     cancel: &AtomicBool,
     quiet: bool,
+    usable: impl Fn(&T) -> bool,
     mut compute: impl FnMut(usize) -> Result<T, Failure>,
 ) -> Result<Vec<T>, Failure> {
-    let todo = keys
-        .iter()
-        .filter(|k| !T::map(cache).contains_key(*k))
-        .count();
+    let have = |c: &mut Cache, k: &String| T::map(c).get(k).is_some_and(&usable);
+    let todo = keys.iter().filter(|k| !have(cache, k)).count();
     let b = if quiet {
         ProgressBar::hidden()
     } else {
         bar(todo, label)
     };
     for (i, k) in keys.iter().enumerate() {
-        if T::map(cache).contains_key(k) {
+        if have(cache, k) {
             continue;
         }
         if cancel.load(Ordering::SeqCst) {
@@ -240,6 +278,7 @@ pub fn run_local(
     options: &[Option<Scoring>],
     cancel: &AtomicBool,
     quiet: bool,
+    hidden: bool,
 ) -> Result<Vec<LocalResult>, Failure> {
     let keys: Vec<String> = reqs
         .iter()
@@ -253,7 +292,9 @@ pub fn run_local(
             ),
         })
         .collect();
-    run_cached(cache, &keys, "local", cancel, quiet, |i| {
+    // With --probe (generated answers only), an answer cached without hidden states is rerun.
+    let usable = |r: &LocalResult| !hidden || r.hidden.is_some();
+    run_cached(cache, &keys, "local", cancel, quiet, usable, |i| {
         if let Some(sc) = &options[i] {
             let t = std::time::Instant::now();
             let scores = engine.score_options(&sc.messages, &sc.options, cancel)?;
@@ -264,7 +305,12 @@ pub fn run_local(
                 t,
             ));
         }
-        let out = engine.generate(&reqs[i], cancel, &mut |_| ControlFlow::Continue(()))?;
+        let out = engine.generate_with(
+            &reqs[i],
+            GenerateOptions { hidden, gate: None },
+            cancel,
+            &mut |_| ControlFlow::Continue(()),
+        )?;
         if out.finish_reason == FinishReason::Cancelled {
             return Err(Failure::Interrupted);
         }
@@ -278,6 +324,11 @@ pub fn run_local(
                 .map(|s| [s.logprob, s.entropy, s.margin])
                 .collect(),
             ms: out.total_ms,
+            prefill_ms: out.prefill_ms,
+            hidden: out.hidden.map(|h| Hidden {
+                prompt: Hidden::encode(&h.prompt),
+                answer: Hidden::encode(&h.answer),
+            }),
         })
     })
 }
@@ -295,24 +346,32 @@ pub fn run_remote(
 ) -> Result<Vec<RemoteResult>, Failure> {
     let model_id = engine.model().to_owned();
     let keys: Vec<String> = reqs.iter().map(|r| key("remote", &model_id, r)).collect();
-    run_cached(cache, &keys, "remote", cancel, quiet, |i| {
-        let out = engine
-            .generate(&reqs[i], cancel, &mut |_| {})
-            .map_err(|e| {
-                Failure::Runtime(format!(
-                    "remote tier: {e} (finished items are cached; rerun to resume)"
-                ))
-            })?;
-        if out.finish_reason == FinishReason::Cancelled {
-            return Err(Failure::Interrupted);
-        }
-        Ok(RemoteResult {
-            text: out.text,
-            prompt_tokens: out.prompt_tokens,
-            completion_tokens: out.completion_tokens,
-            ms: out.total_ms,
-        })
-    })
+    run_cached(
+        cache,
+        &keys,
+        "remote",
+        cancel,
+        quiet,
+        |_| true,
+        |i| {
+            let out = engine
+                .generate(&reqs[i], cancel, &mut |_| {})
+                .map_err(|e| {
+                    Failure::Runtime(format!(
+                        "remote tier: {e} (finished items are cached; rerun to resume)"
+                    ))
+                })?;
+            if out.finish_reason == FinishReason::Cancelled {
+                return Err(Failure::Interrupted);
+            }
+            Ok(RemoteResult {
+                text: out.text,
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+                ms: out.total_ms,
+            })
+        },
+    )
 }
 
 /// A likelihood-scored answer: the best option, with the signals of the softmax over the
@@ -333,6 +392,8 @@ fn scored(
         prompt_tokens,
         signals: vec![[s.logprob, s.entropy, s.margin]],
         ms: t.elapsed().as_secs_f64() * 1e3,
+        prefill_ms: 0.0,
+        hidden: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! confidence signal (and a calibrated model over several) is worth as a cascade threshold.
 
 mod collect;
+mod probe;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -71,9 +72,27 @@ pub struct Args {
     /// or `cloze`: the question alone, each choice's text as the continuation.
     #[arg(long, default_value = "generate", value_parser = ["generate", "score", "cloze"])]
     local_answers: String,
+    /// Also fit and measure the hidden-state probe (reads the local model's final hidden
+    /// states: generated answers only).
+    #[arg(long)]
+    probe: bool,
+    /// Write the probe, fitted on every item, to this JSON file (implies --probe). With
+    /// --write-config, `[cascade]` then points at it (`signal = "probe"`).
+    #[arg(long, value_name = "FILE")]
+    write_probe: Option<PathBuf>,
+    /// Fit the probe without per-task terms.
+    #[arg(long)]
+    no_task_terms: bool,
     /// Print one JSON object (see the CLI contract).
     #[arg(long)]
     json: bool,
+}
+
+impl Args {
+    /// The probe is fitted.
+    fn probe(&self) -> bool {
+        self.probe || self.write_probe.is_some()
+    }
 }
 
 /// An item with its source, ready to run.
@@ -144,6 +163,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     if args.folds < 2 {
         return Err(Failure::Usage("--folds must be 2 or more".into()));
+    }
+    if args.probe() && args.local_answers != "generate" {
+        return Err(Failure::Usage(
+            "--probe reads the hidden states of generated answers: use --local-answers generate"
+                .into(),
+        ));
     }
     let prompts: Prompts = match &args.prompts {
         Some(p) => toml::from_str(
@@ -244,6 +269,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         &options,
         &interrupt.cancel,
         quiet,
+        args.probe(),
     )?;
     // Reread: another eval sharing the cache may have finished remote items meanwhile.
     let mut cache = collect::Cache::open(&cache_dir)?;
@@ -259,5 +285,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
         &remote_out,
         &small_name,
         &remote_cfg.model,
+        &info.path,
     )
 }

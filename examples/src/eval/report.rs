@@ -39,18 +39,20 @@ struct Ranked {
     /// +1, or -1 for entropy (config thresholds are in the signal's own units).
     sign: f64,
     report: ScoreReport,
+    /// A probe rule: measured beside the others, configured through the probe file.
+    probe: bool,
 }
 
 /// The chosen decision rule at one operating point.
-struct Pick {
-    k: usize,
-    threshold: f64,
-    accuracy: f64,
-    escalation: f64,
-    reached: bool,
+pub(super) struct Pick {
+    pub(super) k: usize,
+    pub(super) threshold: f64,
+    pub(super) accuracy: f64,
+    pub(super) escalation: f64,
+    pub(super) reached: bool,
 }
 
-fn choose(curve: &[f64], scores: &[f64], large: f64, args: &Args) -> Pick {
+pub(super) fn choose(curve: &[f64], scores: &[f64], large: f64, args: &Args) -> Pick {
     let n = curve.len() - 1;
     let k = if let Some(max) = args.max_escalation {
         let limit = ((max * n as f64) + 1e-9).floor() as usize;
@@ -104,7 +106,7 @@ fn finish_of(s: &str) -> FinishReason {
     }
 }
 
-fn opt(v: Option<f64>) -> serde_json::Value {
+pub(super) fn opt(v: Option<f64>) -> serde_json::Value {
     v.map_or(serde_json::Value::Null, |x| json!((x * 1e4).round() / 1e4))
 }
 
@@ -121,6 +123,7 @@ pub fn report(
     remote: &[RemoteResult],
     small_name: &str,
     large_name: &str,
+    model_path: &Path,
 ) -> Result<(), Failure> {
     let n = items.len();
     let outcomes: Vec<Outcome> = items
@@ -153,6 +156,8 @@ pub fn report(
                 signals: s,
                 text: &l.text,
                 finish: finish_of(&l.finish),
+                hidden: None,
+                task: None,
             })
         })
         .collect();
@@ -197,6 +202,7 @@ pub fn report(
                 scores,
                 sign,
                 report,
+                probe: false,
             }
         })
         .collect();
@@ -212,6 +218,7 @@ pub fn report(
             scores: held_out,
             sign: 1.0,
             report,
+            probe: false,
         });
         if large_labels.iter().any(|&l| l) && large_labels.iter().any(|&l| !l) {
             let gain = calibrated::cross_validate_gain(
@@ -229,6 +236,7 @@ pub fn report(
                 scores: gain,
                 sign: 1.0,
                 report,
+                probe: false,
             });
         }
         let mut m = CalibratedModel::fit_pair(&features, &labels, &large_labels, L2);
@@ -244,9 +252,38 @@ pub fn report(
     let random = metrics::report(&outcomes, &vec![0.0; n]);
     let bounds = metrics::bounds(&outcomes, &groups);
 
-    // The recommended rule: the best held-out APGR.
+    let probe_run = if args.probe() && both {
+        let run = super::probe::run(
+            args,
+            items,
+            local,
+            remote,
+            &outcomes,
+            &features,
+            &groups,
+            &cfg.prices,
+            model_path,
+            small_name,
+            large_name,
+        )?;
+        for (name, scores, report) in &run.ranked {
+            ranked.push(Ranked {
+                name,
+                scores: scores.clone(),
+                sign: 1.0,
+                report: report.clone(),
+                probe: true,
+            });
+        }
+        Some(run)
+    } else {
+        None
+    };
+
+    // The recommended [cascade] rule: the best held-out APGR (the probe has its own block).
     let best = ranked
         .iter()
+        .filter(|r| !r.probe)
         .max_by(|a, b| {
             a.report
                 .apgr
@@ -355,7 +392,7 @@ pub fn report(
                 "auroc": opt(r.report.auroc),
                 "apgr": opt(r.report.apgr),
                 "cpt": {"50": opt(r.report.cpt[0]), "80": opt(r.report.cpt[1]), "95": opt(r.report.cpt[2])},
-                "held_out": r.name.starts_with("calibrated"),
+                "held_out": r.name.starts_with("calibrated") || r.probe,
                 "sweep": sweep_of(r),
             }),
         );
@@ -390,6 +427,7 @@ pub fn report(
         "per_task": per_task,
         "sweep": sweep,
         "folds": args.folds,
+        "probe": probe_run.as_ref().map(|p| p.json.clone()),
     });
 
     if let Some(path) = &args.details {
@@ -418,7 +456,18 @@ pub fn report(
         std::fs::write(path, &svg)
             .map_err(|e| Failure::Runtime(format!("plot {}: {e}", path.display())))?;
     }
-    let table = text_table(&out, &ranked, &pick, best.name);
+    let mut table = text_table(&out, &ranked, &pick, best.name);
+    if let Some(p) = &probe_run {
+        table.push_str(&p.text);
+    }
+    let fitted = probe_run.as_ref().and_then(|p| p.fitted.as_ref());
+    if let (Some(path), Some(probe)) = (&args.write_probe, fitted) {
+        let text = serde_json::to_string(probe)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Failure::Runtime(format!("probe {}: {e}", path.display())))?;
+    }
     if let Some(path) = &args.html {
         let html = format!(
             "<!doctype html><meta charset=utf-8><title>edgecascade eval</title>\
@@ -432,14 +481,20 @@ pub fn report(
         std::fs::write(path, html)
             .map_err(|e| Failure::Runtime(format!("html {}: {e}", path.display())))?;
     }
+    // With a written probe, [cascade] points at it; else the best calibrated or raw rule.
+    let probe_file = args.write_probe.as_deref().zip(fitted);
+    let (signal_name, threshold) = probe_file.map_or((best.name, config_threshold), |(_, p)| {
+        ("probe", p.threshold)
+    });
     if let Some(path) = &args.write_config {
         write_config(
             path,
-            best.name,
-            config_threshold,
+            signal_name,
+            threshold,
             model
                 .as_ref()
                 .filter(|_| best.name.starts_with("calibrated")),
+            probe_file.map(|(p, _)| p),
         )?;
     }
     if args.json {
@@ -448,8 +503,7 @@ pub fn report(
         print!("{table}");
         if let Some(p) = &args.write_config {
             println!(
-                "wrote [cascade] signal = {:?}, threshold = {config_threshold:.4} to {}",
-                best.name,
+                "wrote [cascade] signal = {signal_name:?}, threshold = {threshold:.4} to {}",
                 p.display()
             );
         }
@@ -656,6 +710,7 @@ fn write_config(
     signal: &str,
     threshold: f64,
     model: Option<&CalibratedModel>,
+    probe: Option<&Path>,
 ) -> Result<(), Failure> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -675,6 +730,11 @@ fn write_config(
     cascade["signal"] = toml_edit::value(signal);
     cascade["threshold"] = toml_edit::value((threshold * 1e6).round() / 1e6);
     cascade.remove("calibrated");
+    cascade.remove("probe");
+    if let Some(p) = probe {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        cascade["probe"] = toml_edit::value(abs.to_string_lossy().as_ref());
+    }
     if let Some(m) = model {
         let mut t = toml_edit::Table::new();
         let arr = |v: &[f64]| {

@@ -159,7 +159,8 @@ pub struct Extension {
     pub force: Option<String>,
     #[serde(default)]
     pub private: bool,
-    /// The task hint: "choice", "number", "exact" or "yesno".
+    /// The task: "choice", "number", "exact" or "yesno" also hint the answer kind; any name
+    /// selects the hidden-state probe's per-task terms.
     pub task: Option<String>,
 }
 
@@ -345,15 +346,17 @@ impl CompletionRequest {
                 ))
             }
         };
-        let task_hint = match ext.task.as_deref() {
-            None => None,
-            Some(t) => Some(edgecascade::Kind::parse(t).ok_or_else(|| {
-                ApiError::invalid(
-                    format!("edgecascade.task {t:?} must be choice, number, exact or yesno"),
-                    Some("edgecascade"),
-                )
-            })?),
-        };
+        if ext
+            .task
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > 256)
+        {
+            return Err(ApiError::invalid(
+                "edgecascade.task must be a name of 1 to 256 bytes",
+                Some("edgecascade"),
+            ));
+        }
+        let task_hint = ext.task.as_deref().and_then(edgecascade::Kind::parse);
         let sampling = Sampling {
             temperature,
             top_p,
@@ -375,6 +378,7 @@ impl CompletionRequest {
                 policy,
                 private: ext.private,
                 task_hint,
+                task: ext.task,
                 // OpenAI clients cannot take text back: in cascade mode the local draft is
                 // held until the route is settled.
                 hold_draft: true,

@@ -2,9 +2,9 @@
 //! sequences, cancellation, the thread governor, timings.
 
 use super::{
-    common_prefix, confidence, text, AtomicBool, ControlFlow, FinishReason, Instant, LlamaBatch,
-    LlamaContext, LlamaSampler, LlamaToken, LocalEngine, LocalError, LocalOutput, Ordering,
-    PrefixCache, Prompt, RunOptions, Sampling, TokenEvent, TokenSignal,
+    common_prefix, confidence, hidden, text, AtomicBool, ControlFlow, FinishReason, HiddenStates,
+    Instant, LlamaBatch, LlamaContext, LlamaSampler, LlamaToken, LocalEngine, LocalError,
+    LocalOutput, Ordering, PrefixCache, Prompt, RunOptions, Sampling, TokenEvent, TokenSignal,
 };
 
 impl LocalEngine {
@@ -15,7 +15,7 @@ impl LocalEngine {
         max_tokens: u32,
         sampling: &Sampling,
         stop: &[String],
-        opts: RunOptions,
+        mut opts: RunOptions<'_>,
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
@@ -49,10 +49,11 @@ impl LocalEngine {
                 "the prompt rendered to zero tokens".into(),
             ));
         }
+        let wants_hidden = opts.hidden.hidden || opts.hidden.gate.is_some();
         if let Some(batcher) = self
             .batcher
             .as_ref()
-            .filter(|_| !opts.cold && !opts.ignore_eos)
+            .filter(|_| !opts.cold && !opts.ignore_eos && !wants_hidden)
         {
             let job = super::batch::Job {
                 tokens,
@@ -113,6 +114,17 @@ impl LocalEngine {
         slot.exact_rows = 0;
 
         let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        // The tap copies the final hidden state of each decode's last token while on.
+        let tap = slot.tap.as_deref().filter(|_| wants_hidden);
+        if wants_hidden && tap.is_none() {
+            return Err(LocalError::InvalidRequest(
+                "hidden states are unavailable in this build (the evaluation callback could not be installed)".into(),
+            ));
+        }
+        if let Some(t) = tap {
+            t.enable(true);
+        }
+        let _off = tap.map(|t| scopeguard::guard((), move |()| t.enable(false)));
         let t_prefill = Instant::now();
         let to_eval = &tokens[keep..];
         if let Some(pos) = prefill(&mut slot.ctx, &mut batch, &tokens, keep, n_batch, cancel)? {
@@ -133,6 +145,34 @@ impl LocalEngine {
             exact_before.min(keep) / n_batch * n_batch
         };
         let prefill_ms = t_prefill.elapsed().as_secs_f64() * 1e3;
+        let hidden_prompt = tap.and_then(hidden::Tap::take);
+        if wants_hidden && hidden_prompt.is_none() {
+            slot.ctx.clear_kv_cache();
+            return Err(LocalError::Decode {
+                pos: tokens.len() as u32,
+                detail: "the model's graph has no result_norm tensor: hidden states are unavailable for this architecture".into(),
+            });
+        }
+        if let (Some(gate), Some(h)) = (opts.hidden.gate.as_mut(), hidden_prompt.as_deref()) {
+            if gate(h, tokens.len() as u32) {
+                slot.tokens = cached;
+                slot.exact_rows = exact_rows;
+                let mut out = empty_output(
+                    &tokens,
+                    to_eval.len(),
+                    truncated,
+                    t0,
+                    FinishReason::Cancelled,
+                );
+                out.prefill_ms = prefill_ms;
+                out.gated = true;
+                out.hidden = hidden_prompt.map(|p| HiddenStates {
+                    answer: p.clone(),
+                    prompt: p,
+                });
+                return Ok(out);
+            }
+        }
 
         let room = n_ctx as usize - tokens.len();
         let mut gen = Gen::new(
@@ -181,12 +221,18 @@ impl LocalEngine {
         gen.flush(on_token);
         slot.tokens = cached;
         slot.exact_rows = exact_rows;
-        Ok(gen.output(
+        let mut out = gen.output(
             tokens.len() as u32,
             to_eval.len() as u32,
             prefill_ms,
             truncated,
-        ))
+        );
+        // The answer's state: the last decode's, or the prompt's when no token was fed back.
+        out.hidden = hidden_prompt.map(|p| HiddenStates {
+            answer: tap.and_then(hidden::Tap::take).unwrap_or_else(|| p.clone()),
+            prompt: p,
+        });
+        Ok(out)
     }
 }
 
@@ -219,6 +265,8 @@ pub(super) fn empty_output(
         sample_ms: 0.0,
         decode_call_ms: 0.0,
         truncated_messages: truncated,
+        hidden: None,
+        gated: false,
     }
 }
 
@@ -376,6 +424,8 @@ impl Gen {
             sample_ms: self.sample_ms,
             decode_call_ms: self.decode_call_ms,
             truncated_messages: truncated,
+            hidden: None,
+            gated: false,
         }
     }
 }

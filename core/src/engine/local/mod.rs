@@ -15,6 +15,7 @@ pub(crate) mod constraint;
 mod decode;
 pub mod gguf;
 mod governor;
+mod hidden;
 mod jinja;
 mod pool;
 mod prompt;
@@ -92,6 +93,34 @@ pub struct LocalOutput {
     pub decode_call_ms: f64,
     /// Oldest messages dropped to fit (with `truncate_oldest`).
     pub truncated_messages: u32,
+    /// The model's final hidden states, when asked for ([`LocalEngine::generate_with`]).
+    pub hidden: Option<HiddenStates>,
+    /// The gate stopped the generation after the prompt ([`GenerateOptions::gate`]): no token
+    /// was decoded.
+    pub gated: bool,
+}
+
+/// The local model's final hidden state (after its output norm, before the output head).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiddenStates {
+    /// At the prompt's last token: what the model knows before it answers.
+    pub prompt: Vec<f32>,
+    /// At the answer's end: the state the last token (or end of turn) was predicted from.
+    pub answer: Vec<f32>,
+}
+
+/// What the prompt's hidden state (and its token count) decides before any token is decoded:
+/// `true` stops the generation (the caller goes elsewhere).
+pub type Gate<'a> = &'a mut dyn FnMut(&[f32], u32) -> bool;
+
+/// Options of [`LocalEngine::generate_with`].
+#[derive(Default)]
+pub struct GenerateOptions<'a> {
+    /// Return the final hidden states (runs on a single-sequence context, not in a batch).
+    pub hidden: bool,
+    /// Called with the prompt's hidden state after the prompt is evaluated; `true` ends the
+    /// generation with no token decoded (`LocalOutput::gated`). Implies `hidden`.
+    pub gate: Option<Gate<'a>>,
 }
 
 /// Facts about the loaded model.
@@ -162,7 +191,9 @@ impl std::fmt::Debug for LocalEngine {
 
 /// Options that change how a generation runs, beyond the request.
 #[derive(Default)]
-pub(crate) struct RunOptions {
+pub(crate) struct RunOptions<'a> {
+    /// Capture the final hidden states, and maybe stop after the prompt.
+    pub hidden: GenerateOptions<'a>,
     /// A structured-output constraint, first in the sampler chain.
     pub constraint: Option<llguidance::Matcher>,
     /// Keep generating past end-of-turn tokens (benchmarks).
@@ -384,6 +415,11 @@ impl LocalEngine {
         &self.info
     }
 
+    /// The width of the model's hidden state.
+    pub fn n_embd(&self) -> usize {
+        self.model.n_embd().max(0) as usize
+    }
+
     /// What continuous batching has done, when this engine batches (`parallel` > 1 and
     /// `batching`).
     pub fn batch_stats(&self) -> Option<BatchStats> {
@@ -404,6 +440,18 @@ impl LocalEngine {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
+        self.generate_with(req, GenerateOptions::default(), cancel, on_token)
+    }
+
+    /// [`generate`](Self::generate), with the model's hidden states and an optional gate after
+    /// the prompt.
+    pub fn generate_with(
+        &self,
+        req: &ChatRequest,
+        opts: GenerateOptions<'_>,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput, LocalError> {
         validate_request(req)?;
         let constraint = self.matcher(req)?;
         self.run(
@@ -413,6 +461,7 @@ impl LocalEngine {
             &req.stop,
             RunOptions {
                 constraint,
+                hidden: opts,
                 ..RunOptions::default()
             },
             cancel,

@@ -2,8 +2,8 @@
 //! holds), created on demand up to `parallel`, shared by prefix, returned on drop.
 
 use super::{
-    backend, governor, threadpool, Arc, AtomicBool, LlamaContext, LlamaContextParams, LlamaModel,
-    LlamaToken, LocalEngine, LocalError, NonZeroU32, Ordering,
+    backend, governor, hidden, threadpool, Arc, AtomicBool, LlamaContext, LlamaContextParams,
+    LlamaModel, LlamaToken, LocalEngine, LocalError, NonZeroU32, Ordering,
 };
 
 /// An inference context and the tokens its KV cache holds for sequence 0. The slot owns what
@@ -18,6 +18,9 @@ pub(super) struct Slot {
     pub(super) exact_rows: usize,
     /// Adapts the decode thread count to contention (when the context pointer is usable).
     pub(super) governor: Option<(governor::Governor, threadpool::RawContext)>,
+    /// Reads the final hidden state while the graph computes (single-sequence contexts, when
+    /// the callback could be installed). Outlives the context (see `Drop`).
+    pub(super) tap: Option<Box<hidden::Tap>>,
     pub(super) _pools: Vec<threadpool::Threadpool>,
     pub(super) _model: Arc<LlamaModel>,
 }
@@ -184,6 +187,16 @@ pub(super) fn make_slot(model: &Arc<LlamaModel>, spec: &ContextSpec) -> Result<S
             .with_n_seq_max(spec.n_seq)
             .with_kv_unified(super::batch::KV_UNIFIED);
     }
+    // The hidden-state tap, for single-sequence contexts (a batch's output rows cannot be told
+    // apart by sequence in the callback).
+    let mut tap = None;
+    if spec.n_seq <= 1 {
+        let t = hidden::Tap::new(model.n_embd().max(0) as usize);
+        if let Some(p) = t.install(&params) {
+            params = p;
+            tap = Some(t);
+        }
+    }
     let backend = backend::backend()?;
     let ctx = model
         .new_context(backend, params)
@@ -219,6 +232,7 @@ pub(super) fn make_slot(model: &Arc<LlamaModel>, spec: &ContextSpec) -> Result<S
         tokens: Vec::new(),
         exact_rows: 0,
         governor,
+        tap,
         _pools: pools,
         _model: Arc::clone(model),
     })

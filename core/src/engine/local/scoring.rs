@@ -131,7 +131,7 @@ impl LocalEngine {
         let opts = RunOptions {
             ignore_eos: true,
             cold: true,
-            constraint: None,
+            ..RunOptions::default()
         };
         self.run(
             Prompt::Tokens(tokens),
