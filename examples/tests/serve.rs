@@ -911,6 +911,62 @@ mod eval {
         assert_eq!(c["large_accuracy"], v["large_accuracy"]);
         assert_eq!(c["items"], 10);
 
+        // The hidden-state probe: the local answers rerun with their hidden states (the remote
+        // ones come from the cache), held-out figures for the three rules, and a probe file
+        // the runtime loads against this very model, and refuses for another.
+        let probe = dir.path().join("probe.json");
+        let probe_cfg = dir.path().join("probe.toml");
+        let o = eval(
+            "http://127.0.0.1:9",
+            dir.path(),
+            &[
+                "--write-probe",
+                probe.to_str().unwrap(),
+                "--write-config",
+                probe_cfg.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(p["large_accuracy"], v["large_accuracy"]);
+        assert_eq!(p["probe"]["hidden_width"], 576, "{p}");
+        for rule in ["pre", "post", "combined"] {
+            let r = &p["probe"][rule];
+            assert!(r["apgr"].is_number(), "{rule}: {p}");
+            for k in [
+                "usd_per_1k_requests",
+                "savings_vs_all_remote_20_to_1",
+                "local_seconds_saved",
+            ] {
+                assert!(r["recommended"][k].is_number(), "{rule}.{k}: {p}");
+            }
+        }
+        assert!(p["signals"]["probe"]["held_out"] == true, "{p}");
+        let cfg = edgecascade::Config::from_file(&probe_cfg).unwrap();
+        assert_eq!(cfg.cascade.signal.name(), "probe");
+        assert_eq!(cfg.cascade.probe.as_deref(), Some(probe.as_path()));
+        let ask = |config: &std::path::Path| {
+            edgecascade()
+                .args(["ask", "--config", config.to_str().unwrap()])
+                .args(["--model", model().to_str().unwrap(), "--max-tokens", "4"])
+                .arg("What is 2 + 2?")
+                .output()
+                .expect("run ask")
+        };
+        let o = ask(&probe_cfg);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&probe).unwrap()).unwrap();
+        file["model_sha256"] = "0".repeat(64).into();
+        std::fs::write(&probe, file.to_string()).unwrap();
+        let o = ask(&probe_cfg);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("fitted on the model with sha256 0000"),
+            "{err}"
+        );
+
         // A bad dataset line is a clear error naming the file and line.
         let bad = dir.path().join("bad.jsonl");
         std::fs::write(

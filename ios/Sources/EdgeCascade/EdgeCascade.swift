@@ -139,6 +139,9 @@ public struct ChatRequest: Sendable, Equatable {
     /// Functions the model may call; its calls arrive in `ChatResponse.toolCalls`.
     public var tools: [Tool]
     public var toolChoice: ToolChoice
+    /// The task's name, when the app has one: the hidden-state probe (`[cascade] probe`) learns
+    /// per-task terms by name. "choice", "number", "exact" and "yesno" also hint the answer kind.
+    public var task: String?
 
     public init(
         messages: [Message],
@@ -152,7 +155,8 @@ public struct ChatRequest: Sendable, Equatable {
         holdDraft: Bool = false,
         responseFormat: ResponseFormat = .text,
         tools: [Tool] = [],
-        toolChoice: ToolChoice = .auto
+        toolChoice: ToolChoice = .auto,
+        task: String? = nil
     ) {
         self.messages = messages
         self.maxTokens = maxTokens
@@ -166,6 +170,7 @@ public struct ChatRequest: Sendable, Equatable {
         self.responseFormat = responseFormat
         self.tools = tools
         self.toolChoice = toolChoice
+        self.task = task
     }
 
     /// A single user question.
@@ -407,12 +412,24 @@ extension ChatRequest {
             stop: stop,
             policy: policy,
             private: isPrivate,
-            taskHint: nil,
+            taskHint: task.flatMap(kindOf),
+            task: task,
             holdDraft: holdDraft,
             responseFormat: responseFormat,
             tools: tools,
             toolChoice: toolChoice
         )
+    }
+}
+
+/// The answer kind a task name hints, when it is one.
+func kindOf(_ task: String) -> EdgeCascadeBindings.Kind? {
+    switch task {
+    case "choice": return .choice
+    case "number": return .number
+    case "exact": return .exact
+    case "yesno": return .yesNo
+    default: return nil
     }
 }
 

@@ -189,8 +189,10 @@ pub(super) fn make_slot(model: &Arc<LlamaModel>, spec: &ContextSpec) -> Result<S
     }
     // The hidden-state tap, for single-sequence contexts (a batch's output rows cannot be told
     // apart by sequence in the callback).
+    // `EDGECASCADE_HIDDEN_TAP=off` leaves it out (benchmarks measure its cost against that).
     let mut tap = None;
-    if spec.n_seq <= 1 {
+    let off = std::env::var("EDGECASCADE_HIDDEN_TAP").is_ok_and(|v| v == "off");
+    if spec.n_seq <= 1 && !off {
         let t = hidden::Tap::new(model.n_embd().max(0) as usize);
         if let Some(p) = t.install(&params) {
             params = p;

@@ -152,6 +152,11 @@ data class ChatRequest(
     /** Functions the model may call; its calls arrive in [ChatResponse.toolCalls]. */
     val tools: List<Tool> = emptyList(),
     val toolChoice: ToolChoice = ToolChoice.Auto,
+    /**
+     * The task's name, when the app has one: the hidden-state probe (`[cascade] probe`) learns
+     * per-task terms by name. "choice", "number", "exact" and "yesno" also hint the answer kind.
+     */
+    val task: String? = null,
 ) {
     companion object {
         /** A single user question. */
@@ -336,12 +341,22 @@ internal fun ChatRequest.toFfi(): FfiRequest {
         stop = stop,
         policy = policy,
         private = private,
-        taskHint = null,
+        taskHint = task?.let { kindOf(it) },
+        task = task,
         holdDraft = holdDraft,
         responseFormat = responseFormat.toFfi(),
         tools = tools.map { uniffi.edgecascade.Tool(it.name, it.description, it.parameters) },
         toolChoice = toolChoice.toFfi(),
     )
+}
+
+/** The answer kind a task name hints, when it is one. */
+internal fun kindOf(task: String): uniffi.edgecascade.Kind? = when (task) {
+    "choice" -> uniffi.edgecascade.Kind.CHOICE
+    "number" -> uniffi.edgecascade.Kind.NUMBER
+    "exact" -> uniffi.edgecascade.Kind.EXACT
+    "yesno" -> uniffi.edgecascade.Kind.YES_NO
+    else -> null
 }
 
 internal fun ToolCall.toFfi() = uniffi.edgecascade.ToolCall(id, name, arguments)
