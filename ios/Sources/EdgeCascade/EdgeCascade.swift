@@ -412,7 +412,7 @@ extension ChatRequest {
             stop: stop,
             policy: policy,
             private: isPrivate,
-            taskHint: task.flatMap(kindOf),
+            taskHint: kindOf(task),
             task: task,
             holdDraft: holdDraft,
             responseFormat: responseFormat,
@@ -423,8 +423,9 @@ extension ChatRequest {
 }
 
 /// The answer kind a task name hints, when it is one.
-func kindOf(_ task: String) -> EdgeCascadeBindings.Kind? {
-    switch task {
+func kindOf(_ task: String?) -> EdgeCascadeBindings.Kind? {
+    guard let name = task else { return nil }
+    switch name {
     case "choice": return .choice
     case "number": return .number
     case "exact": return .exact
