@@ -24,51 +24,19 @@ escalation), the escalation share that reaches 95% of the remote tier's accuracy
 and the oracle's share (items the local model got wrong and the remote one right).
 """
 import argparse
-import glob
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import urllib.request
-import zipfile
+
+from fetch_structured_data import bfcl_items, bfcl_schema as schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WHEEL = "bfcl-eval==2026.3.23"
-SET = "BFCL_v4_simple_python.json"
 
 
 def load_items(n):
-    cache = os.path.join(os.environ.get("EDGECASCADE_CACHE", os.path.expanduser("~/.cache/edgecascade")), "bfcl")
-    os.makedirs(cache, exist_ok=True)
-    if not glob.glob(os.path.join(cache, "*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        "-q", "-d", cache, WHEEL], check=True)
-    z = zipfile.ZipFile(glob.glob(os.path.join(cache, "*.whl"))[0])
-    questions = [json.loads(l) for l in z.read(f"bfcl_eval/data/{SET}").decode().splitlines()]
-    answers = {a["id"]: a for a in
-               (json.loads(l) for l in z.read(f"bfcl_eval/data/possible_answer/{SET}").decode().splitlines())}
-    return [(q, answers[q["id"]]) for q in questions[:n]]
-
-
-def schema(p):
-    """BFCL's Python-flavoured types to JSON Schema."""
-    if isinstance(p, dict):
-        out = {}
-        for k, v in p.items():
-            if k == "type":
-                t = {"dict": "object", "float": "number", "tuple": "array", "list": "array",
-                     "any": None, "bool": "boolean", "int": "integer", "str": "string"}.get(v, v)
-                if t:
-                    out["type"] = t
-            elif k in ("properties",):
-                out[k] = {name: schema(s) for name, s in v.items()}
-            elif k in ("items", "additionalProperties"):
-                out[k] = schema(v)
-            elif k in ("required", "enum", "description", "default", "maximum", "minimum"):
-                out[k] = v
-        return out
-    return p
+    return bfcl_items(n)
 
 
 def same(got, want):

@@ -27,7 +27,7 @@ pub mod eval;
 pub mod models;
 pub mod policy;
 pub mod runtime;
-pub(crate) mod tools;
+pub mod tools;
 pub mod types;
 
 pub use config::Config;

@@ -258,7 +258,7 @@ pub(crate) fn has_tool_turns(messages: &[ChatMessage]) -> bool {
 
 /// A local answer split into what it said and the calls it made.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Parsed {
+pub struct Parsed {
     /// The text outside the calls.
     pub content: String,
     /// The calls, in order, with generated ids.
@@ -298,7 +298,7 @@ fn unfence(t: &str) -> &str {
 }
 
 /// Reads the calls out of a local answer. `id` makes each call's id (`call_<id>_<n>`).
-pub(crate) fn parse(text: &str, id: &str) -> Parsed {
+pub fn parse(text: &str, id: &str) -> Parsed {
     let mut parsed = Parsed::default();
     let push = |parsed: &mut Parsed, name: String, arguments: String| {
         let n = parsed.calls.len();

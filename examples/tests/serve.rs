@@ -988,6 +988,87 @@ mod eval {
     }
 }
 
+/// `eval` on structured items: JSON under a schema and tool calls, through both tiers, with
+/// validity and accuracy per tier.
+mod eval_structured {
+    use super::*;
+
+    fn items() -> String {
+        let schema = |field: &str, ty: &str| {
+            serde_json::json!({"type": "json_schema", "name": field, "strict": true, "schema": serde_json::json!({
+                "type": "object", "properties": {field: {"type": ty}}, "required": [field],
+                "additionalProperties": false}).to_string()})
+        };
+        let area = serde_json::json!([{"name": "triangle_area", "description": "Area of a triangle.",
+            "parameters": serde_json::json!({"type": "object", "properties": {
+                "base": {"type": "integer"}, "height": {"type": "integer"}}, "required": ["base", "height"]}).to_string()}]);
+        [
+            serde_json::json!({"id": "j1", "question": "Calculate 7 + 5. Reply with JSON: the result.",
+                "response_format": schema("result", "integer"), "expected": {"result": 12}}),
+            serde_json::json!({"id": "j2", "question": "Calculate 6 * 7. Reply with JSON: the result.",
+                "response_format": schema("result", "integer"), "expected": {"result": 42}}),
+            serde_json::json!({"id": "j3", "question": "Is the sun hot? Reply with JSON: true or false.",
+                "response_format": schema("answer", "boolean"), "expected": {"answer": true}}),
+            serde_json::json!({"id": "t1", "question": "Find the area of a triangle with a base of 10 and a height of 5.",
+                "tools": area, "tool_choice": {"type": "required"},
+                "expected": {"name": "triangle_area", "arguments": {"base": [10], "height": [5]}}}),
+            serde_json::json!({"id": "t2", "question": "What is the area of a triangle with base 4 and height 3?",
+                "tools": area, "tool_choice": {"type": "required"},
+                "expected": {"name": "triangle_area", "arguments": {"base": [4], "height": [3]}}}),
+        ]
+        .iter()
+        .map(|v| format!("{v}\n"))
+        .collect()
+    }
+
+    #[test]
+    fn json_and_tool_items_report_validity_and_accuracy_per_tier() {
+        let qwen = model_file("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen05");
+        let server = Server::start_model(&qwen, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("structured.jsonl");
+        std::fs::write(&data, items()).unwrap();
+        let o = edgecascade()
+            .args([
+                "eval",
+                "--model",
+                model().to_str().unwrap(),
+                "--n-ctx",
+                "1024",
+            ])
+            .args([
+                "--dataset",
+                data.to_str().unwrap(),
+                "--remote-url",
+                &server.url(),
+            ])
+            .args(["--remote-model", "qwen", "--folds", "2", "--json"])
+            .args(["--cache-dir", dir.path().join("cache").to_str().unwrap()])
+            .output()
+            .expect("run eval");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = v["structured"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let row = |kind: &str| {
+            rows.iter()
+                .find(|r| r["kind"] == kind)
+                .unwrap_or_else(|| panic!("{kind}: {v}"))
+        };
+        let (json, call) = (row("json"), row("tool_call"));
+        assert_eq!(
+            (json["items"].as_u64(), call["items"].as_u64()),
+            (Some(3), Some(2))
+        );
+        // Constrained decoding: every local answer is valid, under a schema and a forced call.
+        assert_eq!(json["local_valid"].as_f64(), Some(1.0), "{v}");
+        assert_eq!(call["local_valid"].as_f64(), Some(1.0), "{v}");
+        // Qwen-0.5B knows these; the remote answers are valid and mostly right.
+        assert!(json["remote_valid"].as_f64().unwrap() >= 2.0 / 3.0, "{v}");
+        assert!(call["remote_correct"].as_f64().unwrap() >= 0.5, "{v}");
+        assert_eq!(v["items"], 5);
+    }
+}
+
 /// Malformed, hostile and oversized requests: each is an OpenAI-shaped 4xx or is served; never
 /// a 5xx, a dropped connection or a hang; the server keeps serving.
 #[test]

@@ -5,10 +5,11 @@
 
 pub mod metrics;
 pub mod score;
+pub mod structured;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::ChatMessage;
+use crate::types::{ChatMessage, ResponseFormat, Tool, ToolChoice};
 
 pub use crate::types::Kind;
 
@@ -26,7 +27,8 @@ pub struct Item {
     /// Options for `choice` items, lettered A, B, ... in order.
     #[serde(default)]
     pub choices: Vec<String>,
-    /// The gold answer.
+    /// The gold answer (structured items have `expected` instead).
+    #[serde(default)]
     pub answer: String,
     /// Other accepted answers (`exact`).
     #[serde(default)]
@@ -37,6 +39,39 @@ pub struct Item {
     /// The task's name, for the probe's per-task terms (default: the dataset's file stem).
     #[serde(default)]
     pub task: Option<String>,
+    /// A structured item: the answer's format (a JSON object, or JSON matching a schema).
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// A structured item: the functions offered (OpenAI's `tools`, as `ChatRequest` has them).
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// With tools: whether a call is required (default `auto`).
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// A structured item's expected answer: the JSON object (with `response_format`), or the
+    /// call `{"name", "arguments": {arg: [accepted values]}}` (with `tools`); see
+    /// [`structured`].
+    #[serde(default)]
+    pub expected: Option<serde_json::Value>,
+}
+
+/// What a structured item asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structured {
+    /// A JSON answer, scored field by field.
+    Json,
+    /// A tool call, scored by name and arguments.
+    Call,
+}
+
+impl Structured {
+    /// The name reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Structured::Json => "json",
+            Structured::Call => "tool_call",
+        }
+    }
 }
 
 impl Item {
@@ -58,10 +93,65 @@ impl Item {
             .collect()
     }
 
+    /// A structured item's kind: a call with tools, JSON with a response format.
+    pub fn structured(&self) -> Option<Structured> {
+        if !self.tools.is_empty() {
+            Some(Structured::Call)
+        } else if self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| !matches!(f, ResponseFormat::Text))
+        {
+            Some(Structured::Json)
+        } else {
+            None
+        }
+    }
+
     /// Checks the item can be run and scored.
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("an item has an empty id".into());
+        }
+        match (self.structured(), &self.expected) {
+            (Some(_), None) => {
+                return Err(format!(
+                    "item {}: a structured item needs `expected`",
+                    self.id
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "item {}: `expected` needs `response_format` or `tools`",
+                    self.id
+                ))
+            }
+            (Some(Structured::Json), Some(e)) if !e.is_object() => {
+                return Err(format!(
+                    "item {}: `expected` must be a JSON object",
+                    self.id
+                ))
+            }
+            (Some(Structured::Call), Some(e))
+                if e.get("name").and_then(serde_json::Value::as_str).is_none() =>
+            {
+                return Err(format!(
+                    "item {}: `expected` must name the call (`name`)",
+                    self.id
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return if self.question.is_none() && self.messages.is_none() {
+                    Err(format!("item {}: needs question or messages", self.id))
+                } else {
+                    Ok(())
+                };
+            }
+            (None, None) => {
+                if self.answer.trim().is_empty() {
+                    return Err(format!("item {}: needs an answer", self.id));
+                }
+            }
         }
         match (&self.question, &self.messages) {
             (None, None) => return Err(format!("item {}: needs question or messages", self.id)),
@@ -153,6 +243,16 @@ impl Prompts {
     pub fn messages(&self, item: &Item) -> Vec<ChatMessage> {
         if let Some(m) = &item.messages {
             return m.clone();
+        }
+        // A structured item's question goes as is: its format is in the request.
+        if item.structured().is_some() {
+            let mut out: Vec<ChatMessage> = self
+                .system
+                .iter()
+                .map(|s| ChatMessage::system(s.clone()))
+                .collect();
+            out.push(ChatMessage::user(item.question.clone().unwrap_or_default()));
+            return out;
         }
         let (template, shots) = match item.kind() {
             Kind::Choice => (&self.choice, &self.examples.choice),

@@ -93,6 +93,9 @@ pub struct RemoteResult {
     pub completion_tokens: u32,
     /// Wall time of the call.
     pub ms: f64,
+    /// The calls it made (a request with tools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<edgecascade::ToolCall>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,7 +238,7 @@ fn run_cached<T: Cached>(
 
 /// The cache key of a request to a model.
 pub fn key(tier: &str, model: &str, req: &ChatRequest) -> String {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "tier": tier,
         "model": model,
         "messages": req.messages,
@@ -243,6 +246,14 @@ pub fn key(tier: &str, model: &str, req: &ChatRequest) -> String {
         "sampling": req.sampling,
         "stop": req.stop,
     });
+    // Structured requests key on their format and tools too (text ones keep their old keys).
+    if !matches!(req.response_format, edgecascade::ResponseFormat::Text) {
+        v["response_format"] = serde_json::json!(req.response_format);
+    }
+    if !req.tools.is_empty() {
+        v["tools"] = serde_json::json!(req.tools);
+        v["tool_choice"] = serde_json::json!(req.tool_choice);
+    }
     let digest = Sha256::digest(v.to_string().as_bytes());
     digest.iter().fold(String::with_capacity(64), |mut s, b| {
         use std::fmt::Write as _;
@@ -369,6 +380,7 @@ pub fn run_remote(
                 prompt_tokens: out.prompt_tokens,
                 completion_tokens: out.completion_tokens,
                 ms: out.total_ms,
+                tool_calls: out.tool_calls,
             })
         },
     )

@@ -95,6 +95,9 @@ impl Args {
     }
 }
 
+/// The answer budget of a structured item (a JSON object or a call).
+const STRUCTURED_MAX_TOKENS: u32 = 192;
+
 /// An item with its source, ready to run.
 pub struct Prepared {
     /// The item.
@@ -103,6 +106,15 @@ pub struct Prepared {
     pub dataset: String,
     /// The request both tiers get.
     pub request: ChatRequest,
+}
+
+/// Whether each structured item's answers are valid (parse, and match the schema or the
+/// tools), checked with the local model's tokenizer and grammars; `None` for other items.
+pub struct Validity {
+    /// The local answers.
+    pub local: Vec<Option<bool>>,
+    /// The remote answers.
+    pub remote: Vec<Option<bool>>,
 }
 
 fn load_items(path: &Path) -> Result<Vec<Item>, Failure> {
@@ -206,9 +218,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
         for item in sample(load_items(path)?, args.seed, args.limit) {
             let request = ChatRequest {
                 messages: prompts.messages(&item),
-                max_tokens: args
-                    .max_tokens
-                    .unwrap_or_else(|| default_max_tokens(item.kind())),
+                max_tokens: args.max_tokens.unwrap_or_else(|| {
+                    if item.structured().is_some() {
+                        STRUCTURED_MAX_TOKENS
+                    } else {
+                        default_max_tokens(item.kind())
+                    }
+                }),
+                response_format: item.response_format.clone().unwrap_or_default(),
+                tools: item.tools.clone(),
+                tool_choice: item.tool_choice.clone().unwrap_or_default(),
                 ..ChatRequest::default()
             };
             prepared.push(Prepared {
@@ -275,6 +294,43 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut cache = collect::Cache::open(&cache_dir)?;
     let remote_out = collect::run_remote(&mut cache, &remote, &reqs, &interrupt.cancel, quiet)?;
     interrupt.busy.store(false, Ordering::SeqCst);
+    let check = |p: &Prepared, text: &str, calls: Option<&[edgecascade::ToolCall]>| {
+        p.item.structured().map(|kind| match kind {
+            edgecascade::eval::Structured::Call => {
+                let parsed;
+                let calls = match calls {
+                    Some(c) => c,
+                    None => {
+                        parsed = edgecascade::tools::parse(text, "eval");
+                        if parsed.error.is_some() {
+                            return false;
+                        }
+                        &parsed.calls
+                    }
+                };
+                !calls.is_empty() && engine.check_calls(&p.request, calls).is_ok()
+            }
+            edgecascade::eval::Structured::Json => {
+                let t = edgecascade::eval::structured::parse_json(text)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| text.to_owned());
+                engine.check_format(&p.request.response_format, &t).is_ok()
+            }
+        })
+    };
+    let validity = Validity {
+        local: prepared
+            .iter()
+            .zip(&local)
+            .map(|(p, l)| check(p, &l.text, None))
+            .collect(),
+        remote: prepared
+            .iter()
+            .zip(&remote_out)
+            .map(|(p, r)| check(p, &r.text, Some(&r.tool_calls)))
+            .collect(),
+    };
+    drop(engine);
     drop(rt);
 
     report::report(
@@ -283,6 +339,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         &prepared,
         &local,
         &remote_out,
+        &validity,
         &small_name,
         &remote_cfg.model,
         &info.path,

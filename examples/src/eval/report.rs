@@ -10,14 +10,14 @@ use edgecascade::config::PriceConfig;
 use edgecascade::cost;
 use edgecascade::engine::local::TokenSignal;
 use edgecascade::eval::metrics::{self, Outcome, ScoreReport};
-use edgecascade::eval::score;
+use edgecascade::eval::{score, structured, Structured};
 use edgecascade::policy::calibrated::{self, CalibratedModel, Evidence, N};
 use edgecascade::policy::Signal;
 use edgecascade::{Config, FinishReason};
 use serde_json::json;
 
 use super::collect::{LocalResult, RemoteResult};
-use super::{Args, Prepared};
+use super::{Args, Prepared, Validity};
 use crate::Failure;
 
 /// The L2 penalty of the calibrated model (on standardised features).
@@ -121,6 +121,7 @@ pub fn report(
     items: &[Prepared],
     local: &[LocalResult],
     remote: &[RemoteResult],
+    validity: &Validity,
     small_name: &str,
     large_name: &str,
     model_path: &Path,
@@ -132,12 +133,36 @@ pub fn report(
         .map(|(p, (l, r))| {
             let i = &p.item;
             let k = i.kind();
-            Outcome {
-                small: score::is_correct(k, &l.text, &i.answer, &i.aliases, &i.choices),
-                large: score::is_correct(k, &r.text, &i.answer, &i.aliases, &i.choices),
+            match (i.structured(), &i.expected) {
+                (Some(Structured::Json), Some(e)) => Outcome {
+                    small: structured::json_answer_matches(e, &l.text),
+                    large: structured::json_answer_matches(e, &r.text),
+                },
+                (Some(Structured::Call), Some(e)) => Outcome {
+                    small: structured::call_matches(
+                        e,
+                        &edgecascade::tools::parse(&l.text, "eval").calls,
+                    ),
+                    large: structured::call_matches(e, &r.tool_calls),
+                },
+                _ => Outcome {
+                    small: score::is_correct(k, &l.text, &i.answer, &i.aliases, &i.choices),
+                    large: score::is_correct(k, &r.text, &i.answer, &i.aliases, &i.choices),
+                },
             }
         })
         .collect();
+    // An invalid structured local answer escalates whatever its confidence, as in the
+    // runtime's cascade: every ranking puts it first.
+    let invalid: Vec<bool> = validity.local.iter().map(|v| *v == Some(false)).collect();
+    let force = |mut scores: Vec<f64>| -> Vec<f64> {
+        for (s, &bad) in scores.iter_mut().zip(&invalid) {
+            if bad {
+                *s = f64::NEG_INFINITY;
+            }
+        }
+        scores
+    };
     let (small, large) = metrics::accuracies(&outcomes);
     let token_signals: Vec<Vec<TokenSignal>> = local.iter().map(signals_of).collect();
     let summaries: Vec<_> = token_signals
@@ -188,14 +213,16 @@ pub fn report(
             } else {
                 1.0
             };
-            let scores: Vec<f64> = summaries
-                .iter()
-                .map(|c| match signal.value(c) {
-                    // An empty answer always escalates (the cascade does so too).
-                    Some(v) if c.tokens > 0 => sign * v,
-                    _ => f64::NEG_INFINITY,
-                })
-                .collect();
+            let scores: Vec<f64> = force(
+                summaries
+                    .iter()
+                    .map(|c| match signal.value(c) {
+                        // An empty answer always escalates (the cascade does so too).
+                        Some(v) if c.tokens > 0 => sign * v,
+                        _ => f64::NEG_INFINITY,
+                    })
+                    .collect(),
+            );
             let report = metrics::report(&outcomes, &scores);
             Ranked {
                 name: signal.name(),
@@ -210,8 +237,9 @@ pub fn report(
     let both = labels.iter().any(|&l| l) && labels.iter().any(|&l| !l);
     let large_labels: Vec<bool> = outcomes.iter().map(|o| o.large).collect();
     let model = both.then(|| {
-        let held_out =
-            calibrated::cross_validate(&features, &labels, &groups, args.folds, args.seed, L2);
+        let held_out = force(calibrated::cross_validate(
+            &features, &labels, &groups, args.folds, args.seed, L2,
+        ));
         let report = metrics::report(&outcomes, &held_out);
         ranked.push(Ranked {
             name: "calibrated",
@@ -221,7 +249,7 @@ pub fn report(
             probe: false,
         });
         if large_labels.iter().any(|&l| l) && large_labels.iter().any(|&l| !l) {
-            let gain = calibrated::cross_validate_gain(
+            let gain = force(calibrated::cross_validate_gain(
                 &features,
                 &labels,
                 &large_labels,
@@ -229,7 +257,7 @@ pub fn report(
                 args.folds,
                 args.seed,
                 L2,
-            );
+            ));
             let report = metrics::report(&outcomes, &gain);
             ranked.push(Ranked {
                 name: "calibrated_gain",
@@ -266,12 +294,14 @@ pub fn report(
             small_name,
             large_name,
         )?;
-        for (name, scores, report) in &run.ranked {
+        for (name, scores, _) in &run.ranked {
+            let scores = force(scores.clone());
+            let report = metrics::report(&outcomes, &scores);
             ranked.push(Ranked {
                 name,
-                scores: scores.clone(),
+                scores,
                 sign: 1.0,
-                report: report.clone(),
+                report,
                 probe: true,
             });
         }
@@ -428,6 +458,7 @@ pub fn report(
         "sweep": sweep,
         "folds": args.folds,
         "probe": probe_run.as_ref().map(|p| p.json.clone()),
+        "structured": structured_summary(items, &outcomes, validity),
     });
 
     if let Some(path) = &args.details {
@@ -457,6 +488,24 @@ pub fn report(
             .map_err(|e| Failure::Runtime(format!("plot {}: {e}", path.display())))?;
     }
     let mut table = text_table(&out, &ranked, &pick, best.name);
+    if let Some(rows) = out["structured"].as_array() {
+        table.push_str("\nstructured items (valid / right):\n");
+        for r in rows {
+            let f = |v: &serde_json::Value| {
+                v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+            };
+            let _ = writeln!(
+                table,
+                "  {:<9} {:>5} items: local {} / {}, remote {} / {}",
+                r["kind"].as_str().unwrap_or_default(),
+                r["items"],
+                f(&r["local_valid"]),
+                f(&r["local_correct"]),
+                f(&r["remote_valid"]),
+                f(&r["remote_correct"]),
+            );
+        }
+    }
     if let Some(p) = &probe_run {
         table.push_str(&p.text);
     }
@@ -509,6 +558,38 @@ pub fn report(
         }
     }
     Ok(())
+}
+
+/// Validity and accuracy per tier for each kind of structured item; null without any.
+fn structured_summary(
+    items: &[Prepared],
+    outcomes: &[Outcome],
+    validity: &Validity,
+) -> serde_json::Value {
+    let mut rows = Vec::new();
+    for kind in [Structured::Json, Structured::Call] {
+        let idx: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].item.structured() == Some(kind))
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let m = idx.len() as f64;
+        let share = |f: &dyn Fn(usize) -> bool| idx.iter().filter(|&&i| f(i)).count() as f64 / m;
+        rows.push(json!({
+            "kind": kind.name(),
+            "items": idx.len(),
+            "local_valid": opt(Some(share(&|i| validity.local[i] == Some(true)))),
+            "remote_valid": opt(Some(share(&|i| validity.remote[i] == Some(true)))),
+            "local_correct": opt(Some(share(&|i| outcomes[i].small))),
+            "remote_correct": opt(Some(share(&|i| outcomes[i].large))),
+        }));
+    }
+    if rows.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(rows)
+    }
 }
 
 fn text_table(out: &serde_json::Value, ranked: &[Ranked], pick: &Pick, best: &str) -> String {
