@@ -400,6 +400,7 @@ impl Config {
         };
         resolve(&mut cfg.local.model);
         resolve(&mut cfg.ledger.path);
+        resolve(&mut cfg.cascade.probe);
         Ok(cfg)
     }
 
