@@ -9,6 +9,7 @@
 #   TriviaQA, common knowledge, arithmetic): local = SmolLM2-135M ->
 #   docs/eval/smollm2-short-vs-qwen15.{json,svg,html}, and Qwen2.5-Coder-0.5B ->
 #   docs/eval/qwen05-short-vs-qwen15.{json,svg}.
+# `--probe` adds the hidden-state probe's held-out figures (issue 11) to the JSON reports.
 # About 2 hours on 2 cores the first time (mostly the 1.5B remote answering); reruns come from
 # the eval cache (~/.cache/edgecascade/eval) in seconds.
 set -euo pipefail
@@ -34,7 +35,7 @@ mixed=()
 for d in arc_easy sciq mmlu boolq sst2 arithmetic triviaqa; do mixed+=(--dataset "data/eval/$d.jsonl"); done
 for pair in "smollm2:smollm2-135m-instruct-q4_1.gguf" "qwen05:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"; do
   name=${pair%%:*}
-  "$bin" eval --model "$models/${pair#*:}" "${mixed[@]}" "${remote[@]}" \
+  "$bin" eval --model "$models/${pair#*:}" "${mixed[@]}" "${remote[@]}" --probe \
     --plot "docs/eval/$name-vs-qwen15.svg" --json >"docs/eval/$name-vs-qwen15.json"
   # The human-readable report (from the cache).
   "$bin" eval --model "$models/${pair#*:}" "${mixed[@]}" "${remote[@]}"
@@ -45,8 +46,8 @@ done
 
 short=()
 for d in squad nq_open triviaqa common_knowledge arithmetic; do short+=(--dataset "data/eval/$d.jsonl"); done
-"$bin" eval --model "$smollm2" "${short[@]}" "${remote[@]}" \
+"$bin" eval --model "$smollm2" "${short[@]}" "${remote[@]}" --probe \
   --plot docs/eval/smollm2-short-vs-qwen15.svg --json >docs/eval/smollm2-short-vs-qwen15.json
 "$bin" eval --model "$smollm2" "${short[@]}" "${remote[@]}" --html docs/eval/smollm2-short-vs-qwen15.html
-"$bin" eval --model "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" "${short[@]}" "${remote[@]}" \
+"$bin" eval --model "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" "${short[@]}" "${remote[@]}" --probe \
   --plot docs/eval/qwen05-short-vs-qwen15.svg --json >docs/eval/qwen05-short-vs-qwen15.json
