@@ -273,6 +273,12 @@ pub fn run(
         "post_large": opt(metrics::auroc(&large, &post_l)),
     });
     let bounds = metrics::bounds(outcomes, groups);
+    // Where the gap to the oracle lies: the post-generation rule with one head replaced by the
+    // truth (knowing exactly when the small, or the large, model is right).
+    let truth = |v: &[bool]| -> Vec<f64> { v.iter().map(|&b| f64::from(u8::from(b))).collect() };
+    let with_true_small = metrics::report(outcomes, &gain(&truth(&small), &post_l)).apgr;
+    let with_true_large = metrics::report(outcomes, &gain(&post_s, &truth(&large))).apgr;
+    let oracle_apgr = metrics::report(outcomes, &metrics::oracle_scores(outcomes)).apgr;
     let passes =
         |r: &ScoreReport| matches!((r.apgr, bounds.small_known), (Some(a), Some(b)) if a > b);
 
@@ -324,6 +330,9 @@ pub fn run(
         "combined_pre_share": best_q,
         "combined_shares": shares,
         "small_known_ceiling": opt(bounds.small_known),
+        "apgr_with_true_small_head": opt(with_true_small),
+        "apgr_with_true_large_head": opt(with_true_large),
+        "oracle_apgr": opt(oracle_apgr),
         "passes_small_known": {"pre": passes(&pre_rep), "post": passes(&post_rep), "combined": passes(&comb_rep)},
         "chosen": chosen.map(|c| json!({
             "pre_small": choice_json(&c[0][0]), "pre_large": choice_json(&c[0][1]),
@@ -369,11 +378,14 @@ pub fn run(
     }
     let _ = writeln!(
         text,
-        "small_known ceiling {}: passed by pre {}, post {}, combined {}",
+        "small_known ceiling {}: passed by pre {}, post {}, combined {}; the post rule with the small head replaced by the truth {}, with the large head replaced {}, oracle {}",
         f(&out["small_known_ceiling"]),
         passes(&pre_rep),
         passes(&post_rep),
-        passes(&comb_rep)
+        passes(&comb_rep),
+        f(&out["apgr_with_true_small_head"]),
+        f(&out["apgr_with_true_large_head"]),
+        f(&out["oracle_apgr"]),
     );
     Ok(ProbeRun {
         ranked: vec![

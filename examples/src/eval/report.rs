@@ -343,6 +343,18 @@ pub fn report(
     let order = metrics::ascending(&best.scores);
     let per_1k = |usd: f64| usd / n.max(1) as f64 * 1000.0;
     let cascade_cost = usd_at(&order, pick.k);
+    // The same at a 20:1 remote-to-local price per token (a 7B local against a 70B remote).
+    let local_tokens: f64 = local
+        .iter()
+        .map(|l| f64::from(l.prompt_tokens) + l.signals.len() as f64)
+        .sum();
+    let remote_tokens: Vec<f64> = remote
+        .iter()
+        .map(|r| f64::from(r.prompt_tokens + r.completion_tokens))
+        .collect();
+    let all_remote_20 = 20.0 * remote_tokens.iter().sum::<f64>();
+    let cascade_20 =
+        local_tokens + 20.0 * order[..pick.k].iter().map(|&i| remote_tokens[i]).sum::<f64>();
 
     // Per task, at the recommended threshold.
     let mut escalated = vec![false; n];
@@ -451,6 +463,7 @@ pub fn report(
             "usd_per_1k_requests": per_1k(cascade_cost),
             "all_remote_usd_per_1k_requests": per_1k(all_remote),
             "savings_vs_all_remote": opt((all_remote > 0.0).then(|| 1.0 - cascade_cost / all_remote)),
+            "savings_vs_all_remote_20_to_1": opt((all_remote_20 > 0.0).then(|| 1.0 - cascade_20 / all_remote_20)),
         },
         "signals": signals,
         "random_apgr": opt(random.apgr),
