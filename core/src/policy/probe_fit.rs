@@ -330,13 +330,12 @@ mod tests {
         }
     }
 
+    /// Scalars, hidden states, small right, large right.
+    type Planted = (Vec<Vec<f64>>, Vec<Vec<f32>>, Vec<bool>, Vec<bool>);
+
     /// `n` items with `dh`-wide hidden states made of 6 strong latent factors plus noise;
     /// small is right when factor 0 is high, large when factor 1 is; one uninformative scalar.
-    fn planted(
-        n: usize,
-        dh: usize,
-        seed: u64,
-    ) -> (Vec<Vec<f64>>, Vec<Vec<f32>>, Vec<bool>, Vec<bool>) {
+    fn planted(n: usize, dh: usize, seed: u64) -> Planted {
         let mut r = Rng(seed);
         let loadings: Vec<Vec<f64>> = (0..6)
             .map(|_| (0..dh).map(|_| r.normal()).collect())

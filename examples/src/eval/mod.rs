@@ -298,22 +298,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
         p.item.structured().map(|kind| match kind {
             edgecascade::eval::Structured::Call => {
                 let parsed;
-                let calls = match calls {
-                    Some(c) => c,
-                    None => {
-                        parsed = edgecascade::tools::parse(text, "eval");
-                        if parsed.error.is_some() {
-                            return false;
-                        }
-                        &parsed.calls
+                let calls = if let Some(c) = calls {
+                    c
+                } else {
+                    parsed = edgecascade::tools::parse(text, "eval");
+                    if parsed.error.is_some() {
+                        return false;
                     }
+                    &parsed.calls
                 };
                 !calls.is_empty() && engine.check_calls(&p.request, calls).is_ok()
             }
             edgecascade::eval::Structured::Json => {
                 let t = edgecascade::eval::structured::parse_json(text)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| text.to_owned());
+                    .map_or_else(|| text.to_owned(), |v| v.to_string());
                 engine.check_format(&p.request.response_format, &t).is_ok()
             }
         })

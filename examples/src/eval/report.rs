@@ -353,8 +353,12 @@ pub fn report(
         .map(|r| f64::from(r.prompt_tokens + r.completion_tokens))
         .collect();
     let all_remote_20 = 20.0 * remote_tokens.iter().sum::<f64>();
-    let cascade_20 =
-        local_tokens + 20.0 * order[..pick.k].iter().map(|&i| remote_tokens[i]).sum::<f64>();
+    let cascade_20 = local_tokens
+        + 20.0
+            * order[..pick.k]
+                .iter()
+                .map(|&i| remote_tokens[i])
+                .sum::<f64>();
 
     // Per task, at the recommended threshold.
     let mut escalated = vec![false; n];
