@@ -107,18 +107,39 @@ pub fn infer_kind(messages: &[ChatMessage], hint: Option<Kind>) -> Option<Kind> 
     }
 }
 
-/// The feature vector for `e`.
-pub fn features(e: &Evidence<'_>) -> [f64; N] {
-    let c = crate::engine::local::confidence::summarize(e.signals);
-    let kind = infer_kind(e.messages, e.hint);
-    let ln = |p: f64| p.max(1e-6).ln();
-    let user = e
-        .messages
+/// The features known from the prompt alone: the kind's one-hot (choice, number, yesno,
+/// exact), the log prompt length and the last user message's digit share. The
+/// pre-generation probe uses them; [`features`] holds them too.
+pub fn prompt_features(
+    messages: &[ChatMessage],
+    hint: Option<Kind>,
+    prompt_tokens: u32,
+) -> [f64; 6] {
+    let kind = infer_kind(messages, hint);
+    let one_hot = |k: Kind| f64::from(kind == Some(k));
+    let user = messages
         .iter()
         .rev()
         .find(|m| m.role == Role::User)
         .map_or("", |m| m.content.as_str());
     let digits = user.chars().filter(char::is_ascii_digit).count() as f64;
+    [
+        one_hot(Kind::Choice),
+        one_hot(Kind::Number),
+        one_hot(Kind::YesNo),
+        one_hot(Kind::Exact),
+        (1.0 + f64::from(prompt_tokens)).ln(),
+        digits / user.chars().count().max(1) as f64,
+    ]
+}
+
+/// The feature vector for `e`.
+pub fn features(e: &Evidence<'_>) -> [f64; N] {
+    let c = crate::engine::local::confidence::summarize(e.signals);
+    let kind = infer_kind(e.messages, e.hint);
+    let ln = |p: f64| p.max(1e-6).ln();
+    let [kc, kn, ky, ke, ln_prompt, digit_share] =
+        prompt_features(e.messages, e.hint, e.prompt_tokens);
     let choices: Vec<String> = Vec::new();
     let extracted = kind.map(|k| answer::extract(k, e.text, &choices));
     let format_ok = match &extracted {
@@ -145,12 +166,12 @@ pub fn features(e: &Evidence<'_>) -> [f64; N] {
         (1.0 + f64::from(c.tokens)).ln(),
         f64::from(e.finish == FinishReason::Length),
         format_ok,
-        one_hot(Kind::Choice),
-        one_hot(Kind::Number),
-        one_hot(Kind::YesNo),
-        one_hot(Kind::Exact),
-        (1.0 + f64::from(e.prompt_tokens)).ln(),
-        digits / user.chars().count().max(1) as f64,
+        kc,
+        kn,
+        ky,
+        ke,
+        ln_prompt,
+        digit_share,
         answer_yes,
         one_hot(Kind::Choice) * fp,
         one_hot(Kind::Number) * fp,
@@ -259,6 +280,28 @@ pub(crate) fn sigmoid(z: f64) -> f64 {
 #[cfg(all(test, feature = "eval"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prompt_features_sit_in_the_full_vector_under_their_names() {
+        let m = [ChatMessage::user("Calculate 12 + 30")];
+        let e = Evidence {
+            messages: &m,
+            hint: None,
+            prompt_tokens: 20,
+            signals: &[],
+            text: "42",
+            finish: FinishReason::Stop,
+            hidden: None,
+            task: None,
+        };
+        let full = features(&e);
+        let pre = prompt_features(&m, None, 20);
+        for (i, name) in crate::policy::probe::PRE_FEATURES.iter().enumerate() {
+            let at = FEATURES.iter().position(|f| f == name).unwrap();
+            assert_eq!(full[at].to_bits(), pre[i].to_bits(), "{name}");
+        }
+        assert_eq!(pre[1], 1.0, "a number is asked for");
+    }
 
     #[test]
     fn kinds_are_inferred_from_the_prompt() {

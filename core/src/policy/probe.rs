@@ -14,20 +14,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::calibrated::{self, sigmoid, Evidence};
-use crate::types::{ChatMessage, Kind, Role};
+use crate::types::{ChatMessage, Kind};
 
 /// The probe file's format tag.
 pub const FORMAT: &str = "edgecascade-probe/1";
 
-/// Prompt-only scalar features, known before generation.
-pub const PRE_FEATURES: [&str; 6] = [
-    "kind_choice",
-    "kind_number",
-    "kind_yesno",
-    "kind_exact",
-    "ln_prompt_tokens",
-    "digit_share",
-];
+/// Prompt-only scalar features, known before generation: the calibrated features that need no
+/// answer (in [`calibrated::FEATURES`] they follow `format_ok`).
+pub const PRE_FEATURES: [&str; 6] = {
+    let f = calibrated::FEATURES;
+    [f[9], f[10], f[11], f[12], f[13], f[14]]
+};
 
 /// One logistic head: standardised scalar features and a weight vector over the hidden state
 /// (the prompt's, then, for post-generation heads, the answer's).
@@ -301,22 +298,7 @@ impl Probe {
     }
 }
 
-/// The prompt-only scalar features ([`PRE_FEATURES`]).
+/// The prompt-only scalar features ([`PRE_FEATURES`]), as the calibrated features hold them.
 pub fn pre_features(messages: &[ChatMessage], hint: Option<Kind>, prompt_tokens: u32) -> [f64; 6] {
-    let kind = calibrated::infer_kind(messages, hint);
-    let one_hot = |k: Kind| f64::from(kind == Some(k));
-    let user = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map_or("", |m| m.content.as_str());
-    let digits = user.chars().filter(char::is_ascii_digit).count() as f64;
-    [
-        one_hot(Kind::Choice),
-        one_hot(Kind::Number),
-        one_hot(Kind::YesNo),
-        one_hot(Kind::Exact),
-        (1.0 + f64::from(prompt_tokens)).ln(),
-        digits / user.chars().count().max(1) as f64,
-    ]
+    calibrated::prompt_features(messages, hint, prompt_tokens)
 }
