@@ -777,6 +777,16 @@ mod eval {
         if !data.exists() {
             std::fs::write(&data, ITEMS).unwrap();
         }
+        eval_on(&data, server, dir, extra)
+    }
+
+    /// `eval` of the items in `data` against `server` (cached under `dir`), with `extra` flags.
+    pub(super) fn eval_on(
+        data: &std::path::Path,
+        server: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> std::process::Output {
         edgecascade()
             .args([
                 "eval",
@@ -1028,24 +1038,7 @@ mod eval_structured {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("structured.jsonl");
         std::fs::write(&data, items()).unwrap();
-        let o = edgecascade()
-            .args([
-                "eval",
-                "--model",
-                model().to_str().unwrap(),
-                "--n-ctx",
-                "1024",
-            ])
-            .args([
-                "--dataset",
-                data.to_str().unwrap(),
-                "--remote-url",
-                &server.url(),
-            ])
-            .args(["--remote-model", "qwen", "--folds", "2", "--json"])
-            .args(["--cache-dir", dir.path().join("cache").to_str().unwrap()])
-            .output()
-            .expect("run eval");
+        let o = super::eval::eval_on(&data, &server.url(), dir.path(), &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let rows = v["structured"].as_array().unwrap_or_else(|| panic!("{v}"));
