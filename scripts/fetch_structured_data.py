@@ -5,13 +5,15 @@
   items (400), from the `bfcl-eval` wheel on PyPI (wheel only: no package code runs). Each
   item offers one function (BFCL's Python-flavoured types turned into JSON Schema) and expects
   a call: {"name", "arguments": {arg: [accepted values]}}, "" marking an optional argument.
+- data/eval/bfcl_required.jsonl: the same items under `tool_choice: required` (task
+  `bfcl_required`), the constrained call an app makes with a small model.
 - data/eval/json_extract.jsonl: extraction into JSON from text, built from three of the sets
   `scripts/fetch_eval_data.py` writes (run it first): SQuAD (the passage and question ->
   {"answer": string}, the first gold answer), BoolQ (passage and question -> {"answer":
   boolean}) and basic arithmetic ({"result": integer}), each under a strict JSON schema, with
   the source set as the item's `task`.
 
-    scripts/fetch_structured_data.py      # -> data/eval/{bfcl_simple,json_extract}.jsonl
+    scripts/fetch_structured_data.py      # -> data/eval/{bfcl_simple,bfcl_required,json_extract}.jsonl
 """
 import glob
 import json
@@ -109,9 +111,19 @@ def json_extract():
     return out
 
 
+def required(items):
+    """The same calls under `tool_choice: required`: decoding is constrained to a valid call,
+    the way an app uses a model too small to decide for itself (SmolLM2 never calls under
+    `auto`). Its own ids and task, so both variants can be evaluated together."""
+    return [dict(it, id=f"{it['id']}-required", task="bfcl_required", tool_choice={"type": "required"})
+            for it in items]
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    for name, items in [("bfcl_simple", bfcl_jsonl()), ("json_extract", json_extract())]:
+    bfcl = bfcl_jsonl()
+    for name, items in [("bfcl_simple", bfcl), ("bfcl_required", required(bfcl)),
+                        ("json_extract", json_extract())]:
         path = os.path.join(OUT, f"{name}.jsonl")
         with open(path, "w") as f:
             for it in items:

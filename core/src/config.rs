@@ -259,6 +259,19 @@ pub struct CascadeConfig {
     /// --write-probe`; it must match the local model's sha256.
     #[cfg_attr(feature = "uniffi", uniffi(default))]
     pub probe: Option<PathBuf>,
+    /// For answers decoded under a grammar (a JSON schema, or a forced tool call): the signal
+    /// that decides instead of `signal`. Unset: `min_prob`, the lowest probability the model
+    /// gave a token it wrote, read before the grammar's mask, so it falls when the grammar
+    /// forced a token the model did not want. Only the raw signals (`mean_logprob`,
+    /// `min_prob`, `p10_prob`, `mean_entropy`) can be set: the calibrated ones are fitted on
+    /// free text.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub structured_signal: Option<crate::policy::Signal>,
+    /// Its threshold. Unset: [`crate::policy::STRUCTURED_MIN_PROB`] for `min_prob` (measured
+    /// by `edgecascade eval` on tool calls and JSON extraction; `eval --write-config` fits your
+    /// own); with another `structured_signal` it must be set.
+    #[cfg_attr(feature = "uniffi", uniffi(default))]
+    pub structured_threshold: Option<f64>,
 }
 
 impl Default for CascadeConfig {
@@ -270,6 +283,8 @@ impl Default for CascadeConfig {
             mid_stream_min_tokens: 8,
             calibrated: None,
             probe: None,
+            structured_signal: None,
+            structured_threshold: None,
         }
     }
 }

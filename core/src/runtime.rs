@@ -1020,19 +1020,23 @@ impl Runtime {
             Verdict::Escalate(Reason::InvalidOutput, format!("{what}: {why}"))
         } else {
             let shift = policy::Shift::of(&routed.device, &self.config.device);
-            policy.decide(
-                &policy::Evidence {
-                    messages: &req.messages,
-                    hint: req.task_hint,
-                    prompt_tokens: draft.prompt_tokens,
-                    signals: &draft.signals,
-                    text: &draft.text,
-                    finish: draft.finish_reason,
-                    hidden: draft.hidden.as_ref(),
-                    task: req.task.as_deref(),
-                },
-                &shift,
-            )
+            let evidence = policy::Evidence {
+                messages: &req.messages,
+                hint: req.task_hint,
+                prompt_tokens: draft.prompt_tokens,
+                signals: &draft.signals,
+                text: &draft.text,
+                finish: draft.finish_reason,
+                hidden: draft.hidden.as_ref(),
+                task: req.task.as_deref(),
+            };
+            // Under a grammar the answer is valid by construction; what tells is whether the
+            // grammar had to force tokens the model did not want.
+            if crate::tools::constrained(req) {
+                policy.decide_structured(&evidence, &shift)
+            } else {
+                policy.decide(&evidence, &shift)
+            }
         };
         let (reason, detail) = match verdict {
             Verdict::Escalate(reason, detail) => (reason, detail),

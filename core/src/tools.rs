@@ -462,6 +462,17 @@ pub(crate) fn call_schema(tools: &[&Tool]) -> Value {
 /// The llguidance (Lark) grammar that forces one call, for `required` or a named function:
 /// `<tool_call>\n{...}\n</tool_call>` when `tagged`, else the bare object. `None` when the
 /// request does not force a call.
+/// Whether the local tier decodes `req` under a grammar: a JSON response format, or a forced
+/// call to one of its tools.
+pub fn constrained(req: &ChatRequest) -> bool {
+    !matches!(req.response_format, crate::types::ResponseFormat::Text)
+        || match &req.tool_choice {
+            ToolChoice::Required => !req.tools.is_empty(),
+            ToolChoice::Function { name } => req.tools.iter().any(|t| &t.name == name),
+            _ => false,
+        }
+}
+
 pub(crate) fn forced_grammar(req: &ChatRequest, tagged: bool) -> Option<String> {
     let tools: Vec<&Tool> = match &req.tool_choice {
         ToolChoice::Required => req.tools.iter().collect(),

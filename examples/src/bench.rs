@@ -70,6 +70,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let info = engine.info().clone();
     engine.bench_once(args.prompt_tokens, args.gen_tokens)?; // warm-up
     let (mut pp, mut tg, mut ttft, mut conf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut outside = Vec::new();
     for i in 0..args.reps {
         let o = engine.bench_once(args.prompt_tokens, args.gen_tokens)?;
         let p = f64::from(o.prompt_tokens_evaluated) / (o.prefill_ms / 1e3);
@@ -88,8 +89,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         tg.push(d);
         ttft.push(o.ttft_ms);
         conf.push(100.0 * o.confidence_ms / o.decode_ms);
+        // Decode time spent on our side of the loop (sampling, confidence, text, callbacks):
+        // everything but llama.cpp's decode of the fed-back tokens.
+        outside.push(100.0 * (1.0 - o.decode_call_ms / o.decode_ms));
     }
     let (pp, tg, ttft, conf) = (median(pp), median(tg), median(ttft), median(conf));
+    let outside = median(outside);
     if args.json {
         println!(
             "{}",
@@ -97,12 +102,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 "model": info.path, "prefill_tok_s": pp, "decode_tok_s": tg, "ttft_ms": ttft,
                 "threads": info.threads, "threads_batch": info.threads_batch,
                 "confidence_pct_of_decode": conf, "n_vocab": info.n_vocab,
+                "outside_llama_decode_pct_of_decode": outside,
                 "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "reps": args.reps,
             })
         );
     } else {
         println!(
-            "{}: pp{} {pp:.1} tok/s · tg{} {tg:.1} tok/s · TTFT {ttft:.1} ms · confidence {conf:.2}% of decode (median of {}, {} threads)",
+            "{}: pp{} {pp:.1} tok/s · tg{} {tg:.1} tok/s · TTFT {ttft:.1} ms · confidence {conf:.2}% of decode, outside llama_decode {outside:.2}% (median of {}, {} threads)",
             info.name, args.prompt_tokens, args.gen_tokens, args.reps, info.threads
         );
     }

@@ -1038,7 +1038,13 @@ mod eval_structured {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("structured.jsonl");
         std::fs::write(&data, items()).unwrap();
-        let o = super::eval::eval_on(&data, &server.url(), dir.path(), &[]);
+        let config = dir.path().join("edgecascade.toml");
+        let o = super::eval::eval_on(
+            &data,
+            &server.url(),
+            dir.path(),
+            &["--write-config", config.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let rows = v["structured"].as_array().unwrap_or_else(|| panic!("{v}"));
@@ -1059,6 +1065,28 @@ mod eval_structured {
         assert!(json["remote_valid"].as_f64().unwrap() >= 2.0 / 3.0, "{v}");
         assert!(call["remote_correct"].as_f64().unwrap() >= 0.5, "{v}");
         assert_eq!(v["items"], 5);
+        // Every item was decoded under a grammar: the rule for those is measured on all five,
+        // per raw signal, and written into the config, which loads.
+        let rule = &v["structured_rule"];
+        assert_eq!(rule["items"], 5, "{v}");
+        for s in ["mean_logprob", "min_prob", "p10_prob", "mean_entropy"] {
+            assert!(rule["signals"][s]["threshold"].is_number(), "{s}: {v}");
+        }
+        let signal = rule["recommended"]["structured_signal"].as_str().unwrap();
+        let threshold = rule["recommended"]["structured_threshold"]
+            .as_f64()
+            .unwrap();
+        let written: edgecascade::Config =
+            toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        assert_eq!(
+            written
+                .cascade
+                .structured_signal
+                .map(edgecascade::policy::Signal::name),
+            Some(signal)
+        );
+        assert!((written.cascade.structured_threshold.unwrap() - threshold).abs() < 1e-6);
+        edgecascade::policy::Cascade::new(&written.cascade).unwrap();
     }
 }
 

@@ -268,9 +268,17 @@ pub struct Cascade {
     /// The hidden-state probe (`signal = "probe"`), loaded by the runtime against its model.
     probe: Option<std::sync::Arc<probe::Probe>>,
     threshold: f64,
+    /// The signal and threshold for answers decoded under a grammar.
+    structured: (Signal, f64),
     floor: f64,
     min_tokens: u32,
 }
+
+/// The default `[cascade] structured_threshold` for `min_prob`: a grammar-constrained local
+/// answer escalates when the model gave one of its tokens less than this probability. Measured
+/// with `edgecascade eval` on BFCL calls under `tool_choice: required` and on JSON extraction
+/// (README, "Structured output and the cascade").
+pub const STRUCTURED_MIN_PROB: f64 = 0.05;
 
 /// The cascade's decision after the local answer, with its reason and detail.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +287,40 @@ pub enum Verdict {
     Accept(Reason, String),
     /// Escalate (low_confidence, or thermal / low_power when only the shift escalated it).
     Escalate(Reason, String),
+}
+
+/// `[cascade] structured_signal` and `structured_threshold`, checked, with their defaults.
+fn structured_rule(c: &CascadeConfig) -> Result<(Signal, f64), String> {
+    let signal = c.structured_signal.unwrap_or(Signal::MinProb);
+    if signal.value(&Confidence::default()).is_none() {
+        return Err(format!(
+            "cascade.structured_signal = {:?}: only mean_logprob, min_prob, p10_prob or mean_entropy (the calibrated signals are fitted on free text)",
+            signal.name()
+        ));
+    }
+    let threshold = match (c.structured_threshold, signal) {
+        (Some(t), _) => t,
+        (None, Signal::MinProb) => STRUCTURED_MIN_PROB,
+        (None, s) => {
+            return Err(format!(
+                "cascade.structured_signal = {:?} needs cascade.structured_threshold",
+                s.name()
+            ))
+        }
+    };
+    let probability = matches!(signal, Signal::MinProb | Signal::P10Prob);
+    if !threshold.is_finite() || (probability && !(0.0..=1.0).contains(&threshold)) {
+        return Err(format!(
+            "cascade.structured_threshold {threshold} must be {} for {}",
+            if probability {
+                "a probability (0 to 1)"
+            } else {
+                "a finite number"
+            },
+            signal.name()
+        ));
+    }
+    Ok((signal, threshold))
 }
 
 /// Tokens in the rolling window of the mid-stream check.
@@ -327,11 +369,13 @@ impl Cascade {
                 ));
             }
         }
+        let structured = structured_rule(c)?;
         Ok(Self {
             signal,
             model: c.calibrated.clone(),
             probe: None,
             threshold: c.threshold,
+            structured,
             floor: c.mid_stream_floor,
             min_tokens: c.mid_stream_min_tokens,
         })
@@ -408,17 +452,40 @@ impl Cascade {
         if e.signals.is_empty() || e.text.trim().is_empty() {
             return Verdict::Escalate(Reason::LowConfidence, "the local answer is empty".into());
         }
-        let v = self.score(e);
+        Self::verdict(self.signal, self.threshold, self.score(e), shift, "")
+    }
+
+    /// [`Self::decide`] for an answer decoded under a grammar (a JSON schema, a forced tool
+    /// call): `structured_signal` and `structured_threshold` decide.
+    pub fn decide_structured(&self, e: &Evidence<'_>, shift: &Shift) -> Verdict {
+        if e.signals.is_empty() || e.text.trim().is_empty() {
+            return Verdict::Escalate(Reason::LowConfidence, "the local answer is empty".into());
+        }
+        let (signal, threshold) = self.structured;
+        let v = signal
+            .value(&crate::engine::local::confidence::summarize(e.signals))
+            .unwrap_or(f64::NAN);
+        Self::verdict(
+            signal,
+            threshold,
+            v,
+            shift,
+            " for grammar-constrained answers",
+        )
+    }
+
+    /// The verdict of `signal`'s value `v` against `base` moved by `shift`.
+    fn verdict(signal: Signal, base: f64, v: f64, shift: &Shift, which: &str) -> Verdict {
         // Towards escalating: up for the signals that escalate below, down for entropy.
-        let toward = if self.signal == Signal::MeanEntropy {
+        let toward = if signal == Signal::MeanEntropy {
             -1.0
         } else {
             1.0
         };
-        let threshold = self.threshold + toward * shift.net();
-        let plain = v.is_nan() || self.signal.unsure(v, self.threshold);
-        let shifted = v.is_nan() || self.signal.unsure(v, threshold);
-        let name = self.signal.name();
+        let threshold = base + toward * shift.net();
+        let plain = v.is_nan() || signal.unsure(v, base);
+        let shifted = v.is_nan() || signal.unsure(v, threshold);
+        let name = signal.name();
         let reason = |own| match shift.reason() {
             Some(r) if plain != shifted => r,
             _ => own,
@@ -427,20 +494,19 @@ impl Cascade {
             String::new()
         } else {
             format!(
-                " ({} moved it from {})",
+                " ({} moved it from {base})",
                 shift.reason().map_or("", |r| r.as_str()),
-                self.threshold
             )
         };
         if shifted {
             Verdict::Escalate(
                 reason(Reason::LowConfidence),
-                format!("{name} {v:.3} is past the threshold {threshold:.3}{moved}"),
+                format!("{name} {v:.3} is past the threshold{which} {threshold:.3}{moved}"),
             )
         } else {
             Verdict::Accept(
                 reason(Reason::Accepted),
-                format!("{name} {v:.3} clears the threshold {threshold:.3}{moved}"),
+                format!("{name} {v:.3} clears the threshold{which} {threshold:.3}{moved}"),
             )
         }
     }
@@ -801,6 +867,70 @@ mod tests {
             ("accept", Reason::Accepted)
         );
         assert_eq!(reason(c.decide(&e, &hot)), ("escalate", Reason::Thermal));
+    }
+
+    #[test]
+    fn grammar_constrained_answers_have_their_own_rule() {
+        // Nine sure tokens and one the grammar forced at p = 0.02: the mean logprob is high,
+        // the lowest probability is not.
+        let mut signals = vec![
+            TokenSignal {
+                logprob: -0.01,
+                entropy: 0.1,
+                margin: 5.0,
+                top_logprob: -0.01,
+            };
+            10
+        ];
+        signals[4].logprob = 0.02f32.ln();
+        let messages = [crate::types::ChatMessage::user("hi")];
+        let e = Evidence {
+            messages: &messages,
+            hint: None,
+            prompt_tokens: 5,
+            signals: &signals,
+            text: "{\"a\": 1}",
+            finish: crate::types::FinishReason::Stop,
+            hidden: None,
+            task: None,
+        };
+        let escalates = |v: Verdict| matches!(v, Verdict::Escalate(..));
+        // The default: min_prob under STRUCTURED_MIN_PROB escalates a constrained answer that
+        // the text rule (mean logprob against -1.0) keeps.
+        let c = Cascade::new(&CascadeConfig::default()).unwrap();
+        assert!(!escalates(c.decide(&e, &Shift::NONE)));
+        let v = c.decide_structured(&e, &Shift::NONE);
+        assert!(
+            matches!(&v, Verdict::Escalate(Reason::LowConfidence, d) if d.contains("min_prob 0.020") && d.contains("grammar-constrained")),
+            "{v:?}"
+        );
+        // Configured: another signal with its threshold; 0 turns min_prob off.
+        let with = |signal, threshold| {
+            Cascade::new(&CascadeConfig {
+                structured_signal: signal,
+                structured_threshold: threshold,
+                ..CascadeConfig::default()
+            })
+        };
+        let off = with(None, Some(0.0)).unwrap();
+        assert!(!escalates(off.decide_structured(&e, &Shift::NONE)));
+        let mean = with(Some(Signal::MeanLogprob), Some(-0.5)).unwrap();
+        assert!(!escalates(mean.decide_structured(&e, &Shift::NONE)));
+        // Refused: a signal without its threshold, a calibrated signal, a probability
+        // outside 0 to 1, a NaN.
+        for (signal, threshold, says) in [
+            (
+                Some(Signal::MeanLogprob),
+                None,
+                "needs cascade.structured_threshold",
+            ),
+            (Some(Signal::Calibrated), Some(0.5), "only mean_logprob"),
+            (None, Some(1.5), "a probability"),
+            (Some(Signal::MeanEntropy), Some(f64::NAN), "a finite number"),
+        ] {
+            let err = with(signal, threshold).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -996,3 +996,68 @@ fn a_bad_local_tool_call_escalates_and_a_good_one_streams_only_its_content() {
     assert!(r.tool_calls.is_empty());
     assert_eq!(r.finish_reason, FinishReason::Stop);
 }
+
+#[test]
+fn a_call_the_grammar_forced_against_the_model_escalates_on_its_own_rule() {
+    let weather = crate::types::Tool {
+        name: "get_weather".into(),
+        description: None,
+        parameters:
+            r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#
+                .into(),
+    };
+    // A valid call whose city the model gave probability `p`; every other token sure.
+    let run = |choice: crate::types::ToolChoice, p: f32| {
+        let tokens: Vec<(&'static str, f32)> = vec![
+            ("<tool_call>\n", 0.99),
+            ("{\"name\": ", 0.99),
+            ("\"get_weather\", ", 0.99),
+            ("\"arguments\": ", 0.99),
+            ("{\"city\": ", 0.99),
+            ("\"Paris", p),
+            ("\"}}", 0.99),
+            ("\n</tool_call>", 0.99),
+        ];
+        let remote = ScriptedRemote::new(RemoteMode::Answer);
+        let rt = runtime(
+            config(None, BudgetConfig::default()),
+            Some(ScriptedLocal::new(&tokens)),
+            Some(Arc::clone(&remote)),
+        );
+        let req = ChatRequest {
+            tools: vec![weather.clone()],
+            tool_choice: choice,
+            ..ask()
+        };
+        let r = rt.chat(&req, &NullSink).unwrap();
+        (
+            r.route,
+            r.reason,
+            r.reason_detail,
+            remote.calls.load(Ordering::SeqCst),
+        )
+    };
+    // Forced (`required`), the city at p = 0.02: under the default min_prob 0.05, escalated,
+    // although the mean logprob (-0.50) clears the text rule's -1.0.
+    let (route, reason, detail, calls) = run(crate::types::ToolChoice::Required, 0.02);
+    assert_eq!(
+        (route, reason, calls),
+        (Route::Escalated, Reason::LowConfidence, 1)
+    );
+    assert!(
+        detail.contains("min_prob 0.020") && detail.contains("grammar-constrained"),
+        "{detail}"
+    );
+    // The same for a named function.
+    let named = crate::types::ToolChoice::Function {
+        name: "get_weather".into(),
+    };
+    assert_eq!(run(named, 0.02).0, Route::Escalated);
+    // At p = 0.2 the forced call is kept.
+    let (route, reason, _, calls) = run(crate::types::ToolChoice::Required, 0.2);
+    assert_eq!((route, reason, calls), (Route::Local, Reason::Accepted, 0));
+    // Free (`auto`), the same answer is judged by the text rule: kept.
+    let (route, _, detail, calls) = run(crate::types::ToolChoice::Auto, 0.02);
+    assert_eq!((route, calls), (Route::Local, 0));
+    assert!(detail.contains("mean_logprob"), "{detail}");
+}

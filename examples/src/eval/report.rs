@@ -444,7 +444,7 @@ pub fn report(
         );
     }
     let sweep = sweep_of(best);
-    let out = json!({
+    let mut out = json!({
         "items": n,
         "datasets": dataset_names,
         "small_model": small_name,
@@ -477,6 +477,10 @@ pub fn report(
         "probe": probe_run.as_ref().map(|p| p.json.clone()),
         "structured": structured_summary(items, &outcomes, validity),
     });
+    let structured_rule = structured_rule(items, &outcomes, &ranked, args);
+    if let Some((rule, _)) = &structured_rule {
+        out["structured_rule"] = rule.clone();
+    }
 
     if let Some(path) = &args.details {
         let mut text = String::new();
@@ -523,6 +527,29 @@ pub fn report(
             );
         }
     }
+    if let Some((rule, _)) = &structured_rule {
+        let f =
+            |v: &serde_json::Value| v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"));
+        let _ = writeln!(
+            table,
+            "\ngrammar-constrained items ({}: small {}, large {}), each signal on them alone:",
+            rule["items"],
+            f(&rule["small_accuracy"]),
+            f(&rule["large_accuracy"]),
+        );
+        for (name, r) in rule["signals"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                table,
+                "  {name:<13} AUROC {} APGR {} CPT95 {}; threshold {} escalates {} for {}",
+                f(&r["auroc"]),
+                f(&r["apgr"]),
+                f(&r["cpt95"]),
+                f(&r["threshold"]),
+                f(&r["escalation_rate"]),
+                f(&r["accuracy"]),
+            );
+        }
+    }
     if let Some(p) = &probe_run {
         table.push_str(&p.text);
     }
@@ -561,6 +588,7 @@ pub fn report(
                 .as_ref()
                 .filter(|_| best.name.starts_with("calibrated")),
             probe_file.map(|(p, _)| p),
+            structured_rule.as_ref().map(|(_, r)| *r),
         )?;
     }
     if args.json {
@@ -575,6 +603,66 @@ pub fn report(
         }
     }
     Ok(())
+}
+
+/// The items the local tier decoded under a grammar (a JSON format, a forced call): each raw
+/// signal's figures over them alone, and the best one's threshold at the target, for
+/// `[cascade] structured_signal` and `structured_threshold`. `None` without such items.
+fn structured_rule(
+    items: &[Prepared],
+    outcomes: &[Outcome],
+    ranked: &[Ranked],
+    args: &Args,
+) -> Option<(serde_json::Value, (&'static str, f64))> {
+    let idx: Vec<usize> = (0..items.len())
+        .filter(|&i| edgecascade::tools::constrained(&items[i].request))
+        .collect();
+    if idx.is_empty() {
+        return None;
+    }
+    let o: Vec<Outcome> = idx.iter().map(|&i| outcomes[i]).collect();
+    let (small, large) = metrics::accuracies(&o);
+    let mut signals = serde_json::Map::new();
+    let mut best: Option<(f64, &'static str, f64)> = None;
+    for r in ranked
+        .iter()
+        .filter(|r| RAW.iter().any(|s| s.name() == r.name))
+    {
+        let scores: Vec<f64> = idx.iter().map(|&i| r.scores[i]).collect();
+        let rep = metrics::report(&o, &scores);
+        let pick = choose(&rep.curve, &scores, large, args);
+        // Invalid answers rank first (-inf) and escalate whatever the threshold: place it
+        // among the valid answers' scores, so that it is a number the config takes.
+        let invalid = scores.iter().filter(|s| **s == f64::NEG_INFINITY).count();
+        let finite: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
+        let t = r.sign * metrics::threshold_for(&finite, pick.k.saturating_sub(invalid));
+        let t = if r.name == Signal::MinProb.name() || r.name == Signal::P10Prob.name() {
+            t.clamp(0.0, 1.0)
+        } else {
+            t
+        };
+        signals.insert(
+            r.name.into(),
+            json!({
+                "auroc": opt(rep.auroc), "apgr": opt(rep.apgr), "cpt95": opt(rep.cpt[2]),
+                "threshold": t, "escalation_rate": opt(Some(pick.escalation)),
+                "accuracy": opt(Some(pick.accuracy)), "target_reached": pick.reached,
+            }),
+        );
+        let apgr = rep.apgr.unwrap_or(f64::NEG_INFINITY);
+        if best.is_none_or(|(a, ..)| apgr > a) {
+            best = Some((apgr, r.name, t));
+        }
+    }
+    let (_, name, threshold) = best?;
+    let rule = json!({
+        "items": idx.len(),
+        "small_accuracy": opt(Some(small)),
+        "large_accuracy": opt(Some(large)),
+        "signals": signals,
+        "recommended": {"structured_signal": name, "structured_threshold": threshold},
+    });
+    Some((rule, (name, threshold)))
 }
 
 /// Validity and accuracy per tier for each kind of structured item; null without any.
@@ -809,6 +897,7 @@ fn write_config(
     threshold: f64,
     model: Option<&CalibratedModel>,
     probe: Option<&Path>,
+    structured: Option<(&str, f64)>,
 ) -> Result<(), Failure> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -829,6 +918,10 @@ fn write_config(
     cascade["threshold"] = toml_edit::value((threshold * 1e6).round() / 1e6);
     cascade.remove("calibrated");
     cascade.remove("probe");
+    if let Some((signal, threshold)) = structured {
+        cascade["structured_signal"] = toml_edit::value(signal);
+        cascade["structured_threshold"] = toml_edit::value((threshold * 1e6).round() / 1e6);
+    }
     if let Some(p) = probe {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         cascade["probe"] = toml_edit::value(abs.to_string_lossy().as_ref());
