@@ -47,9 +47,9 @@ check_target() { # target, prerequisite test, what is missing, check command
 }
 check_target aarch64-linux-android '[ -n "${ANDROID_NDK_HOME:-}" ] && command -v cargo-ndk >/dev/null' \
   "no Android NDK (set ANDROID_NDK_HOME and install cargo-ndk)" \
-  'cargo ndk -t arm64-v8a --platform 26 check -q -p edgecascade-ffi --no-default-features' 
+  'cargo ndk -t arm64-v8a --platform 26 check -q -p edgecascade-ffi --no-default-features --features structured' 
 check_target aarch64-apple-ios '[ "$(uname)" = Darwin ] && command -v xcrun >/dev/null' \
   "not on macOS with Xcode (the iOS SDK's clang builds llama.cpp)" \
-  'cargo check -q -p edgecascade-ffi --no-default-features --features metal --target aarch64-apple-ios' 
+  'cargo check -q -p edgecascade-ffi --no-default-features --features metal,structured --target aarch64-apple-ios' 
 echo "test result: swift. $passed passed; $failed failed; (Swift SDK checked against generated bindings; mobile targets)"
 [ "$failed" = 0 ]

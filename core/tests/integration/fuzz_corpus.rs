@@ -74,6 +74,7 @@ fn config_corpus_replays_without_panics() {
 }
 
 #[test]
+#[cfg(feature = "eval")]
 fn score_corpus_replays_without_panics() {
     let files = inputs("score");
     assert!(files.len() >= 4, "the seeds are missing: {files:?}");

@@ -11,6 +11,7 @@ mod fault_server;
 mod file_host;
 mod fuzz_corpus;
 mod hidden;
+mod lean;
 mod local;
 mod privacy;
 mod probe;

@@ -297,14 +297,18 @@ impl Gen {
     pub(super) fn new(
         sampling: &Sampling,
         n_vocab: u32,
-        constraint: Option<llguidance::Matcher>,
+        constraint: Option<super::constraint::Matcher>,
         stop: &[String],
         limit: usize,
         ignore_eos: bool,
         t0: Instant,
     ) -> Self {
         Self {
-            sampler: build_sampler(sampling, n_vocab as i32, constraint.map(LlamaSampler::from)),
+            sampler: build_sampler(
+                sampling,
+                n_vocab as i32,
+                constraint.map(super::constraint::sampler),
+            ),
             stream: text::TextStream::new(stop),
             text: String::new(),
             signals: Vec::with_capacity(limit.min(4096)),

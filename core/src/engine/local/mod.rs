@@ -195,7 +195,7 @@ pub(crate) struct RunOptions<'a> {
     /// Capture the final hidden states, and maybe stop after the prompt.
     pub hidden: GenerateOptions<'a>,
     /// A structured-output constraint, first in the sampler chain.
-    pub constraint: Option<llguidance::Matcher>,
+    pub constraint: Option<constraint::Matcher>,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
     /// Do not reuse a slot's cached prefix (benchmarks, cold measurements).
@@ -212,7 +212,7 @@ impl LocalEngine {
 
     /// The constraint for `req`: a forced tool call, else its response format; `None` for
     /// free text.
-    fn matcher(&self, req: &ChatRequest) -> Result<Option<llguidance::Matcher>, LocalError> {
+    fn matcher(&self, req: &ChatRequest) -> Result<Option<constraint::Matcher>, LocalError> {
         let tagged = self.jinja.as_ref().is_none_or(|j| j.tagged);
         if let Some(grammar) = crate::tools::forced_grammar(req, tagged) {
             return self.grammars()?.lark_matcher(grammar).map(Some);
@@ -241,6 +241,10 @@ impl LocalEngine {
         calls: &[crate::types::ToolCall],
     ) -> Result<(), String> {
         crate::tools::check(req, calls)?;
+        // Without the `structured` feature the argument types go unchecked (no grammar).
+        if cfg!(not(feature = "structured")) {
+            return Ok(());
+        }
         for c in calls {
             let Some(tool) = req.tools.iter().find(|t| t.name == c.name) else {
                 continue;
@@ -264,7 +268,10 @@ impl LocalEngine {
         text: &str,
     ) -> Result<(), String> {
         constraint::check_json(format, text)?;
-        if !matches!(format, crate::types::ResponseFormat::JsonSchema { .. }) {
+        // Without the `structured` feature: the JSON's shape only (no grammar).
+        if !matches!(format, crate::types::ResponseFormat::JsonSchema { .. })
+            || cfg!(not(feature = "structured"))
+        {
             return Ok(());
         }
         let tokens = self.grammar_tokens(text.trim());
@@ -483,7 +490,7 @@ impl LocalEngine {
         // A structured answer continues from where the draft left the grammar.
         let constraint = match self.matcher(req)? {
             Some(mut m) => {
-                let _ = m.try_consume_tokens(&self.grammar_tokens(draft));
+                constraint::advance(&mut m, &self.grammar_tokens(draft));
                 Some(m)
             }
             None => None,
