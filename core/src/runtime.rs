@@ -380,10 +380,14 @@ impl Runtime {
             return Ok(None);
         };
         let model = &engine.info().path;
-        let sha = crate::models::pull::sha256_file(model)
-            .map_err(|e| ConfigError::Invalid(format!("model {}: {e}", model.display())))?
-            .map(|(h, _)| h)
-            .unwrap_or_default();
+        // The hash the model manager recorded, while the file is unchanged; else hash it.
+        let sha = match crate::models::Store::known_sha256(model) {
+            Some(h) => h,
+            None => crate::models::pull::sha256_file(model)
+                .map_err(|e| ConfigError::Invalid(format!("model {}: {e}", model.display())))?
+                .map(|(h, _)| h)
+                .unwrap_or_default(),
+        };
         crate::policy::probe::Probe::load(path, &sha, model, engine.n_embd())
             .map(Some)
             .map_err(|e| ConfigError::Invalid(e.to_string()).into())

@@ -30,6 +30,21 @@ struct Recorded {
     sha256: String,
     size: u64,
     last_used: f64,
+    /// The file's modification time when it was hashed (Unix seconds; absent in older
+    /// manifests).
+    #[serde(default)]
+    mtime: Option<f64>,
+}
+
+/// A file's size and modification time (Unix seconds).
+fn stamp(path: &Path) -> Option<(u64, f64)> {
+    let md = std::fs::metadata(path).ok()?;
+    let t = md
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some((md.len(), t.as_secs_f64()))
 }
 
 /// A model file in a models folder.
@@ -101,9 +116,21 @@ impl Store {
                 sha256: sha256.to_owned(),
                 size,
                 last_used: crate::cost::now_s(),
+                mtime: stamp(path).filter(|(n, _)| *n == size).map(|(_, t)| t),
             },
         );
         self.write(&m);
+    }
+
+    /// The sha256 its folder's manifest recorded for `path`, if the file still has the size
+    /// and modification time it had when it was hashed: hashing a 4 GB model takes about 20 s,
+    /// which the runtime then saves at load (a probe checks the model by its hash).
+    pub fn known_sha256(path: &Path) -> Option<String> {
+        let store = Store::new(path.parent()?);
+        let m = store.read();
+        let r = m.files.get(&Self::key(path))?;
+        let (size, mtime) = stamp(path)?;
+        (r.size == size && r.mtime == Some(mtime)).then(|| r.sha256.clone())
     }
 
     /// Notes that `path` was used now, if its folder is a managed one (has a manifest that
@@ -298,4 +325,41 @@ pub(crate) fn make_room(r: &PullRequest, need: u64) -> Result<Vec<String>, PullE
         }
     }
     Ok(evicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_hash_is_trusted_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let f = dir.path().join("m.gguf");
+        std::fs::write(&f, b"GGUF model bytes").unwrap();
+        // Unmanaged folder, or a file never recorded: unknown.
+        assert_eq!(Store::known_sha256(&f), None);
+        let (sha, size) = pull::sha256_file(&f).unwrap().unwrap();
+        store.record(&f, &sha, size);
+        assert_eq!(Store::known_sha256(&f).as_deref(), Some(sha.as_str()));
+        // Rewritten with the same size at another time: unknown again.
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            .unwrap();
+        drop(file);
+        assert_eq!(Store::known_sha256(&f), None);
+        // Recorded again, then grown: unknown.
+        store.record(&f, &sha, size);
+        assert!(Store::known_sha256(&f).is_some());
+        std::fs::write(&f, b"GGUF model bytes, longer").unwrap();
+        assert_eq!(Store::known_sha256(&f), None);
+        // A manifest from before mtimes were recorded is read, and its hash not trusted.
+        let old = format!(
+            r#"{{"files":{{"m.gguf":{{"sha256":"{sha}","size":{},"last_used":1.0}}}}}}"#,
+            std::fs::metadata(&f).unwrap().len()
+        );
+        std::fs::write(dir.path().join(MANIFEST), old).unwrap();
+        assert_eq!(store.list()[0].sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(Store::known_sha256(&f), None);
+    }
 }
