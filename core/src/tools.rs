@@ -459,9 +459,6 @@ pub(crate) fn call_schema(tools: &[&Tool]) -> Value {
     schema
 }
 
-/// The llguidance (Lark) grammar that forces one call, for `required` or a named function:
-/// `<tool_call>\n{...}\n</tool_call>` when `tagged`, else the bare object. `None` when the
-/// request does not force a call.
 /// Whether the local tier decodes `req` under a grammar: a JSON response format, or a forced
 /// call to one of its tools.
 pub fn constrained(req: &ChatRequest) -> bool {
@@ -473,6 +470,9 @@ pub fn constrained(req: &ChatRequest) -> bool {
         }
 }
 
+/// The llguidance (Lark) grammar that forces one call, for `required` or a named function:
+/// `<tool_call>\n{...}\n</tool_call>` when `tagged`, else the bare object. `None` when the
+/// request does not force a call.
 pub(crate) fn forced_grammar(req: &ChatRequest, tagged: bool) -> Option<String> {
     let tools: Vec<&Tool> = match &req.tool_choice {
         ToolChoice::Required => req.tools.iter().collect(),
@@ -488,6 +488,25 @@ pub(crate) fn forced_grammar(req: &ChatRequest, tagged: bool) -> Option<String> 
     } else {
         format!("start: call\ncall: %json {schema}\n")
     })
+}
+
+/// The constrained fallback under `auto`, for a model whose chat template has no tool section
+/// (the tools are described in its system turn): the answer is free text that does not start
+/// with `<`, or one call in `<tool_call>` tags whose JSON the grammar holds to the tools'
+/// schemas. The model still chooses, at its first token; once it starts a call, the call is
+/// valid. `None` unless `req` offers tools under `auto` with a text response format.
+pub(crate) fn auto_grammar(req: &ChatRequest) -> Option<String> {
+    if req.tools.is_empty()
+        || req.tool_choice != ToolChoice::Auto
+        || !matches!(req.response_format, crate::types::ResponseFormat::Text)
+    {
+        return None;
+    }
+    let tools: Vec<&Tool> = req.tools.iter().collect();
+    let schema = call_schema(&tools);
+    Some(format!(
+        "start: TEXT | \"{OPEN}\\n\" call \"\\n{CLOSE}\"\nTEXT: /[^<](?s:.*)/\ncall: %json {schema}\n"
+    ))
 }
 
 #[cfg(test)]

@@ -137,6 +137,44 @@ fn forced_calls_are_valid_on_both_template_paths() {
     }
 }
 
+/// SmolLM2's template has no tool section: under `auto` it decodes under the constrained
+/// fallback, so a text answer stays text and a call, once started, is valid.
+#[test]
+fn under_auto_a_template_without_tools_gets_text_or_a_valid_call() {
+    let rt = smol_rt();
+    let engine = rt.local_engine().expect("local");
+    let req = ChatRequest {
+        tools: vec![weather(), order()],
+        max_tokens: 160,
+        ..ChatRequest::user("Send two boxes of tea (sku TEA-1) to Lyon, express.")
+    };
+    // What the model writes on its own: either is fine, and either is valid.
+    let r = rt.chat(&req, &edgecascade::NullSink).expect("answer");
+    assert_eq!(r.format_error, None, "{r:?}");
+    assert!(
+        r.tool_calls.len() == 1 || !r.text.trim().is_empty(),
+        "{r:?}"
+    );
+    // Once a call has started (the answer continued from its opening tag), the grammar holds
+    // it to a valid call to one of the tools, whatever the model would rather write.
+    let draft = "<tool_call>\n";
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let out = engine
+        .continue_answer(&req, draft, &cancel, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("continue");
+    let text = format!("{draft}{}", out.text);
+    let parsed = edgecascade::tools::parse(&text, "t");
+    assert_eq!(parsed.error, None, "{text}");
+    assert_eq!(parsed.calls.len(), 1, "{text}");
+    engine
+        .check_calls(&req, &parsed.calls)
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    // A text answer cannot start with the tag's first character, so no half-written markup.
+    assert!(!r.text.starts_with('<'), "{r:?}");
+}
+
 #[test]
 fn qwen_calls_in_its_own_format_and_reads_the_result() {
     let rt = qwen_rt();

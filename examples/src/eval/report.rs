@@ -477,7 +477,7 @@ pub fn report(
         "probe": probe_run.as_ref().map(|p| p.json.clone()),
         "structured": structured_summary(items, &outcomes, validity),
     });
-    let structured_rule = structured_rule(items, &outcomes, &ranked, args);
+    let structured_rule = structured_rule(items, &outcomes, validity, &ranked, args);
     if let Some((rule, _)) = &structured_rule {
         out["structured_rule"] = rule.clone();
     }
@@ -549,6 +549,19 @@ pub fn report(
                 f(&r["accuracy"]),
             );
         }
+        for k in rule["cascade"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                table,
+                "  cascade under {}: {} escalates {}, valid {}, right {}",
+                rule["recommended"]["structured_signal"]
+                    .as_str()
+                    .unwrap_or_default(),
+                k["kind"].as_str().unwrap_or_default(),
+                f(&k["escalation_rate"]),
+                f(&k["cascade_valid"]),
+                f(&k["cascade_correct"]),
+            );
+        }
     }
     if let Some(p) = &probe_run {
         table.push_str(&p.text);
@@ -611,6 +624,7 @@ pub fn report(
 fn structured_rule(
     items: &[Prepared],
     outcomes: &[Outcome],
+    validity: &Validity,
     ranked: &[Ranked],
     args: &Args,
 ) -> Option<(serde_json::Value, (&'static str, f64))> {
@@ -623,7 +637,8 @@ fn structured_rule(
     let o: Vec<Outcome> = idx.iter().map(|&i| outcomes[i]).collect();
     let (small, large) = metrics::accuracies(&o);
     let mut signals = serde_json::Map::new();
-    let mut best: Option<(f64, &'static str, f64)> = None;
+    // (APGR, name, config threshold, the ranking and its cut in score units)
+    let mut best: Option<(f64, &'static str, f64, &Ranked, f64)> = None;
     for r in ranked
         .iter()
         .filter(|r| RAW.iter().any(|s| s.name() == r.name))
@@ -651,16 +666,44 @@ fn structured_rule(
         );
         let apgr = rep.apgr.unwrap_or(f64::NEG_INFINITY);
         if best.is_none_or(|(a, ..)| apgr > a) {
-            best = Some((apgr, r.name, t));
+            best = Some((apgr, r.name, t, r, pick.threshold));
         }
     }
-    let (_, name, threshold) = best?;
+    let (_, name, threshold, r, cut) = best?;
+    // The cascade under that rule, per kind: what escalates (an invalid local answer always),
+    // and whether the answer the caller gets is valid and right.
+    let mut kinds = Vec::new();
+    for kind in [Structured::Json, Structured::Call] {
+        let ik: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| items[i].item.structured() == Some(kind))
+            .collect();
+        if ik.is_empty() {
+            continue;
+        }
+        let m = ik.len() as f64;
+        let up = |i: usize| validity.local[i] == Some(false) || r.scores[i] < cut;
+        let share = |f: &dyn Fn(usize) -> bool| ik.iter().filter(|&&i| f(i)).count() as f64 / m;
+        kinds.push(json!({
+            "kind": kind.name(),
+            "items": ik.len(),
+            "escalation_rate": opt(Some(share(&|i| up(i)))),
+            "cascade_valid": opt(Some(share(&|i| {
+                if up(i) { validity.remote[i] == Some(true) } else { validity.local[i] == Some(true) }
+            }))),
+            "cascade_correct": opt(Some(share(&|i| {
+                if up(i) { outcomes[i].large } else { outcomes[i].small }
+            }))),
+        }));
+    }
     let rule = json!({
         "items": idx.len(),
         "small_accuracy": opt(Some(small)),
         "large_accuracy": opt(Some(large)),
         "signals": signals,
         "recommended": {"structured_signal": name, "structured_threshold": threshold},
+        "cascade": kinds,
     });
     Some((rule, (name, threshold)))
 }

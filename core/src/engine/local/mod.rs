@@ -217,6 +217,14 @@ impl LocalEngine {
         if let Some(grammar) = crate::tools::forced_grammar(req, tagged) {
             return self.grammars()?.lark_matcher(grammar).map(Some);
         }
+        // Tools under `auto` with no tool section in the model's template: the constrained
+        // fallback (text, or one valid call). Without the `structured` feature, decoded
+        // freely and checked afterwards.
+        if self.jinja.is_none() && cfg!(feature = "structured") {
+            if let Some(grammar) = crate::tools::auto_grammar(req) {
+                return self.grammars()?.lark_matcher(grammar).map(Some);
+            }
+        }
         if matches!(req.response_format, crate::types::ResponseFormat::Text) {
             return Ok(None);
         }
