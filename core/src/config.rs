@@ -260,16 +260,16 @@ pub struct CascadeConfig {
     #[cfg_attr(feature = "uniffi", uniffi(default))]
     pub probe: Option<PathBuf>,
     /// For answers decoded under a grammar (a JSON schema, or a forced tool call): the signal
-    /// that decides instead of `signal`. Unset: `min_prob`, the lowest probability the model
-    /// gave a token it wrote, read before the grammar's mask, so it falls when the grammar
-    /// forced a token the model did not want. Only the raw signals (`mean_logprob`,
-    /// `min_prob`, `p10_prob`, `mean_entropy`) can be set: the calibrated ones are fitted on
-    /// free text.
+    /// that decides instead of `signal`. Unset: `mean_entropy`, the most consistent signal
+    /// `eval` measured on such answers. `max_forced` (how much more probable the model's own
+    /// top token was than the token the grammar let through) and the other raw signals
+    /// (`mean_logprob`, `min_prob`, `p10_prob`) can be set; the calibrated ones cannot (they
+    /// are fitted on free text).
     #[cfg_attr(feature = "uniffi", uniffi(default))]
     pub structured_signal: Option<crate::policy::Signal>,
-    /// Its threshold. Unset: [`crate::policy::STRUCTURED_MIN_PROB`] for `min_prob` (measured
-    /// by `edgecascade eval` on tool calls and JSON extraction; `eval --write-config` fits your
-    /// own); with another `structured_signal` it must be set.
+    /// Its threshold. Unset: 0.6 for `mean_entropy` ([`crate::policy::STRUCTURED_DEFAULT`],
+    /// measured by `edgecascade eval` on tool calls and JSON extraction; `eval --write-config`
+    /// fits your own); with another `structured_signal` it must be set.
     #[cfg_attr(feature = "uniffi", uniffi(default))]
     pub structured_threshold: Option<f64>,
 }

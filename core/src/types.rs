@@ -408,6 +408,11 @@ pub struct Confidence {
     pub first_prob: f64,
     /// Number of tokens summarised.
     pub tokens: u32,
+    /// The largest gap between the probability of the model's own top token and that of the
+    /// token written: 0 when every token was the model's first choice, large when a grammar
+    /// forced a token the model did not want.
+    #[serde(default)]
+    pub max_forced: f64,
 }
 
 /// Where an answer came from. The why is [`Response::reason`].
@@ -704,6 +709,7 @@ impl Response {
                 "mean_entropy": c.mean_entropy,
                 "mean_margin": c.mean_margin,
                 "first_prob": c.first_prob,
+                "max_forced": c.max_forced,
             })),
             "cost": {
                 "local_usd": self.cost.local_usd,

@@ -1069,7 +1069,13 @@ mod eval_structured {
         // per raw signal, and written into the config, which loads.
         let rule = &v["structured_rule"];
         assert_eq!(rule["items"], 5, "{v}");
-        for s in ["mean_logprob", "min_prob", "p10_prob", "mean_entropy"] {
+        for s in [
+            "mean_logprob",
+            "min_prob",
+            "p10_prob",
+            "mean_entropy",
+            "max_forced",
+        ] {
             assert!(rule["signals"][s]["threshold"].is_number(), "{s}: {v}");
         }
         let signal = rule["recommended"]["structured_signal"].as_str().unwrap();

@@ -1019,8 +1019,11 @@ fn a_call_the_grammar_forced_against_the_model_escalates_on_its_own_rule() {
             ("\n</tool_call>", 0.99),
         ];
         let remote = ScriptedRemote::new(RemoteMode::Answer);
+        let mut cfg = config(None, BudgetConfig::default());
+        cfg.cascade.structured_signal = Some(crate::policy::Signal::MinProb);
+        cfg.cascade.structured_threshold = Some(0.05);
         let rt = runtime(
-            config(None, BudgetConfig::default()),
+            cfg,
             Some(ScriptedLocal::new(&tokens)),
             Some(Arc::clone(&remote)),
         );
@@ -1037,7 +1040,7 @@ fn a_call_the_grammar_forced_against_the_model_escalates_on_its_own_rule() {
             remote.calls.load(Ordering::SeqCst),
         )
     };
-    // Forced (`required`), the city at p = 0.02: under the default min_prob 0.05, escalated,
+    // Forced (`required`), the city at p = 0.02: under min_prob 0.05, escalated,
     // although the mean logprob (-0.50) clears the text rule's -1.0.
     let (route, reason, detail, calls) = run(crate::types::ToolChoice::Required, 0.02);
     assert_eq!(

@@ -39,6 +39,10 @@ pub struct LocalResult {
     pub prompt_tokens: u32,
     /// Per generated token: [logprob, entropy, margin].
     pub signals: Vec<[f32; 3]>,
+    /// Per generated token, the log-probability of the model's own top token, where a grammar
+    /// may have written another (absent in older caches: then the token written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<f32>>,
     /// Wall time of the generation.
     pub ms: f64,
     /// Of which evaluating the prompt.
@@ -334,6 +338,7 @@ pub fn run_local(
                 .iter()
                 .map(|s| [s.logprob, s.entropy, s.margin])
                 .collect(),
+            top: Some(out.signals.iter().map(|s| s.top_logprob).collect()),
             ms: out.total_ms,
             prefill_ms: out.prefill_ms,
             hidden: out.hidden.map(|h| Hidden {
@@ -403,6 +408,7 @@ fn scored(
         finish: "stop".into(),
         prompt_tokens,
         signals: vec![[s.logprob, s.entropy, s.margin]],
+        top: None,
         ms: t.elapsed().as_secs_f64() * 1e3,
         prefill_ms: 0.0,
         hidden: None,

@@ -92,8 +92,21 @@ fn signals_of(l: &LocalResult) -> Vec<TokenSignal> {
             logprob: s[0],
             entropy: s[1],
             margin: s[2],
-            // Eval decodes greedily: the chosen token is the top one.
+            // Eval decodes greedily: without a grammar the chosen token is the top one.
             top_logprob: s[0],
+        })
+        .zip(
+            l.top
+                .iter()
+                .flatten()
+                .map(Some)
+                .chain(std::iter::repeat(None)),
+        )
+        .map(|(mut s, top)| {
+            if let Some(&t) = top {
+                s.top_logprob = t;
+            }
+            s
         })
         .collect()
 }
@@ -204,15 +217,19 @@ pub fn report(
         })
         .collect();
 
+    // How hard the grammar forced tokens says something only where one was in force.
+    let constrained = items
+        .iter()
+        .any(|p| edgecascade::tools::constrained(&p.request));
+    let forced = constrained.then_some(Signal::MaxForced);
     let mut ranked: Vec<Ranked> = RAW
         .iter()
-        .map(|&signal| {
-            // Higher = surer: entropy escalates above its threshold, the others below.
-            let sign = if signal == Signal::MeanEntropy {
-                -1.0
-            } else {
-                1.0
-            };
+        .copied()
+        .chain(forced)
+        .map(|signal| {
+            // Higher = surer: entropy and forcing escalate above their threshold, the others
+            // below.
+            let sign = if signal.escalates_above() { -1.0 } else { 1.0 };
             let scores: Vec<f64> = force(
                 summaries
                     .iter()
@@ -639,10 +656,11 @@ fn structured_rule(
     let mut signals = serde_json::Map::new();
     // (APGR, name, config threshold, the ranking and its cut in score units)
     let mut best: Option<(f64, &'static str, f64, &Ranked, f64)> = None;
-    for r in ranked
-        .iter()
-        .filter(|r| RAW.iter().any(|s| s.name() == r.name))
-    {
+    for r in ranked.iter().filter(|r| {
+        RAW.iter()
+            .chain(&[Signal::MaxForced])
+            .any(|s| s.name() == r.name)
+    }) {
         let scores: Vec<f64> = idx.iter().map(|&i| r.scores[i]).collect();
         let rep = metrics::report(&o, &scores);
         let pick = choose(&rep.curve, &scores, large, args);
@@ -651,7 +669,10 @@ fn structured_rule(
         let invalid = scores.iter().filter(|s| **s == f64::NEG_INFINITY).count();
         let finite: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
         let t = r.sign * metrics::threshold_for(&finite, pick.k.saturating_sub(invalid));
-        let t = if r.name == Signal::MinProb.name() || r.name == Signal::P10Prob.name() {
+        let t = if [Signal::MinProb, Signal::P10Prob, Signal::MaxForced]
+            .iter()
+            .any(|s| s.name() == r.name)
+        {
             t.clamp(0.0, 1.0)
         } else {
             t

@@ -203,6 +203,10 @@ pub fn summarize(signals: &[TokenSignal]) -> Confidence {
         mean_margin: signals.iter().map(|s| f64::from(s.margin)).sum::<f64>() / n,
         first_prob,
         tokens: signals.len() as u32,
+        max_forced: signals
+            .iter()
+            .map(|s| f64::from(s.top_logprob.exp() - s.prob()).max(0.0))
+            .fold(0.0, f64::max),
     }
 }
 
@@ -290,5 +294,12 @@ mod tests {
         assert!((c.min_prob - 0.1).abs() < 1e-6 && (c.p10_prob - 0.1).abs() < 1e-6);
         assert!((c.first_prob - 0.1).abs() < 1e-6 && c.tokens == 10);
         assert_eq!(summarize(&[]).tokens, 0);
+        // Every token the model's first choice: nothing forced.
+        assert_eq!(c.max_forced, 0.0);
+        // A grammar wrote a token at 0.1 where the model's top token had 0.7: forced by 0.6.
+        let mut forced = sig(0.1);
+        forced.top_logprob = 0.7f32.ln();
+        let c = summarize(&[sig(0.9), forced, sig(0.8)]);
+        assert!((c.max_forced - 0.6).abs() < 1e-6, "{}", c.max_forced);
     }
 }
