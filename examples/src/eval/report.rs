@@ -88,25 +88,19 @@ pub(super) fn choose(curve: &[f64], scores: &[f64], large: f64, args: &Args) -> 
 fn signals_of(l: &LocalResult) -> Vec<TokenSignal> {
     l.signals
         .iter()
-        .map(|s| TokenSignal {
+        .enumerate()
+        .map(|(i, s)| TokenSignal {
             logprob: s[0],
             entropy: s[1],
             margin: s[2],
-            // Eval decodes greedily: without a grammar the chosen token is the top one.
-            top_logprob: s[0],
-        })
-        .zip(
-            l.top
-                .iter()
-                .flatten()
-                .map(Some)
-                .chain(std::iter::repeat(None)),
-        )
-        .map(|(mut s, top)| {
-            if let Some(&t) = top {
-                s.top_logprob = t;
-            }
-            s
+            // The model's own top token; caches from before it was kept hold only the token
+            // written, which is the top one when no grammar was in force (greedy decoding).
+            top_logprob: l
+                .top
+                .as_ref()
+                .and_then(|t| t.get(i))
+                .copied()
+                .unwrap_or(s[0]),
         })
         .collect()
 }
