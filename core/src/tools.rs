@@ -433,14 +433,38 @@ pub(crate) fn check(req: &ChatRequest, calls: &[ToolCall]) -> Result<(), String>
     Ok(())
 }
 
-/// The JSON schema of one call to any of `tools`: `{"name": <const>, "arguments": <params>}`.
+/// Closes every object schema that lists its properties and says nothing of others
+/// (`additionalProperties: false`), down through properties and array items. For decoding
+/// only: a small model given an open object can wander off a declared key into an invented one
+/// (BFCL, Qwen2.5-0.5B: `"year': 2020}}</tool_call>..."` written as one key, which put a
+/// closing tag inside the call), while an app's function takes only the arguments it declares.
+/// The after-the-fact check keeps the schema as written.
+fn closed(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {
+            for p in props.values_mut() {
+                *p = closed(p.take());
+            }
+        }
+        if let Some(items) = o.get_mut("items") {
+            *items = closed(items.take());
+        }
+    }
+    v
+}
+
+/// The JSON schema of one call to any of `tools`: `{"name": <const>, "arguments": <params>}`,
+/// the parameters closed to the arguments they declare.
 pub(crate) fn call_schema(tools: &[&Tool]) -> Value {
     let one = |t: &Tool| {
         json!({
             "type": "object",
             "properties": {
                 "name": {"const": t.name},
-                "arguments": parameters(t).unwrap_or_else(|_| json!({"type": "object"})),
+                "arguments": parameters(t).map_or_else(|_| json!({"type": "object"}), closed),
             },
             "required": ["name", "arguments"],
             "additionalProperties": false,
@@ -512,6 +536,39 @@ pub(crate) fn auto_grammar(req: &ChatRequest) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_closes_open_objects_and_keeps_what_the_schema_says() {
+        let t = Tool {
+            name: "f".into(),
+            description: None,
+            parameters: json!({"type": "object", "properties": {
+                "a": {"type": "object", "properties": {"x": {"type": "integer"}}},
+                "b": {"type": "array", "items": {"type": "object", "properties": {"y": {"type": "string"}}}},
+                "c": {"type": "object", "properties": {}, "additionalProperties": true},
+                "d": {"type": "object"}
+            }})
+            .to_string(),
+        };
+        let s = call_schema(&[&t]);
+        let args = &s["properties"]["arguments"];
+        assert_eq!(args["additionalProperties"], false, "{s}");
+        assert_eq!(args["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(
+            args["properties"]["b"]["items"]["additionalProperties"],
+            false
+        );
+        // Said explicitly, or an object without listed properties: left as it is.
+        assert_eq!(args["properties"]["c"]["additionalProperties"], true);
+        assert!(args["properties"]["d"]
+            .get("additionalProperties")
+            .is_none());
+        // The check reads the schema as written.
+        assert!(parameters(&t)
+            .unwrap()
+            .get("additionalProperties")
+            .is_none());
+    }
 
     fn weather() -> Tool {
         Tool {

@@ -501,6 +501,7 @@ pub fn report(
                 "answer": p.item.answer, "local": local[i].text, "remote": remote[i].text,
                 "small_correct": outcomes[i].small, "large_correct": outcomes[i].large,
                 "local_finish": local[i].finish, "prompt_tokens": local[i].prompt_tokens,
+                "local_valid": validity.local[i], "remote_valid": validity.remote[i],
                 "token_signals": local[i].signals,
             });
             for r in &ranked {
