@@ -487,22 +487,23 @@ pub(crate) fn call_schema(tools: &[&Tool]) -> Value {
 /// call to one of its tools.
 pub fn constrained(req: &ChatRequest) -> bool {
     !matches!(req.response_format, crate::types::ResponseFormat::Text)
-        || match &req.tool_choice {
-            ToolChoice::Required => !req.tools.is_empty(),
-            ToolChoice::Function { name } => req.tools.iter().any(|t| &t.name == name),
-            _ => false,
-        }
+        || !forced_tools(req).is_empty()
+}
+
+/// The tools `req` forces a call to: all of them under `required`, the named one, else none.
+fn forced_tools(req: &ChatRequest) -> Vec<&Tool> {
+    match &req.tool_choice {
+        ToolChoice::Required => req.tools.iter().collect(),
+        ToolChoice::Function { name } => req.tools.iter().filter(|t| &t.name == name).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The llguidance (Lark) grammar that forces one call, for `required` or a named function:
 /// `<tool_call>\n{...}\n</tool_call>` when `tagged`, else the bare object. `None` when the
 /// request does not force a call.
 pub(crate) fn forced_grammar(req: &ChatRequest, tagged: bool) -> Option<String> {
-    let tools: Vec<&Tool> = match &req.tool_choice {
-        ToolChoice::Required => req.tools.iter().collect(),
-        ToolChoice::Function { name } => req.tools.iter().filter(|t| &t.name == name).collect(),
-        _ => return None,
-    };
+    let tools = forced_tools(req);
     if tools.is_empty() {
         return None;
     }
