@@ -330,9 +330,16 @@ pub fn parse(text: &str, id: &str) -> Parsed {
     text[..start].trim_end().clone_into(&mut parsed.content);
     let mut rest = &text[start..];
     while let Some(body) = rest.strip_prefix(OPEN) {
-        let (inner, after, closed) = match body.find(CLOSE) {
-            Some(end) => (&body[..end], &body[end + CLOSE.len()..], true),
-            None => (body, "", false),
+        // The call ends after its JSON value and the closing tag (an argument may hold the
+        // tag itself); failing that, at the first closing tag.
+        let value_then_tag = json_prefix(body).and_then(|end| {
+            let tail = body[end..].trim_start();
+            tail.strip_prefix(CLOSE).map(|after| (&body[..end], after))
+        });
+        let (inner, after, closed) = match (value_then_tag, body.find(CLOSE)) {
+            (Some((inner, after)), _) => (inner, after, true),
+            (None, Some(end)) => (&body[..end], &body[end + CLOSE.len()..], true),
+            (None, None) => (body, "", false),
         };
         let n = parsed.calls.len() + 1;
         match serde_json::from_str::<Value>(inner.trim()) {
@@ -364,6 +371,17 @@ pub fn parse(text: &str, id: &str) -> Parsed {
         }
     }
     parsed
+}
+
+/// The byte length of the JSON value at the start of `s` (after whitespace), if one is there.
+fn json_prefix(s: &str) -> Option<usize> {
+    let lead = s.len() - s.trim_start().len();
+    let mut values =
+        serde_json::Deserializer::from_str(&s[lead..]).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => Some(lead + values.byte_offset()),
+        _ => None,
+    }
 }
 
 /// Why `calls` are not acceptable answers to `req` (name unknown, a required argument missing,
@@ -622,6 +640,21 @@ mod tests {
                 ..Parsed::default()
             }
         );
+    }
+
+    #[test]
+    fn a_closing_tag_inside_an_argument_does_not_end_the_call() {
+        let p = parse(
+            "<tool_call>\n{\"name\": \"note\", \"arguments\": {\"text\": \"a</tool_call>b\"}}\n</tool_call>\nDone.",
+            "x",
+        );
+        assert_eq!(p.error, None);
+        assert_eq!(p.calls.len(), 1);
+        assert_eq!(p.calls[0].arguments, r#"{"text":"a</tool_call>b"}"#);
+        assert_eq!(p.content, "Done.");
+        // JSON followed by something other than the tag: read up to the tag, as before.
+        let p = parse("<tool_call>{\"name\": \"f\"} x</tool_call>", "x");
+        assert!(p.error.unwrap().contains("not JSON"));
     }
 
     #[test]
