@@ -998,16 +998,22 @@ impl Runtime {
         // in full (the continuation of nothing).
         let gated = draft.gated.then(|| predicted.take()).flatten();
         let cut_short = mid.is_some() || draft.gated;
+        // A structured answer the token budget closed early parses, but its last value was cut.
+        let budget = || format!("cut short by max_tokens ({})", req.max_tokens);
+        let at_budget = draft.finish_reason == FinishReason::Length;
         let malformed = if draft.gated {
             None
         } else if stream.tools {
             let parsed = crate::tools::parse(&draft.text, id);
             match parsed.error {
                 Some(e) => Some(e),
+                None if at_budget && !parsed.calls.is_empty() => Some(budget()),
                 None => local.check_calls(req, &parsed.calls).err(),
             }
         } else if matches!(req.response_format, ResponseFormat::Text) {
             None
+        } else if at_budget {
+            Some(budget())
         } else {
             local.check_format(&req.response_format, &draft.text).err()
         };

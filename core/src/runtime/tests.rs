@@ -902,6 +902,33 @@ fn a_local_answer_outside_the_response_format_escalates_and_a_bad_remote_one_is_
             .is_some_and(|e| e.contains("not valid JSON")),
         "{r:?}"
     );
+    // Valid JSON, but the token budget ended it (the grammar closed it early): its last value
+    // was cut, so it escalates however sure it was.
+    let remote = ScriptedRemote::new(RemoteMode::Answer);
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(&[
+            ("{\"capital\": ", 0.95),
+            ("\"Par\"}", 0.95),
+            ("unsaid", 0.95),
+        ])),
+        Some(Arc::clone(&remote)),
+    );
+    let req = ChatRequest {
+        response_format: crate::types::ResponseFormat::JsonObject,
+        max_tokens: 2,
+        ..ask()
+    };
+    let r = rt.chat(&req, &NullSink).unwrap();
+    assert_eq!(
+        (r.route, r.reason, remote.calls.load(Ordering::SeqCst)),
+        (Route::Escalated, Reason::InvalidOutput, 1)
+    );
+    assert!(
+        r.reason_detail.contains("cut short by max_tokens"),
+        "{}",
+        r.reason_detail
+    );
     // A text request is never checked.
     let remote = ScriptedRemote::new(RemoteMode::Answer);
     let rt = runtime(

@@ -115,6 +115,16 @@ pub struct Validity {
     pub local: Vec<Option<bool>>,
     /// The remote answers.
     pub remote: Vec<Option<bool>>,
+    /// Structured local answers cut short by `max_tokens` (closed early by the budget, or left
+    /// incomplete): the runtime's cascade escalates them whatever their confidence.
+    pub cut: Vec<bool>,
+}
+
+impl Validity {
+    /// Whether the cascade escalates item `i`'s local answer whatever its confidence.
+    pub fn escalates(&self, i: usize) -> bool {
+        self.local[i] == Some(false) || self.cut[i]
+    }
 }
 
 fn load_items(path: &Path) -> Result<Vec<Item>, Failure> {
@@ -326,6 +336,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .iter()
             .zip(&remote_out)
             .map(|(p, r)| check(p, &r.text, Some(&r.tool_calls)))
+            .collect(),
+        cut: prepared
+            .iter()
+            .zip(&local)
+            .map(|(p, l)| p.item.structured().is_some() && l.finish == "length")
             .collect(),
     };
     drop(engine);

@@ -159,9 +159,11 @@ pub fn report(
             }
         })
         .collect();
-    // An invalid structured local answer escalates whatever its confidence, as in the
-    // runtime's cascade: every ranking puts it first.
-    let invalid: Vec<bool> = validity.local.iter().map(|v| *v == Some(false)).collect();
+    // An invalid structured local answer, or one cut short by max_tokens, escalates whatever
+    // its confidence, as in the runtime's cascade: every ranking puts it first.
+    let invalid: Vec<bool> = (0..validity.local.len())
+        .map(|i| validity.escalates(i))
+        .collect();
     let force = |mut scores: Vec<f64>| -> Vec<f64> {
         for (s, &bad) in scores.iter_mut().zip(&invalid) {
             if bad {
@@ -529,11 +531,12 @@ pub fn report(
             };
             let _ = writeln!(
                 table,
-                "  {:<9} {:>5} items: local {} / {}, remote {} / {}",
+                "  {:<9} {:>5} items: local {} / {} (cut by max_tokens {}), remote {} / {}",
                 r["kind"].as_str().unwrap_or_default(),
                 r["items"],
                 f(&r["local_valid"]),
                 f(&r["local_correct"]),
+                f(&r["local_cut"]),
                 f(&r["remote_valid"]),
                 f(&r["remote_correct"]),
             );
@@ -699,7 +702,7 @@ fn structured_rule(
             continue;
         }
         let m = ik.len() as f64;
-        let up = |i: usize| validity.local[i] == Some(false) || r.scores[i] < cut;
+        let up = |i: usize| validity.escalates(i) || r.scores[i] < cut;
         let share = |f: &dyn Fn(usize) -> bool| ik.iter().filter(|&&i| f(i)).count() as f64 / m;
         kinds.push(json!({
             "kind": kind.name(),
@@ -744,6 +747,7 @@ fn structured_summary(
             "kind": kind.name(),
             "items": idx.len(),
             "local_valid": opt(Some(share(&|i| validity.local[i] == Some(true)))),
+            "local_cut": opt(Some(share(&|i| validity.cut[i]))),
             "remote_valid": opt(Some(share(&|i| validity.remote[i] == Some(true)))),
             "local_correct": opt(Some(share(&|i| outcomes[i].small))),
             "remote_correct": opt(Some(share(&|i| outcomes[i].large))),

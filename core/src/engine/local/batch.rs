@@ -38,7 +38,7 @@ pub(super) struct Job {
     pub(super) max_tokens: u32,
     pub(super) sampling: Sampling,
     pub(super) stop: Vec<String>,
-    pub(super) constraint: Option<super::constraint::Matcher>,
+    pub(super) constraint: Option<super::constraint::Constraint>,
     pub(super) reuse_prefix: bool,
     pub(super) t0: Instant,
 }

@@ -275,6 +275,7 @@ pub(super) fn empty_output(
 /// it, one sampled token per step.
 pub(super) struct Gen {
     sampler: Option<LlamaSampler>,
+    constraint: Option<super::constraint::Constraint>,
     stream: text::TextStream,
     text: String,
     signals: Vec<TokenSignal>,
@@ -297,18 +298,15 @@ impl Gen {
     pub(super) fn new(
         sampling: &Sampling,
         n_vocab: u32,
-        constraint: Option<super::constraint::Matcher>,
+        constraint: Option<super::constraint::Constraint>,
         stop: &[String],
         limit: usize,
         ignore_eos: bool,
         t0: Instant,
     ) -> Self {
         Self {
-            sampler: build_sampler(
-                sampling,
-                n_vocab as i32,
-                constraint.map(super::constraint::sampler),
-            ),
+            sampler: build_sampler(sampling, n_vocab as i32),
+            constraint,
             stream: text::TextStream::new(stop),
             text: String::new(),
             signals: Vec::with_capacity(limit.min(4096)),
@@ -344,9 +342,13 @@ impl Gen {
         let stats = confidence::stats(logits);
         let t_sample = Instant::now();
         self.confidence_ms += (t_sample - t_sig).as_secs_f64() * 1e3;
-        let token = match self.sampler.as_mut() {
-            None => LlamaToken(stats.argmax(logits) as i32),
-            Some(s) => s.sample(ctx, idx),
+        let token = match (self.constraint.as_mut(), self.sampler.as_mut()) {
+            (Some(c), s) => {
+                let remaining = self.limit.saturating_sub(self.generated as usize);
+                c.pick(logits, stats.argmax(logits), remaining, s)
+            }
+            (None, None) => LlamaToken(stats.argmax(logits) as i32),
+            (None, Some(s)) => s.sample(ctx, idx),
         };
         self.sample_ms += t_sample.elapsed().as_secs_f64() * 1e3;
         let signal = stats.signal(ctx.get_logits_ith(idx), token.0 as usize);
@@ -411,9 +413,19 @@ impl Gen {
         prefill_ms: f64,
         truncated: u32,
     ) -> LocalOutput {
+        // An answer the budget closed early is complete, but cut short by `max_tokens`.
+        let closed = self
+            .constraint
+            .as_ref()
+            .is_some_and(super::constraint::Constraint::closed_early);
+        let finish_reason = if closed && self.finish == FinishReason::Stop {
+            FinishReason::Length
+        } else {
+            self.finish
+        };
         LocalOutput {
             text: self.text,
-            finish_reason: self.finish,
+            finish_reason,
             prompt_tokens,
             prompt_tokens_evaluated: evaluated,
             completion_tokens: self.generated,
@@ -476,17 +488,14 @@ pub(super) fn prefill(
 
 /// The llama.cpp sampler chain, or `None` for plain greedy decoding, which the engine does itself
 /// from the confidence pass (same rule as llama.cpp's greedy sampler: the first largest logit).
-/// A structured-output constraint goes first, masking what the grammar forbids.
-fn build_sampler(
-    s: &Sampling,
-    n_vocab: i32,
-    constraint: Option<LlamaSampler>,
-) -> Option<LlamaSampler> {
+/// A structured-output constraint masks what the grammar forbids before the chain sees the
+/// candidates.
+fn build_sampler(s: &Sampling, n_vocab: i32) -> Option<LlamaSampler> {
     let penalised = (s.repeat_penalty - 1.0).abs() > f32::EPSILON;
-    if s.temperature <= 0.0 && !penalised && constraint.is_none() {
+    if s.temperature <= 0.0 && !penalised {
         return None;
     }
-    let mut chain: Vec<LlamaSampler> = constraint.into_iter().collect();
+    let mut chain: Vec<LlamaSampler> = Vec::new();
     if penalised {
         chain.push(LlamaSampler::penalties(
             n_vocab,

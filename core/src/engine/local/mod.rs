@@ -194,8 +194,8 @@ impl std::fmt::Debug for LocalEngine {
 pub(crate) struct RunOptions<'a> {
     /// Capture the final hidden states, and maybe stop after the prompt.
     pub hidden: GenerateOptions<'a>,
-    /// A structured-output constraint, first in the sampler chain.
-    pub constraint: Option<constraint::Matcher>,
+    /// A structured-output constraint, masking what the grammar forbids.
+    pub constraint: Option<constraint::Constraint>,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
     /// Do not reuse a slot's cached prefix (benchmarks, cold measurements).
@@ -212,7 +212,7 @@ impl LocalEngine {
 
     /// The constraint for `req`: a forced tool call, else its response format; `None` for
     /// free text.
-    fn matcher(&self, req: &ChatRequest) -> Result<Option<constraint::Matcher>, LocalError> {
+    fn matcher(&self, req: &ChatRequest) -> Result<Option<constraint::Constraint>, LocalError> {
         let tagged = self.jinja.as_ref().is_none_or(|j| j.tagged);
         if let Some(grammar) = crate::tools::forced_grammar(req, tagged) {
             return self.grammars()?.lark_matcher(grammar).map(Some);
@@ -498,7 +498,7 @@ impl LocalEngine {
         // A structured answer continues from where the draft left the grammar.
         let constraint = match self.matcher(req)? {
             Some(mut m) => {
-                constraint::advance(&mut m, &self.grammar_tokens(draft));
+                m.advance(&self.grammar_tokens(draft));
                 Some(m)
             }
             None => None,
