@@ -452,7 +452,7 @@ mod grammar {
         }
 
         /// The fewest tokens that complete the grammar from here, as a greedy walk finds them
-        /// (forced tokens, then closers, then short values), up to `cap`; and the walk's first
+        /// (forced bytes, else [`Closers::pick`]), up to `cap`; and the walk's first
         /// token. `None` for the cost when the walk does not complete within `cap`.
         fn closing_cost(
             &self,
