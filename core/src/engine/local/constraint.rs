@@ -307,6 +307,11 @@ mod grammar {
             }
         }
 
+        /// Whether a string or a bracket is open.
+        fn is_open(&self) -> bool {
+            self.in_string || !self.open.is_empty()
+        }
+
         /// Whether every byte of `bytes` closes something open: the string first, then the
         /// brackets from the innermost.
         fn closes(&self, bytes: &[u8]) -> bool {
@@ -419,8 +424,13 @@ mod grammar {
         /// completion when it needs every token left, `Guard` when near enough that the model's
         /// own token must leave room to complete.
         fn closing(&mut self, remaining: usize) -> Closing {
-            if remaining > self.check_below || self.matcher.is_accepting().unwrap_or(true) {
-                // Far from the budget, or complete already (the model may stop or go on).
+            if remaining > self.check_below
+                || !self.scan.is_open()
+                || self.matcher.is_accepting().unwrap_or(true)
+            {
+                // Far from the budget; or no JSON open yet, so the model has not committed to
+                // anything the budget could close (under `auto`, a call it starts too late is
+                // cut and reported rather than swapped for text); or complete already.
                 return Closing::No;
             }
             let (cost, first) =
