@@ -3,7 +3,10 @@
 # its mobile library builds it: it compiles, and (SmolLM2 through real llama.cpp) JSON-schema,
 # JSON-object and forced tool-call requests are refused with an error naming the feature, while
 # text and tools under `auto` still answer (core/tests/integration/lean.rs). On x86-64 Linux it
-# uses the workspace's CPU-variant build of llama.cpp, so llama.cpp is not built a second time.
+# builds llama.cpp with the same CPU variants as the workspace. Cargo still builds llama.cpp a
+# second time on a cold target: this graph's build-script dependencies have other features than
+# the workspace's, which changes llama-cpp-sys-2's fingerprint (about 6 minutes of a cold CI run;
+# warm runs reuse it).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
