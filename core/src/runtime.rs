@@ -388,9 +388,15 @@ impl Runtime {
                 .map(|(h, _)| h)
                 .unwrap_or_default(),
         };
-        crate::policy::probe::Probe::load(path, &sha, model, engine.n_embd())
-            .map(Some)
-            .map_err(|e| ConfigError::Invalid(e.to_string()).into())
+        crate::policy::probe::Probe::load(
+            path,
+            &sha,
+            model,
+            engine.n_embd(),
+            engine.hidden_tensor(),
+        )
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid(e.to_string()).into())
     }
 
     /// The cascade's decisions in force.

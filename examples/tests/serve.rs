@@ -926,6 +926,7 @@ mod eval {
         // the runtime loads against this very model, and refuses for another.
         let probe = dir.path().join("probe.json");
         let probe_cfg = dir.path().join("probe.toml");
+        let data = dir.path().join("probe-data.jsonl");
         let o = eval(
             "http://127.0.0.1:9",
             dir.path(),
@@ -934,6 +935,9 @@ mod eval {
                 probe.to_str().unwrap(),
                 "--write-config",
                 probe_cfg.to_str().unwrap(),
+                "--probe-curve",
+                "--probe-data",
+                data.to_str().unwrap(),
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -952,6 +956,33 @@ mod eval {
             }
         }
         assert!(p["signals"]["probe"]["held_out"] == true, "{p}");
+        assert_eq!(p["probe"]["hidden_tensor"], "result_norm", "{p}");
+        // The learning curve: a quarter to all of each fold's training items, the last point
+        // the held-out figures above.
+        let curve = p["probe"]["learning_curve"].as_array().unwrap();
+        let shares: Vec<f64> = curve
+            .iter()
+            .map(|r| r["train_share"].as_f64().unwrap())
+            .collect();
+        assert_eq!(shares, [0.25, 0.5, 0.75, 1.0], "{p}");
+        assert_eq!(curve[3]["post"]["apgr"], p["probe"]["post"]["apgr"], "{p}");
+        assert_eq!(curve[3]["pre"]["apgr"], p["probe"]["pre"]["apgr"], "{p}");
+        // What the probe was fitted on, per item, for other routers.
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&data)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 10);
+        let pre_len = p["probe"]["tasks"].as_array().unwrap().len() + 6;
+        for r in &rows {
+            assert_eq!(r["prompt_hidden"].as_array().unwrap().len(), 576, "{r}");
+            assert_eq!(r["answer_hidden"].as_array().unwrap().len(), 576, "{r}");
+            assert_eq!(r["pre_x"].as_array().unwrap().len(), pre_len, "{r}");
+            assert!(r["small"].is_boolean() && r["large"].is_boolean(), "{r}");
+        }
+        let small_right = rows.iter().filter(|r| r["small"] == true).count() as f64;
+        assert!((small_right / 10.0 - p["small_accuracy"].as_f64().unwrap()).abs() < 1e-9);
         let cfg = edgecascade::Config::from_file(&probe_cfg).unwrap();
         assert_eq!(cfg.cascade.signal.name(), "probe");
         assert_eq!(cfg.cascade.probe.as_deref(), Some(probe.as_path()));

@@ -123,6 +123,9 @@ pub struct Probe {
     pub model_sha256: String,
     /// The model's hidden width.
     pub n_embd: usize,
+    /// The graph tensor its hidden states were read from (files without it: `result_norm`).
+    #[serde(default = "final_tensor")]
+    pub hidden_tensor: String,
     /// The scalar features of the pre-generation heads, in order: [`PRE_FEATURES`], then one
     /// `task=<name>` per task.
     pub pre_features: Vec<String>,
@@ -144,6 +147,10 @@ pub struct Probe {
     /// What it was fitted on, for people reading it.
     #[serde(default)]
     pub fitted_on: String,
+}
+
+fn final_tensor() -> String {
+    crate::engine::local::FINAL_HIDDEN_TENSOR.to_owned()
 }
 
 /// Why a probe was refused.
@@ -196,8 +203,9 @@ impl Probe {
         (pre, post)
     }
 
-    /// Checks the layout against this build's features and a model of width `n_embd`.
-    pub fn validate(&self, n_embd: usize) -> Result<(), String> {
+    /// Checks the layout against this build's features and a model of width `n_embd` whose
+    /// hidden states are read from `tensor`.
+    pub fn validate(&self, n_embd: usize, tensor: &str) -> Result<(), String> {
         if self.format != FORMAT {
             return Err(format!(
                 "format {:?}, this build reads {FORMAT:?}",
@@ -207,6 +215,12 @@ impl Probe {
         let (pre, post) = Self::names(&self.tasks);
         if self.pre_features != pre || self.post_features != post {
             return Err(format!("fitted on features {:?} / {:?}, but this build computes {pre:?} / {post:?}: refit it with `edgecascade eval --write-probe`", self.pre_features, self.post_features));
+        }
+        if self.hidden_tensor != tensor {
+            return Err(format!(
+                "fitted on the hidden states of {:?}, but this engine reads {tensor:?} (EDGECASCADE_HIDDEN_LAYER): refit it, or read the tensor it was fitted on",
+                self.hidden_tensor
+            ));
         }
         if self.n_embd != n_embd {
             return Err(format!(
@@ -234,6 +248,7 @@ impl Probe {
         model_sha256: &str,
         model: &Path,
         n_embd: usize,
+        tensor: &str,
     ) -> Result<Self, ProbeError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ProbeError::Read {
@@ -253,7 +268,7 @@ impl Probe {
             });
         }
         probe
-            .validate(n_embd)
+            .validate(n_embd, tensor)
             .map_err(|detail| ProbeError::Layout { path: p, detail })?;
         Ok(probe)
     }

@@ -295,11 +295,28 @@ pub fn cross_validate_pair(
     folds: usize,
     seed: u64,
 ) -> (Vec<f64>, Vec<f64>) {
+    cross_validate_pair_on_share(stage, small, large, groups, folds, seed, (1, 1))
+}
+
+/// [`cross_validate_pair`] with each outer fold's model fitted on a share `kept / parts` of
+/// its training items (stratified by group, the same items at every share for a given seed,
+/// and a larger share holds every item of a smaller one), scored on the whole test fold: the
+/// learning curve, which says whether more items would help.
+pub fn cross_validate_pair_on_share(
+    stage: Stage<'_>,
+    small: &[bool],
+    large: &[bool],
+    groups: &[usize],
+    folds: usize,
+    seed: u64,
+    (kept, parts): (usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
     let n = groups.len();
     let fold = assign_folds(groups, folds, seed);
+    let part = assign_folds(groups, parts.max(1), seed.wrapping_add(7));
     let (mut ps, mut pl) = (vec![f64::NAN; n], vec![f64::NAN; n]);
     for f in 0..folds {
-        let train: Vec<usize> = (0..n).filter(|&i| fold[i] != f).collect();
+        let train: Vec<usize> = (0..n).filter(|&i| fold[i] != f && part[i] < kept).collect();
         if train.is_empty() {
             continue;
         }
@@ -380,6 +397,35 @@ mod tests {
         assert_eq!(pair.small.hidden_weights.len(), 400);
         let p = pair.small.predict(&x[0], &h[0]);
         assert!(p > 0.0 && p < 1.0);
+    }
+
+    #[test]
+    fn a_learning_curve_fits_on_nested_shares_and_scores_the_whole_test_fold() {
+        let (x, h, small, large) = planted(300, 100, 17);
+        let groups: Vec<usize> = (0..300).map(|i| i % 2).collect();
+        let stage = Stage { x: &x, h: &h };
+        let full = cross_validate_pair(stage, &small, &large, &groups, 5, 4);
+        let same = cross_validate_pair_on_share(stage, &small, &large, &groups, 5, 4, (4, 4));
+        assert_eq!(full, same, "the whole share is the plain cross-validation");
+        let quarter = cross_validate_pair_on_share(stage, &small, &large, &groups, 5, 4, (1, 4));
+        // Every item is still scored held out, by a model fitted on fewer items, which knows
+        // less: the planted signal is recovered worse from a quarter of the items.
+        assert!(quarter.0.iter().chain(&quarter.1).all(|p| p.is_finite()));
+        let auc = |y: &[bool], p: &[f64]| crate::eval::metrics::auroc(y, p).unwrap();
+        assert!(
+            auc(&small, &quarter.0) < auc(&small, &full.0),
+            "a quarter {} against all {}",
+            auc(&small, &quarter.0),
+            auc(&small, &full.0)
+        );
+        // Shares are nested and stratified: a half holds every item of a quarter, and half
+        // of each group.
+        let part = assign_folds(&groups, 4, 4u64.wrapping_add(7));
+        for g in 0..2 {
+            let in_g: Vec<usize> = (0..300).filter(|&i| groups[i] == g).collect();
+            let half = in_g.iter().filter(|&&i| part[i] < 2).count();
+            assert!(half.abs_diff(in_g.len() / 2) <= 1, "group {g}: {half}");
+        }
     }
 
     #[test]

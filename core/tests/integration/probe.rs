@@ -41,6 +41,7 @@ fn probe_for(model: &Path, pre: f64, post: f64) -> Probe {
             .unwrap()
             .0,
         n_embd: WIDTH,
+        hidden_tensor: edgecascade::engine::local::FINAL_HIDDEN_TENSOR.into(),
         pre: pair(pre, pre_names.len(), WIDTH),
         post: pair(post, post_names.len(), 2 * WIDTH),
         pre_features: pre_names,
@@ -204,6 +205,21 @@ fn a_probe_for_another_model_or_width_refuses_to_load() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("hidden width of 896"), "{e}");
+    // Fitted on a middle layer's states, loaded by an engine that reads the final ones.
+    let mut middle = probe_for(&crate::smollm2(), 1.0, 1.0);
+    middle.hidden_tensor = "attn_norm-15".into();
+    let e = runtime(&server, &middle, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"attn_norm-15\"") && e.contains("\"result_norm\""),
+        "{e}"
+    );
+    // A probe file from before the field reads the final state.
+    let mut old = serde_json::to_value(probe_for(&crate::smollm2(), 1.0, 1.0)).unwrap();
+    old.as_object_mut().unwrap().remove("hidden_tensor");
+    let p: Probe = serde_json::from_value(old).unwrap();
+    assert_eq!(p.hidden_tensor, "result_norm");
     let mut renamed = probe_for(&crate::smollm2(), 1.0, 1.0);
     renamed.post_features[0] = "something_else".into();
     let e = runtime(&server, &renamed, dir.path())

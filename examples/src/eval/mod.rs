@@ -83,6 +83,16 @@ pub struct Args {
     /// Fit the probe without per-task terms.
     #[arg(long)]
     no_task_terms: bool,
+    /// Also measure the probe's learning curve (implies --probe): its held-out figures when
+    /// each outer fold trains on a quarter, a half and three quarters of its items, against
+    /// all of them. A curve still rising says more items would help.
+    #[arg(long)]
+    probe_curve: bool,
+    /// Write what the probe is fitted on (implies --probe), one JSON line per item: its id,
+    /// task, group, whether each tier was right, the scalar features before and after
+    /// generation and both hidden states. For fitting other routers outside `eval`.
+    #[arg(long, value_name = "FILE")]
+    probe_data: Option<PathBuf>,
     /// Print one JSON object (see the CLI contract).
     #[arg(long)]
     json: bool,
@@ -91,7 +101,7 @@ pub struct Args {
 impl Args {
     /// The probe is fitted.
     fn probe(&self) -> bool {
-        self.probe || self.write_probe.is_some()
+        self.probe || self.write_probe.is_some() || self.probe_curve || self.probe_data.is_some()
     }
 }
 
@@ -255,12 +265,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let info = engine.info().clone();
     // The report names the model by the first word of `general.name`.
     let small_name = info.name.split(' ').next().unwrap_or_default().to_owned();
-    let model_id = format!(
+    let mut model_id = format!(
         "{} {} {}",
         info.name,
         info.size_bytes,
         info.path.file_name().unwrap_or_default().to_string_lossy()
     );
+    // Hidden states read from another tensor (an experiment) are cached apart.
+    if engine.hidden_tensor() != edgecascade::engine::local::FINAL_HIDDEN_TENSOR {
+        model_id.push_str(&format!(" hidden={}", engine.hidden_tensor()));
+    }
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let mut cache = collect::Cache::open(&cache_dir)?;
     let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();

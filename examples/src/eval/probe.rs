@@ -128,6 +128,7 @@ pub fn run(
     large_name: &str,
 ) -> Result<ProbeRun, Failure> {
     let n = items.len();
+    let hidden_tensor = edgecascade::engine::local::hidden_tensor_name();
     let mut prompt_h = Vec::with_capacity(n);
     let mut answer_h = Vec::with_capacity(n);
     for (p, l) in items.iter().zip(local) {
@@ -181,6 +182,18 @@ pub fn run(
         .collect();
     let small: Vec<bool> = outcomes.iter().map(|o| o.small).collect();
     let large: Vec<bool> = outcomes.iter().map(|o| o.large).collect();
+    if let Some(path) = &args.probe_data {
+        write_data(
+            path,
+            items,
+            groups,
+            &small,
+            &large,
+            [&pre_x, &post_x],
+            [&prompt_h, &answer_h],
+            &task_of,
+        )?;
+    }
     let pre_stage = Stage {
         x: &pre_x,
         h: &prompt_h,
@@ -282,6 +295,50 @@ pub fn run(
     let passes =
         |r: &ScoreReport| matches!((r.apgr, bounds.small_known), (Some(a), Some(b)) if a > b);
 
+    // The learning curve: the same held-out scoring, each outer fold trained on a share of
+    // its items.
+    let curve: Vec<Value> = if args.probe_curve {
+        let mut rows = Vec::new();
+        for kept in 1..=4usize {
+            let cv = |stage| {
+                probe_fit::cross_validate_pair_on_share(
+                    stage,
+                    &small,
+                    &large,
+                    groups,
+                    args.folds,
+                    args.seed,
+                    (kept, 4),
+                )
+            };
+            let ((ps, pl), (qs, ql)) = if kept == 4 {
+                (
+                    (pre_s.clone(), pre_l.clone()),
+                    (post_s.clone(), post_l.clone()),
+                )
+            } else {
+                (cv(pre_stage), cv(post_stage))
+            };
+            let (pre_r, post_r) = (
+                metrics::report(outcomes, &gain(&ps, &pl)),
+                metrics::report(outcomes, &gain(&qs, &ql)),
+            );
+            let train =
+                (n as f64 * (1.0 - 1.0 / args.folds.max(1) as f64) * kept as f64 / 4.0).round();
+            rows.push(json!({
+                "train_share": kept as f64 / 4.0,
+                "train_items": train,
+                "pre": {"apgr": opt(pre_r.apgr), "cpt95": opt(pre_r.cpt[2]),
+                        "auroc_small": opt(metrics::auroc(&small, &ps)), "auroc_large": opt(metrics::auroc(&large, &pl))},
+                "post": {"apgr": opt(post_r.apgr), "cpt95": opt(post_r.cpt[2]),
+                         "auroc_small": opt(metrics::auroc(&small, &qs)), "auroc_large": opt(metrics::auroc(&large, &ql))},
+            }));
+        }
+        rows
+    } else {
+        Vec::new()
+    };
+
     // The probe on every item, with thresholds from the held-out scores.
     let all: Vec<usize> = (0..n).collect();
     let (fitted, chosen) = if args.write_probe.is_some() {
@@ -300,6 +357,7 @@ pub fn run(
                 .ok_or_else(|| Failure::Runtime(format!("model {} is gone", model_path.display())))?
                 .0,
             n_embd,
+            hidden_tensor: hidden_tensor.to_owned(),
             pre_features: pre_names,
             post_features: post_names,
             tasks: tasks.clone(),
@@ -312,7 +370,7 @@ pub fn run(
             ),
         };
         probe
-            .validate(n_embd)
+            .validate(n_embd, hidden_tensor)
             .map_err(|e| Failure::Runtime(format!("fitted probe: {e}")))?;
         (Some(probe), Some([pre_c, post_c]))
     } else {
@@ -321,6 +379,7 @@ pub fn run(
 
     let out = json!({
         "hidden_width": n_embd,
+        "hidden_tensor": hidden_tensor,
         "tasks": tasks,
         "fit_seconds": (fit_s * 10.0).round() / 10.0,
         "head_auroc": heads,
@@ -334,6 +393,7 @@ pub fn run(
         "apgr_with_true_large_head": opt(with_true_large),
         "oracle_apgr": opt(oracle_apgr),
         "passes_small_known": {"pre": passes(&pre_rep), "post": passes(&post_rep), "combined": passes(&comb_rep)},
+        "learning_curve": curve,
         "chosen": chosen.map(|c| json!({
             "pre_small": choice_json(&c[0][0]), "pre_large": choice_json(&c[0][1]),
             "post_small": choice_json(&c[1][0]), "post_large": choice_json(&c[1][1]),
@@ -343,7 +403,7 @@ pub fn run(
     let f = |v: &Value| v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"));
     let _ = writeln!(
         text,
-        "\nhidden-state probe (held out; width {n_embd}, {} task terms, fitted in {fit_s:.0} s): head AUROC pre small {} large {}, post small {} large {}",
+        "\nhidden-state probe (held out; {hidden_tensor}, width {n_embd}, {} task terms, fitted in {fit_s:.0} s): head AUROC pre small {} large {}, post small {} large {}",
         tasks.len(),
         f(&out["head_auroc"]["pre_small"]),
         f(&out["head_auroc"]["pre_large"]),
@@ -387,6 +447,28 @@ pub fn run(
         f(&out["apgr_with_true_large_head"]),
         f(&out["oracle_apgr"]),
     );
+    if !curve.is_empty() {
+        let _ = writeln!(
+            text,
+            "learning curve (held out, each fold trained on a share of its items): share, items, pre APGR / CPT95 / AUROC small, large; post APGR / CPT95 / AUROC small, large"
+        );
+        for r in &curve {
+            let _ = writeln!(
+                text,
+                "  {:>5} {:>6} pre {} / {} / {}, {}  post {} / {} / {}, {}",
+                r["train_share"],
+                r["train_items"],
+                f(&r["pre"]["apgr"]),
+                f(&r["pre"]["cpt95"]),
+                f(&r["pre"]["auroc_small"]),
+                f(&r["pre"]["auroc_large"]),
+                f(&r["post"]["apgr"]),
+                f(&r["post"]["cpt95"]),
+                f(&r["post"]["auroc_small"]),
+                f(&r["post"]["auroc_large"]),
+            );
+        }
+    }
     Ok(ProbeRun {
         ranked: vec![
             ("probe_pre", pre, pre_rep),
@@ -397,4 +479,38 @@ pub fn run(
         text,
         fitted,
     })
+}
+
+/// `--probe-data`: one JSON line per item, written whole or not at all (a temporary file
+/// renamed into place).
+#[allow(clippy::too_many_arguments)]
+fn write_data(
+    path: &Path,
+    items: &[Prepared],
+    groups: &[usize],
+    small: &[bool],
+    large: &[bool],
+    [pre_x, post_x]: [&[Vec<f64>]; 2],
+    [prompt_h, answer_h]: [&[Vec<f32>]; 2],
+    task_of: &dyn Fn(&Prepared) -> String,
+) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| Failure::Runtime(format!("probe data {}: {e}", path.display()));
+    let tmp = path.with_extension("partial");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(fail)?);
+    for (i, p) in items.iter().enumerate() {
+        let line = json!({
+            "id": p.item.id, "task": task_of(p), "group": groups[i],
+            "small": small[i], "large": large[i],
+            "pre_x": pre_x[i], "post_x": post_x[i],
+            "prompt_hidden": prompt_h[i], "answer_hidden": answer_h[i],
+        });
+        serde_json::to_writer(&mut w, &line)?;
+        w.write_all(b"\n").map_err(fail)?;
+    }
+    w.into_inner()
+        .map_err(|e| fail(e.into_error()))?
+        .sync_all()
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }

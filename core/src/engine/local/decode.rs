@@ -150,7 +150,7 @@ impl LocalEngine {
             slot.ctx.clear_kv_cache();
             return Err(LocalError::Decode {
                 pos: tokens.len() as u32,
-                detail: "the model's graph has no result_norm tensor: hidden states are unavailable for this architecture".into(),
+                detail: format!("the model's graph has no {} tensor: hidden states are unavailable for this architecture", hidden::tensor_name()),
             });
         }
         if let (Some(gate), Some(h)) = (opts.hidden.gate.as_mut(), hidden_prompt.as_deref()) {

@@ -1,5 +1,6 @@
 //! The local model's final hidden state: the output norm's result (`result_norm` in llama.cpp's
-//! graphs, the vector the output head turns into logits) of the last token a decode evaluates.
+//! graphs, the vector the output head turns into logits) of the last token a decode evaluates
+//! (or, for experiments, a middle layer's: see [`tensor_name`]).
 //!
 //! Read through llama.cpp's graph-evaluation callback while the graph computes: no second model,
 //! no second pass, and no extra outputs. Asking for the embeddings output instead
@@ -16,13 +17,27 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_sys_2::{ggml_tensor, llama_context_params};
 
 /// The tensor llama.cpp names the final normed hidden state (llama, qwen2, gemma3, ...).
-const NAME: &[u8] = b"result_norm\0";
+pub const FINAL: &str = "result_norm";
+
+/// The tensor the tap reads: [`FINAL`], or for experiments `attn_norm-K` (layer K's normed
+/// input, the residual stream in the middle of the model) when `EDGECASCADE_HIDDEN_LAYER=K`.
+/// A probe records the tensor it was fitted on and refuses to load against another.
+pub fn tensor_name() -> &'static str {
+    static NAME: once_cell::sync::Lazy<String> =
+        once_cell::sync::Lazy::new(|| match std::env::var("EDGECASCADE_HIDDEN_LAYER") {
+            Ok(k) if k.trim().parse::<u32>().is_ok() => format!("attn_norm-{}", k.trim()),
+            _ => FINAL.to_owned(),
+        });
+    &NAME
+}
 
 /// Where the callback leaves the hidden state. Owned by the slot, which drops its context first,
 /// so the pointer llama.cpp holds never dangles.
 #[derive(Debug)]
 pub(super) struct Tap {
     n_embd: usize,
+    /// The tensor read, NUL-terminated.
+    name: Vec<u8>,
     /// Copy rows only while a request wants them (the callback is installed for the context's
     /// life, but costs one flag test per graph node while off).
     enabled: AtomicBool,
@@ -34,8 +49,11 @@ impl Tap {
     /// Boxed: llama.cpp keeps its address for the context's life.
     #[allow(clippy::unnecessary_box_returns)]
     pub(super) fn new(n_embd: usize) -> Box<Self> {
+        let mut name = tensor_name().as_bytes().to_vec();
+        name.push(0);
         Box::new(Self {
             n_embd,
+            name,
             enabled: AtomicBool::new(false),
             last: Mutex::new((vec![0.0; n_embd], false)),
         })
@@ -86,9 +104,9 @@ impl Tap {
 
     fn wants(&self, t: &ggml_tensor) -> bool {
         self.enabled.load(Ordering::Relaxed)
-            && t.name[..NAME.len()]
+            && t.name[..self.name.len()]
                 .iter()
-                .zip(NAME)
+                .zip(&self.name)
                 .all(|(&a, &b)| a as u8 == b)
     }
 

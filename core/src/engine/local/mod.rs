@@ -49,6 +49,7 @@ use prompt::choose_template;
 pub use batch::BatchStats;
 pub use confidence::TokenSignal;
 pub use gguf::{GgufError, GgufInfo};
+pub use hidden::{tensor_name as hidden_tensor_name, FINAL as FINAL_HIDDEN_TENSOR};
 
 /// A token as it is generated, for streaming callers and the cascade.
 #[derive(Debug, Clone, Copy)]
@@ -433,6 +434,12 @@ impl LocalEngine {
     /// The width of the model's hidden state.
     pub fn n_embd(&self) -> usize {
         self.model.n_embd().max(0) as usize
+    }
+
+    /// The graph tensor hidden states are read from (`result_norm`, the final one, unless an
+    /// experiment set `EDGECASCADE_HIDDEN_LAYER`).
+    pub fn hidden_tensor(&self) -> &'static str {
+        hidden::tensor_name()
     }
 
     /// What continuous batching has done, when this engine batches (`parallel` > 1 and
