@@ -134,12 +134,14 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", help="comma-separated head kinds")
+    ap.add_argument("--strata", default="labels", choices=["labels", "group"],
+                    help="stratify folds by group and both labels (default) or by group alone, as eval does")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     x, h, small, large, groups = load(a.data, a.stage)
     z = np.hstack([x, h])
     # Outer folds stratified by group and both labels, so every fold holds each kind of item.
-    strata = groups * 4 + small * 2 + large
+    strata = groups * 4 + small * 2 + large if a.strata == "labels" else groups
     out = {"data": a.data, "stage": a.stage, "items": len(z), "small": small.mean(),
            "large": large.mean(), "heads": {}}
     truth = apgr_cpt(small, large, small.astype(float) - large.astype(float))
