@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Decode speed of `edgecascade bench` against several llama-bench builds, alternated in one run.
+
+Used to tell our own overhead from the cost of how llama.cpp is built: the same llama.cpp
+sources built static (scripts/build-llama-tools.sh) and as shared libraries, as ours is (the
+CPU variants are loaded at run time, which needs shared libraries). Each round runs every tool
+once, rotating the order; the report gives per-tool medians and the paired ratios.
+
+    scripts/bench-llama-builds.py --rounds 9 static=~/.cache/edgecascade/llama-tools/bin/llama-bench \\
+        shared=/tmp/lb-shared/bin/llama-bench
+
+Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
+-DBUILD_SHARED_LIBS=ON (see README, "CPU builds").
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("builds", nargs="+", help="NAME=PATH of a llama-bench binary")
+    ap.add_argument("--model", default=os.path.join(
+        os.environ.get("EDGECASCADE_MODELS", os.path.expanduser("~/.cache/edgecascade/models")),
+        "smollm2-135m-instruct-q4_1.gguf"))
+    ap.add_argument("--ours", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/edgecascade/target")),
+        "release", "edgecascade"))
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+
+    def llama_bench(path):
+        # Decode at the depth where ours decodes (right after the prompt).
+        out = subprocess.run([os.path.expanduser(path), "-m", a.model, "-t", str(a.threads),
+                              "-p", "0", "-n", str(a.gen_tokens), "-d", str(a.prompt_tokens),
+                              "-r", str(a.reps), "-o", "json"],
+                             capture_output=True, text=True, check=True).stdout
+        return statistics.median(json.loads(out)[0]["samples_ts"])
+
+    def ours():
+        out = subprocess.run([a.ours, "bench", "--model", a.model, "--threads", str(a.threads),
+                              "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
+                              str(a.gen_tokens), "--reps", str(a.reps), "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["decode_tok_s"]
+
+    tools = {"ours": ours}
+    for b in a.builds:
+        name, path = b.split("=", 1)
+        tools[name] = lambda p=path: llama_bench(p)
+    names = list(tools)
+    rows = {k: [] for k in names}
+    for r in range(a.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for k in order:
+            rows[k].append(tools[k]())
+        print(f"round {r + 1}: " + ", ".join(f"{k} {rows[k][-1]:.1f}" for k in names), flush=True)
+    print("decode tok/s, median: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in rows.items()))
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            ratios = [p / q for p, q in zip(rows[x], rows[y])]
+            print(f"{x}/{y}: paired median {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
