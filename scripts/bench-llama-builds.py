@@ -16,13 +16,23 @@ Build a shared llama-bench from the cached sources with the flags of build-llama
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 
 
+def bootstrap_median(xs, n=10000, seed=1):
+    """A percentile bootstrap 95% interval of the median."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("builds", nargs="+", help="NAME=PATH of a llama-bench binary")
+    ap.add_argument("builds", nargs="+",
+                    help="NAME=PATH of a llama-bench binary, or NAME=ours:VARIANT for our bench "
+                         "with that CPU variant forced (EDGECASCADE_CPU_VARIANT)")
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("EDGECASCADE_MODELS", os.path.expanduser("~/.cache/edgecascade/models")),
         "smollm2-135m-instruct-q4_1.gguf"))
@@ -44,17 +54,23 @@ def main():
                              capture_output=True, text=True, check=True).stdout
         return statistics.median(json.loads(out)[0]["samples_ts"])
 
-    def ours():
+    def ours(variant=None):
+        env = dict(os.environ)
+        if variant:
+            env["EDGECASCADE_CPU_VARIANT"] = variant
         out = subprocess.run([a.ours, "bench", "--model", a.model, "--threads", str(a.threads),
                               "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
                               str(a.gen_tokens), "--reps", str(a.reps), "--json"],
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=env).stdout
         return json.loads(out)["decode_tok_s"]
 
     tools = {"ours": ours}
     for b in a.builds:
         name, path = b.split("=", 1)
-        tools[name] = lambda p=path: llama_bench(p)
+        if path.startswith("ours:"):
+            tools[name] = lambda v=path[5:]: ours(v)
+        else:
+            tools[name] = lambda p=path: llama_bench(p)
     names = list(tools)
     rows = {k: [] for k in names}
     for r in range(a.rounds):
@@ -66,7 +82,10 @@ def main():
     for i, x in enumerate(names):
         for y in names[i + 1:]:
             ratios = [p / q for p, q in zip(rows[x], rows[y])]
-            print(f"{x}/{y}: paired median {statistics.median(ratios):.3f}")
+            lo, hi = bootstrap_median(ratios)
+            print(f"{x}/{y}: paired median {statistics.median(ratios):.3f} "
+                  f"[{lo:.3f}, {hi:.3f}] (bootstrap 95%), {x} faster in "
+                  f"{sum(r > 1 for r in ratios)} of {len(ratios)}")
 
 
 if __name__ == "__main__":
