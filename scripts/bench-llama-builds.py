@@ -8,6 +8,8 @@ once, rotating the order; the report gives per-tool medians and the paired ratio
 
     scripts/bench-llama-builds.py --rounds 9 static=~/.cache/edgecascade/llama-tools/bin/llama-bench \\
         shared=/tmp/lb-shared/bin/llama-bench
+    scripts/bench-llama-builds.py fixed=ours:config=fixed.toml avx2=ours:variant=haswell \
+        static=~/.cache/edgecascade/llama-tools/bin/llama-bench
 
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
 -DBUILD_SHARED_LIBS=ON (see README, "CPU builds").
@@ -31,8 +33,9 @@ def bootstrap_median(xs, n=10000, seed=1):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("builds", nargs="+",
-                    help="NAME=PATH of a llama-bench binary, or NAME=ours:VARIANT for our bench "
-                         "with that CPU variant forced (EDGECASCADE_CPU_VARIANT)")
+                    help="NAME=PATH of a llama-bench binary, or NAME=ours:OPTS for our bench, "
+                         "OPTS a comma-separated list of variant=V (EDGECASCADE_CPU_VARIANT), "
+                         "config=FILE (bench --config) and bin=PATH (another edgecascade binary)")
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("EDGECASCADE_MODELS", os.path.expanduser("~/.cache/edgecascade/models")),
         "smollm2-135m-instruct-q4_1.gguf"))
@@ -54,11 +57,18 @@ def main():
                              capture_output=True, text=True, check=True).stdout
         return statistics.median(json.loads(out)[0]["samples_ts"])
 
-    def ours(variant=None):
+    def ours(opts=""):
+        o = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
+        unknown = set(o) - {"variant", "config", "bin"}
+        if unknown:
+            raise SystemExit(f"unknown ours: options {sorted(unknown)}")
         env = dict(os.environ)
-        if variant:
-            env["EDGECASCADE_CPU_VARIANT"] = variant
-        out = subprocess.run([a.ours, "bench", "--model", a.model, "--threads", str(a.threads),
+        if "variant" in o:
+            env["EDGECASCADE_CPU_VARIANT"] = o["variant"]
+        cmd = [os.path.expanduser(o.get("bin", a.ours)), "bench"]
+        if "config" in o:
+            cmd += ["--config", os.path.expanduser(o["config"])]
+        out = subprocess.run(cmd + ["--model", a.model, "--threads", str(a.threads),
                               "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
                               str(a.gen_tokens), "--reps", str(a.reps), "--json"],
                              capture_output=True, text=True, check=True, env=env).stdout
