@@ -8,7 +8,7 @@ once, rotating the order; the report gives per-tool medians and the paired ratio
 
     scripts/bench-llama-builds.py --rounds 9 static=~/.cache/edgecascade/llama-tools/bin/llama-bench \\
         shared=/tmp/lb-shared/bin/llama-bench
-    scripts/bench-llama-builds.py fixed=ours:config=fixed.toml avx2=ours:variant=haswell \
+    scripts/bench-llama-builds.py fixed=ours:config=fixed.toml avx2=ours:variant=haswell \\
         static=~/.cache/edgecascade/llama-tools/bin/llama-bench
 
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
