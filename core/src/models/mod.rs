@@ -30,21 +30,23 @@ struct Recorded {
     sha256: String,
     size: u64,
     last_used: f64,
-    /// The file's modification time when it was hashed (Unix seconds; absent in older
-    /// manifests).
+    /// The file's modification time when it was hashed, in integer nanoseconds since the Unix
+    /// epoch (absent in older manifests, whose `mtime` in float seconds is ignored: serde_json
+    /// reads a 19-digit float back only to within a unit in the last place, so a float
+    /// stamp did not always compare equal to itself after a round trip).
     #[serde(default)]
-    mtime: Option<f64>,
+    mtime_ns: Option<u64>,
 }
 
-/// A file's size and modification time (Unix seconds).
-fn stamp(path: &Path) -> Option<(u64, f64)> {
+/// A file's size and modification time (nanoseconds since the Unix epoch).
+fn stamp(path: &Path) -> Option<(u64, u64)> {
     let md = std::fs::metadata(path).ok()?;
     let t = md
         .modified()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    Some((md.len(), t.as_secs_f64()))
+    Some((md.len(), u64::try_from(t.as_nanos()).ok()?))
 }
 
 /// A model file in a models folder.
@@ -116,7 +118,7 @@ impl Store {
                 sha256: sha256.to_owned(),
                 size,
                 last_used: crate::cost::now_s(),
-                mtime: stamp(path).filter(|(n, _)| *n == size).map(|(_, t)| t),
+                mtime_ns: stamp(path).filter(|(n, _)| *n == size).map(|(_, t)| t),
             },
         );
         self.write(&m);
@@ -130,7 +132,7 @@ impl Store {
         let m = store.read();
         let r = m.files.get(&Self::key(path))?;
         let (size, mtime) = stamp(path)?;
-        (r.size == size && r.mtime == Some(mtime)).then(|| r.sha256.clone())
+        (r.size == size && r.mtime_ns == Some(mtime)).then(|| r.sha256.clone())
     }
 
     /// Notes that `path` was used now, if its folder is a managed one (has a manifest that
@@ -353,13 +355,35 @@ mod tests {
         assert!(Store::known_sha256(&f).is_some());
         std::fs::write(&f, b"GGUF model bytes, longer").unwrap();
         assert_eq!(Store::known_sha256(&f), None);
-        // A manifest from before mtimes were recorded is read, and its hash not trusted.
-        let old = format!(
-            r#"{{"files":{{"m.gguf":{{"sha256":"{sha}","size":{},"last_used":1.0}}}}}}"#,
-            std::fs::metadata(&f).unwrap().len()
-        );
-        std::fs::write(dir.path().join(MANIFEST), old).unwrap();
-        assert_eq!(store.list()[0].sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!(Store::known_sha256(&f), None);
+        // Manifests from before mtimes were recorded, or recorded as float seconds, are read,
+        // and their hash is not trusted.
+        let len = std::fs::metadata(&f).unwrap().len();
+        for extra in ["", r#","mtime":1764625655.123456789"#] {
+            let old = format!(
+                r#"{{"files":{{"m.gguf":{{"sha256":"{sha}","size":{len},"last_used":1.0{extra}}}}}}}"#
+            );
+            std::fs::write(dir.path().join(MANIFEST), old).unwrap();
+            assert_eq!(store.list()[0].sha256.as_deref(), Some(sha.as_str()));
+            assert_eq!(Store::known_sha256(&f), None);
+        }
+    }
+
+    #[test]
+    fn nanosecond_stamps_survive_the_manifest_round_trip() {
+        // Float seconds lost the last digit on some of these in serde_json's default parser.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let f = dir.path().join("m.gguf");
+        std::fs::write(&f, b"GGUF").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        for i in 0..2000u64 {
+            let t = std::time::Duration::new(
+                1_764_625_655 + i * 7919,
+                (i * 104_729_113) as u32 % 1_000_000_000,
+            );
+            file.set_modified(std::time::UNIX_EPOCH + t).unwrap();
+            store.record(&f, "abc", 4);
+            assert_eq!(Store::known_sha256(&f).as_deref(), Some("abc"), "at {t:?}");
+        }
     }
 }
