@@ -1,14 +1,18 @@
 //! Cost of the per-token confidence signals at real vocabulary sizes (run: cargo bench -p
 //! edgecascade --bench confidence). Compare with decode time per token: the target is < 1%.
-//! Both kernels run side by side, alternated: the AVX2 one x86-64 picks at run time, and the
-//! portable one ARM phones (NEON) and older x86 CPUs run.
+//! Every kernel this CPU runs is timed side by side, alternated: AVX-512 and AVX2 (x86-64 picks
+//! the best at run time) and the portable one that ARM phones (NEON) and older x86 CPUs run.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use edgecascade::engine::local::confidence::{stats, stats_portable};
+use edgecascade::engine::local::confidence::{
+    kernel_name, stats_avx2, stats_avx512, stats_portable, Stats,
+};
 
-fn time(f: fn(&[f32]) -> edgecascade::engine::local::confidence::Stats, logits: &[f32]) -> f64 {
+type Kernel = fn(&[f32]) -> Stats;
+
+fn time(f: Kernel, logits: &[f32]) -> f64 {
     let iters = 500;
     let t = Instant::now();
     for _ in 0..iters {
@@ -18,6 +22,15 @@ fn time(f: fn(&[f32]) -> edgecascade::engine::local::confidence::Stats, logits: 
 }
 
 fn main() {
+    let mut kernels: Vec<(&str, Kernel)> = Vec::new();
+    if stats_avx512(&[0.0]).is_some() {
+        kernels.push(("avx512", |l| stats_avx512(l).expect("checked")));
+    }
+    if stats_avx2(&[0.0]).is_some() {
+        kernels.push(("avx2", |l| stats_avx2(l).expect("checked")));
+    }
+    kernels.push(("portable", stats_portable));
+    println!("run-time pick on this CPU: {}", kernel_name());
     for (name, n) in [
         ("SmolLM2", 49_152usize),
         ("Qwen2.5", 151_936),
@@ -32,25 +45,38 @@ fn main() {
                 (x % 3000) as f32 / 100.0 - 15.0
             })
             .collect();
-        // The two kernels agree.
-        let (a, b) = (stats(&logits), stats_portable(&logits));
-        assert!((a.log_z - b.log_z).abs() < 1e-3 && (a.entropy - b.entropy).abs() < 1e-3);
+        // The kernels agree.
+        let want = stats_portable(&logits);
+        for (k, f) in &kernels {
+            let got = f(&logits);
+            assert!(
+                (got.log_z - want.log_z).abs() < 1e-3 && (got.entropy - want.entropy).abs() < 1e-3,
+                "{k} disagrees with the portable kernel"
+            );
+        }
         for _ in 0..50 {
-            black_box(stats(black_box(&logits)));
-            black_box(stats_portable(black_box(&logits)));
+            for (_, f) in &kernels {
+                black_box(f(black_box(&logits)));
+            }
         }
-        let (mut fast, mut portable) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            fast.push(time(stats, &logits));
-            portable.push(time(stats_portable, &logits));
+        let mut times = vec![Vec::new(); kernels.len()];
+        for _ in 0..7 {
+            for (t, (_, f)) in times.iter_mut().zip(&kernels) {
+                t.push(time(*f, &logits));
+            }
         }
-        fast.sort_by(f64::total_cmp);
-        portable.sort_by(f64::total_cmp);
-        println!(
-            "{name:8} vocab {n:>7}: {:7.1} us per token (run-time pick), {:7.1} us portable kernel ({:.2}x)",
-            fast[2],
-            portable[2],
-            portable[2] / fast[2]
-        );
+        let medians: Vec<f64> = times
+            .iter_mut()
+            .map(|t| {
+                t.sort_by(f64::total_cmp);
+                t[t.len() / 2]
+            })
+            .collect();
+        let cells: Vec<String> = kernels
+            .iter()
+            .zip(&medians)
+            .map(|((k, _), m)| format!("{k} {m:6.1} us ({:.2}x)", m / medians[0]))
+            .collect();
+        println!("{name:8} vocab {n:>7}: {}", cells.join(", "));
     }
 }

@@ -159,8 +159,9 @@ fn main() {
         pre_threshold: Some(-0.99),
         threshold: -0.99,
         fitted_on: String::new(),
+        hidden_tensor: "result_norm".into(),
     };
-    probe.validate(width).expect("a valid probe");
+    probe.validate(width, "result_norm").expect("a valid probe");
     let hp: Vec<f32> = (0..width).map(|i| (i as f32 * 0.37).sin()).collect();
     let ha: Vec<f32> = (0..width).map(|i| (i as f32 * 0.11).cos()).collect();
     let states = edgecascade::engine::local::HiddenStates {

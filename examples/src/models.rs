@@ -352,13 +352,14 @@ fn trial_load(path: PathBuf) -> Result<(), Failure> {
     )?;
     let i = rt.local_model().expect("loaded with a model");
     println!(
-        "{}: loads and generates ({} params, vocab {}, trained context {}, chat template: {}, CPU backend: {}, load {:.0} ms, first token {:.0} ms)",
+        "{}: loads and generates ({} params, vocab {}, trained context {}, chat template: {}, CPU backend: {}, confidence kernel: {}, load {:.0} ms, first token {:.0} ms)",
         path.display(),
         i.n_params,
         i.n_vocab,
         i.n_ctx_train,
         i.chat_template,
         i.cpu_backend,
+        edgecascade::engine::local::confidence::kernel_name(),
         i.load_ms,
         r.timings.ttft_ms
     );
