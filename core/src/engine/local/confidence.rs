@@ -38,7 +38,7 @@ impl TokenSignal {
 #[path = "kernel.rs"]
 mod kernel;
 pub use kernel::Stats;
-use kernel::{exp_neg, finish, stats_impl, LANES};
+use kernel::{exp_tail, finish, stats_impl, top_two, LANES};
 
 /// The portable kernel that runs where AVX2 does not (ARM phones, older x86), exposed so the
 /// bench can time it beside the AVX2 one.
@@ -77,7 +77,7 @@ mod avx2 {
         _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps,
     };
 
-    use super::{exp_neg, finish, LANES};
+    use super::{exp_tail, finish, top_two, LANES};
 
     /// Eight lanes of `exp_neg`.
     #[inline]
@@ -122,15 +122,7 @@ mod avx2 {
             t1 = _mm256_max_ps(t1, x);
             i += LANES;
         }
-        let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for &x in lanes(t1).iter().chain(lanes(t2).iter()).chain(&logits[n..]) {
-            if x > m1 {
-                m2 = m1;
-                m1 = x;
-            } else if x > m2 {
-                m2 = x;
-            }
-        }
+        let (m1, m2) = top_two(lanes(t1).iter().chain(lanes(t2).iter()).chain(&logits[n..]));
         let vm = _mm256_set1_ps(m1);
         let (mut z0, mut z1, mut ze0, mut ze1) = (
             _mm256_setzero_ps(),
@@ -150,14 +142,9 @@ mod avx2 {
             ze1 = _mm256_fmadd_ps(db, eb, ze1);
             i += 2 * LANES;
         }
-        let mut zs: f32 = lanes(_mm256_add_ps(z0, z1)).iter().sum();
-        let mut zes: f32 = lanes(_mm256_add_ps(ze0, ze1)).iter().sum();
-        for &x in &logits[i..] {
-            let d = x - m1;
-            let e = exp_neg(d);
-            zs += e;
-            zes += d * e;
-        }
+        let zs: f32 = lanes(_mm256_add_ps(z0, z1)).iter().sum();
+        let zes: f32 = lanes(_mm256_add_ps(ze0, ze1)).iter().sum();
+        let (zs, zes) = exp_tail(&logits[i..], m1, zs, zes);
         finish(m1, m2, zs, zes)
     }
 }
@@ -174,7 +161,7 @@ mod avx512 {
         _mm512_slli_epi32, _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_ps,
     };
 
-    use super::{exp_neg, finish};
+    use super::{exp_tail, finish, top_two};
 
     const W: usize = 16;
 
@@ -222,15 +209,7 @@ mod avx512 {
             t1 = _mm512_max_ps(t1, x);
             i += W;
         }
-        let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for &x in lanes(t1).iter().chain(lanes(t2).iter()).chain(&logits[n..]) {
-            if x > m1 {
-                m2 = m1;
-                m1 = x;
-            } else if x > m2 {
-                m2 = x;
-            }
-        }
+        let (m1, m2) = top_two(lanes(t1).iter().chain(lanes(t2).iter()).chain(&logits[n..]));
         let vm = _mm512_set1_ps(m1);
         let (mut z0, mut z1, mut ze0, mut ze1) = (
             _mm512_setzero_ps(),
@@ -250,14 +229,9 @@ mod avx512 {
             ze1 = _mm512_fmadd_ps(db, eb, ze1);
             i += 2 * W;
         }
-        let mut zs = _mm512_reduce_add_ps(_mm512_add_ps(z0, z1));
-        let mut zes = _mm512_reduce_add_ps(_mm512_add_ps(ze0, ze1));
-        for &x in &logits[i..] {
-            let d = x - m1;
-            let e = exp_neg(d);
-            zs += e;
-            zes += d * e;
-        }
+        let zs = _mm512_reduce_add_ps(_mm512_add_ps(z0, z1));
+        let zes = _mm512_reduce_add_ps(_mm512_add_ps(ze0, ze1));
+        let (zs, zes) = exp_tail(&logits[i..], m1, zs, zes);
         finish(m1, m2, zs, zes)
     }
 }

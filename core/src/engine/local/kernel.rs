@@ -57,15 +57,7 @@ pub(super) fn stats_impl(logits: &[f32]) -> Stats {
             t1[l] = t1[l].max(x);
         }
     }
-    let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in t1.iter().chain(t2.iter()).chain(rest) {
-        if x > m1 {
-            m2 = m1;
-            m1 = x;
-        } else if x > m2 {
-            m2 = x;
-        }
-    }
+    let (m1, m2) = top_two(t1.iter().chain(t2.iter()).chain(rest));
     let mut z = [0f32; LANES];
     let mut ze = [0f32; LANES];
     for c in chunks {
@@ -77,14 +69,38 @@ pub(super) fn stats_impl(logits: &[f32]) -> Stats {
             ze[l] = fma(d, e, ze[l]);
         }
     }
-    let (mut zs, mut zes) = (z.iter().sum::<f32>(), ze.iter().sum::<f32>());
+    let (zs, zes) = exp_tail(rest, m1, z.iter().sum::<f32>(), ze.iter().sum::<f32>());
+    finish(m1, m2, zs, zes)
+}
+
+/// The largest and second largest of `xs` (a repeated maximum is its own runner-up): merges
+/// each kernel's per-lane top two and the tail past the last full vector.
+#[inline(always)] // one copy per kernel, in its target-feature context
+#[allow(clippy::inline_always)]
+pub(super) fn top_two<'a>(xs: impl Iterator<Item = &'a f32>) -> (f32, f32) {
+    let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in xs {
+        if x > m1 {
+            m2 = m1;
+            m1 = x;
+        } else if x > m2 {
+            m2 = x;
+        }
+    }
+    (m1, m2)
+}
+
+/// Adds the logits past the last full vector to Z and sum z e^z.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+pub(super) fn exp_tail(rest: &[f32], m1: f32, mut zs: f32, mut zes: f32) -> (f32, f32) {
     for &x in rest {
         let d = x - m1;
         let e = exp_neg(d);
         zs += e;
         zes += d * e;
     }
-    finish(m1, m2, zs, zes)
+    (zs, zes)
 }
 
 /// The stats from the max, runner-up, Z = sum e^(x - max) and sum (x - max) e^(x - max).
