@@ -11,6 +11,13 @@ once, rotating the order; the report gives per-tool medians and the paired ratio
     scripts/bench-llama-builds.py fixed=ours:config=fixed.toml avx2=ours:variant=haswell \\
         static=~/.cache/edgecascade/llama-tools/bin/llama-bench
 
+--background CMD runs a competing load (a shell command, in its own process group) for the whole
+run, started before the first round and killed after the last, for example another process's
+spinning ggml threadpool:
+
+    scripts/bench-llama-builds.py --rounds 8 fixed=ours:config=fixed.toml \
+        --background "while :; do llama-bench -m M -t 2 -p 0 -n 512 -r 1 >/dev/null; done"
+
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
 -DBUILD_SHARED_LIBS=ON (see README, "CPU builds").
 """
@@ -19,8 +26,10 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
+import time
 
 
 def bootstrap_median(xs, n=10000, seed=1):
@@ -47,6 +56,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--background", help="a shell command to run as a competing load throughout")
     a = ap.parse_args()
 
     def llama_bench(path):
@@ -83,11 +93,25 @@ def main():
             tools[name] = lambda p=path: llama_bench(p)
     names = list(tools)
     rows = {k: [] for k in names}
-    for r in range(a.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for k in order:
-            rows[k].append(tools[k]())
-        print(f"round {r + 1}: " + ", ".join(f"{k} {rows[k][-1]:.1f}" for k in names), flush=True)
+    load = None
+    if a.background:
+        load = subprocess.Popen(a.background, shell=True, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)  # let the load reach its steady state (a model load, threads spinning)
+        if load.poll() is not None:
+            raise SystemExit(f"the background load exited at once ({load.returncode})")
+        print(f"background load running: {a.background}", flush=True)
+    try:
+        for r in range(a.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for k in order:
+                rows[k].append(tools[k]())
+            print(f"round {r + 1}: " + ", ".join(f"{k} {rows[k][-1]:.1f}" for k in names),
+                  flush=True)
+    finally:
+        if load is not None:
+            os.killpg(load.pid, signal.SIGKILL)
+            load.wait()
     print("decode tok/s, median: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in rows.items()))
     for i, x in enumerate(names):
         for y in names[i + 1:]:

@@ -2,20 +2,22 @@
 # The core built without its `structured` feature, as an app that leaves structured output out of
 # its mobile library builds it: it compiles, and (SmolLM2 through real llama.cpp) JSON-schema,
 # JSON-object and forced tool-call requests are refused with an error naming the feature, while
-# text and tools under `auto` still answer (core/tests/integration/lean.rs). llama.cpp is not
+# text and tools under `auto` still answer (core/tests/lean.rs). llama.cpp is not
 # built a second time: on x86-64 Linux the core keeps the workspace's CPU variants, and the FFI
-# crate (with its `bindgen` feature, still without `structured`) joins the build so that the
-# build-script dependencies get the workspace's features (`memchr`'s `default`, through
-# uniffi's CLI): otherwise llama-cpp-sys-2's fingerprint differs and a cold run builds it
-# again (about 6 minutes). Checked with `cargo +nightly ... --unit-graph`: the closure of
-# llama-cpp-sys-2 is the same as the workspace build's.
+# crate (with its `bindgen` feature) and the CLI crate join the selection, still without
+# `structured`, so that every dependency gets the workspace's features (`memchr`'s `default`
+# through uniffi's CLI, `libc`, `log`, `clap`... through the CLI's). Otherwise llama-cpp-sys-2's
+# fingerprint differs and a cold run builds it again (about 6 minutes), and with the CLI left
+# out `libc` and everything above it were built again (another 6 minutes on a slow 2-core VM).
+# Only the `lean` test target is built (core/tests/lean.rs): the CLI has none, so its binary is
+# not built, nor is the whole integration suite.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 features=edgecascade/uniffi,edgecascade-ffi/bindgen
 if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then features=$features,edgecascade/cpu-variants; fi
-out=$(cargo test --release -p edgecascade -p edgecascade-ffi --no-default-features \
-  --features "$features" --test integration lean 2>&1)
+out=$(cargo test --release -p edgecascade -p edgecascade-ffi -p edgecascade-cli --no-default-features \
+  --features "$features" --test lean 2>&1)
 rc=$?
 # Cargo's own result lines are renamed, so the suite's figures are counted once, as `lean`.
 echo "$out" | sed 's/^test result: /lean: /'

@@ -1,7 +1,11 @@
 //! The library built without its `structured` feature (the smaller mobile build): requests that
 //! need a grammar are refused with an error that says so, and the rest still works. Only
-//! compiled in that build (`scripts/test.sh` runs it as the `lean` suite).
+//! compiled in that build (`scripts/test.sh` runs it as the `lean` suite). A test binary of its
+//! own, so that the lean build compiles this file and not the whole integration suite.
 #![cfg(not(feature = "structured"))]
+#![allow(missing_docs)]
+
+mod support;
 
 use edgecascade::error::ErrorKind;
 use edgecascade::{ChatMessage, ChatRequest, ResponseFormat, Tool, ToolChoice};
@@ -16,7 +20,7 @@ fn area() -> Tool {
 
 #[test]
 fn grammar_requests_are_refused_plainly_and_the_rest_still_answers() {
-    let rt = crate::shared();
+    let rt = support::shared();
     let ask = |req: ChatRequest| rt.chat(&req, &edgecascade::NullSink);
     let base = ChatRequest {
         messages: vec![ChatMessage::user(
