@@ -15,7 +15,7 @@ once, rotating the order; the report gives per-tool medians and the paired ratio
 run, started before the first round and killed after the last, for example another process's
 spinning ggml threadpool:
 
-    scripts/bench-llama-builds.py --rounds 8 fixed=ours:config=fixed.toml \
+    scripts/bench-llama-builds.py --rounds 8 fixed=ours:config=fixed.toml \\
         --background "while :; do llama-bench -m M -t 2 -p 0 -n 512 -r 1 >/dev/null; done"
 
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
