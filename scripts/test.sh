@@ -22,7 +22,8 @@ export EDGECASCADE_PYTHON="$venv/bin/python"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --workspace "$@" 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary does not hide the results of the others.
+cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The Kotlin SDK on the JVM and the Python bindings, against the same host library (only for a
 # whole-suite run).

@@ -384,7 +384,11 @@ fn private_asks_never_connect_and_the_key_never_shows() {
             assert!(!text.contains(key), "the key leaked: {text}");
         }
     }
-    assert!(String::from_utf8_lossy(&forced.stderr).contains("[redacted]"));
+    assert!(
+        stderr(&forced).contains("[redacted]"),
+        "the 401 answer, redacted, is not in: {}",
+        stderr(&forced)
+    );
     let ledger = std::fs::read_to_string(dir.path().join("ledger.jsonl")).unwrap();
     assert!(
         !ledger.contains(key) && !ledger.contains("4321"),

@@ -53,14 +53,22 @@ pub fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
             let Ok(mut s) = s else { continue };
             c.fetch_add(1, Ordering::SeqCst);
             let mut auth = String::new();
+            let mut body_len = 0;
             let mut reader = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                if line.to_ascii_lowercase().starts_with("authorization:") {
+                let lower = line.to_ascii_lowercase();
+                if lower.starts_with("authorization:") {
                     auth = line.trim().to_owned();
+                } else if let Some(n) = lower.strip_prefix("content-length:") {
+                    body_len = n.trim().parse().unwrap_or(0);
                 }
                 line.clear();
             }
+            // Read the request body before answering: closing a socket with unread bytes sends
+            // a reset, and the client may then lose the answer (seen once in CI on a slow VM).
+            let mut request_body = vec![0; body_len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut request_body);
             let body = format!(r#"{{"error":{{"message":"rejected {auth}"}}}}"#);
             let _ = write!(
                 s,
