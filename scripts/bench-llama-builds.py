@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Decode speed of `edgecascade bench` against several llama-bench builds, alternated in one run.
+"""Decode (or prefill) speed of `edgecascade bench` against several llama-bench builds, alternated
+in one run.
 
 Used to tell our own overhead from the cost of how llama.cpp is built: the same llama.cpp
 sources built static (scripts/build-llama-tools.sh) and as shared libraries, as ours is (the
@@ -17,6 +18,12 @@ spinning ggml threadpool:
 
     scripts/bench-llama-builds.py --rounds 8 fixed=ours:config=fixed.toml \\
         --background "while :; do llama-bench -m M -t 2 -p 0 -n 512 -r 1 >/dev/null; done"
+
+--metric prefill compares prompt evaluation instead (llama-bench -p N -n 0 against our bench's
+prefill_tok_s), for example our prefill under a busy core before and after a change:
+
+    scripts/bench-llama-builds.py --metric prefill before=ours:bin=/tmp/before/edgecascade \
+        --background "while :; do :; done"
 
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
 -DBUILD_SHARED_LIBS=ON (see README, "CPU builds").
@@ -57,13 +64,17 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--background", help="a shell command to run as a competing load throughout")
+    ap.add_argument("--metric", choices=["decode", "prefill"], default="decode")
     a = ap.parse_args()
 
     def llama_bench(path):
-        # Decode at the depth where ours decodes (right after the prompt).
+        if a.metric == "prefill":
+            sizes = ["-p", str(a.prompt_tokens), "-n", "0"]
+        else:
+            # Decode at the depth where ours decodes (right after the prompt).
+            sizes = ["-p", "0", "-n", str(a.gen_tokens), "-d", str(a.prompt_tokens)]
         out = subprocess.run([os.path.expanduser(path), "-m", a.model, "-t", str(a.threads),
-                              "-p", "0", "-n", str(a.gen_tokens), "-d", str(a.prompt_tokens),
-                              "-r", str(a.reps), "-o", "json"],
+                              *sizes, "-r", str(a.reps), "-o", "json"],
                              capture_output=True, text=True, check=True).stdout
         return statistics.median(json.loads(out)[0]["samples_ts"])
 
@@ -82,7 +93,7 @@ def main():
                               "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens",
                               str(a.gen_tokens), "--reps", str(a.reps), "--json"],
                              capture_output=True, text=True, check=True, env=env).stdout
-        return json.loads(out)["decode_tok_s"]
+        return json.loads(out)[f"{a.metric}_tok_s"]
 
     tools = {"ours": ours}
     for b in a.builds:
@@ -112,7 +123,7 @@ def main():
         if load is not None:
             os.killpg(load.pid, signal.SIGKILL)
             load.wait()
-    print("decode tok/s, median: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in rows.items()))
+    print(f"{a.metric} tok/s, median: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in rows.items()))
     for i, x in enumerate(names):
         for y in names[i + 1:]:
             ratios = [p / q for p, q in zip(rows[x], rows[y])]

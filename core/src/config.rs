@@ -73,9 +73,9 @@ pub struct LocalConfig {
     /// Decode threads (the most the adaptive policy uses); default: all cores.
     pub threads: Option<u32>,
     /// Adapt the decode thread count to contention from other processes (see
-    /// `engine::local::governor`); off pins it at `threads`.
+    /// `engine::local::governor`), and prompt processing's in proportion; off pins both.
     pub adaptive_threads: bool,
-    /// Prompt-processing threads; default: all cores.
+    /// Prompt-processing threads (the most, when adaptive); default: all cores.
     pub threads_batch: Option<u32>,
     /// Context size in tokens; default: min(4096, the model's training context).
     pub n_ctx: Option<u32>,

@@ -59,7 +59,7 @@ pub fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
             while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
                 let lower = line.to_ascii_lowercase();
                 if lower.starts_with("authorization:") {
-                    auth = line.trim().to_owned();
+                    line.trim().clone_into(&mut auth);
                 } else if let Some(n) = lower.strip_prefix("content-length:") {
                     body_len = n.trim().parse().unwrap_or(0);
                 }

@@ -125,6 +125,9 @@ impl LocalEngine {
             t.enable(true);
         }
         let _off = tap.map(|t| scopeguard::guard((), move |()| t.enable(false)));
+        if let Some((gov, raw)) = slot.governor.as_ref() {
+            raw.set_threads(gov.current(), gov.prefill_threads(self.info.threads_batch));
+        }
         let t_prefill = Instant::now();
         let to_eval = &tokens[keep..];
         if let Some(pos) = prefill(&mut slot.ctx, &mut batch, &tokens, keep, n_batch, cancel)? {
@@ -204,7 +207,7 @@ impl LocalEngine {
             if let Some((gov, raw)) = slot.governor.as_mut() {
                 if let Some(n) = gov.record(step_ms) {
                     log::debug!("decode threads now {n}");
-                    raw.set_threads(n, self.info.threads_batch);
+                    raw.set_threads(n, gov.prefill_threads(self.info.threads_batch));
                 }
             }
             if let Err(e) = decoded {
