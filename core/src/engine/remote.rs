@@ -150,6 +150,7 @@ pub struct RemoteEngine {
     headers: Vec<(String, String)>,
     max_retries: u32,
     chunk_gap: Duration,
+    first_byte: Duration,
     total: Duration,
     deadline: Duration,
     stream: bool,
@@ -244,6 +245,7 @@ impl RemoteEngine {
                 .collect(),
             max_retries: cfg.max_retries,
             chunk_gap: secs(cfg.chunk_gap_timeout_s),
+            first_byte: secs(cfg.first_byte_timeout_s),
             total: secs(cfg.total_timeout_s),
             deadline: secs(cfg.deadline_s),
             stream: cfg.stream,
@@ -499,6 +501,8 @@ impl RemoteEngine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<RemoteOutput, (RemoteError, Option<f64>)> {
         let url = &self.url;
+        // The whole-exchange limit the exchange is given, for a timeout's message.
+        let global = until.saturating_duration_since(Instant::now());
         let exchange = self.spawn_exchange(body, until).map_err(|e| (e, None))?;
         let rx = &exchange.rx;
         let mut sse = Sse::new(t0);
@@ -557,7 +561,7 @@ impl RemoteEngine {
                         retry_after,
                     ))
                 }
-                Wire::Failed(e) => return Err((self.transport_error(&e), None)),
+                Wire::Failed(e) => return Err((self.transport_error(&e, global), None)),
                 Wire::ReadFailed(e) => return Err((self.read_error(&e), None)),
                 Wire::Answering => {
                     log::debug!(
@@ -648,23 +652,25 @@ impl RemoteEngine {
         })
     }
 
-    fn transport_error(&self, e: &ureq::Error) -> RemoteError {
+    /// `global` is this attempt's whole-exchange limit (the total timeout, or what is left of
+    /// the deadline).
+    fn transport_error(&self, e: &ureq::Error, global: Duration) -> RemoteError {
         match e {
             ureq::Error::Timeout(t) => {
-                let phase = match t {
+                let (phase, limit) = match t {
                     ureq::Timeout::Connect | ureq::Timeout::Resolve => {
                         return RemoteError::Connect {
                             url: self.url.clone(),
                             detail: format!("{t:?} timeout"),
                         }
                     }
-                    ureq::Timeout::RecvResponse => "first byte",
-                    _ => "total",
+                    ureq::Timeout::RecvResponse => ("first byte", self.first_byte.min(global)),
+                    _ => ("total", global),
                 };
                 RemoteError::Timeout {
                     url: self.url.clone(),
                     phase,
-                    seconds: 0.0,
+                    seconds: limit.as_secs_f64(),
                 }
             }
             other => RemoteError::Connect {

@@ -157,6 +157,11 @@ fn slow_first_byte_times_out() {
         ),
         "{e}"
     );
+    // The message names the limit that fired (it once said "after 0.0 s").
+    assert!(
+        e.to_string().ends_with("first byte timeout after 2.0 s"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
