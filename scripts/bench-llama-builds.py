@@ -22,7 +22,7 @@ spinning ggml threadpool:
 --metric prefill compares prompt evaluation instead (llama-bench -p N -n 0 against our bench's
 prefill_tok_s), for example our prefill under a busy core before and after a change:
 
-    scripts/bench-llama-builds.py --metric prefill before=ours:bin=/tmp/before/edgecascade \
+    scripts/bench-llama-builds.py --metric prefill before=ours:bin=/tmp/before/edgecascade \\
         --background "while :; do :; done"
 
 Build a shared llama-bench from the cached sources with the flags of build-llama-tools.sh plus
