@@ -101,9 +101,8 @@ impl Governor {
             return batch;
         }
         let scaled = (u64::from(batch) * u64::from(settled)).div_ceil(u64::from(self.max));
-        u32::try_from(scaled)
-            .unwrap_or(batch)
-            .clamp(1, batch.max(1))
+        // settled < max, so the share never exceeds the batch count.
+        u32::try_from(scaled).unwrap_or(batch).max(1)
     }
 
     /// Records one single-token decode step; returns the new thread count when it changes.
