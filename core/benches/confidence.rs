@@ -12,7 +12,7 @@ use edgecascade::engine::local::confidence::{
 
 type Kernel = fn(&[f32]) -> Stats;
 
-fn time(f: Kernel, logits: &[f32]) -> f64 {
+fn time<R>(f: impl Fn(&[f32]) -> R, logits: &[f32]) -> f64 {
     let iters = 500;
     let t = Instant::now();
     for _ in 0..iters {
@@ -78,5 +78,30 @@ fn main() {
             .map(|((k, _), m)| format!("{k} {m:6.1} us ({:.2}x)", m / medians[0]))
             .collect();
         println!("{name:8} vocab {n:>7}: {}", cells.join(", "));
+        argmax_times(n, logits);
     }
+}
+
+/// The greedy token's scan, the block scan against a plain `position`, with the largest logit
+/// three quarters of the way along the vocabulary.
+#[allow(clippy::float_cmp)]
+fn argmax_times(n: usize, mut logits: Vec<f32>) {
+    logits[n * 3 / 4] = 99.0;
+    let s = stats_portable(&logits);
+    assert_eq!(s.argmax(&logits), n * 3 / 4);
+    let block = |l: &[f32]| s.argmax(l);
+    let plain = |l: &[f32]| l.iter().position(|&x| x == 99.0);
+    let (mut b, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        b.push(time(block, &logits));
+        p.push(time(plain, &logits));
+    }
+    b.sort_by(f64::total_cmp);
+    p.sort_by(f64::total_cmp);
+    let (b, p) = (b[3], p[3]);
+    println!(
+        "{:8} argmax at 3/4: block scan {b:6.1} us, plain position {p:6.1} us ({:.2}x)",
+        "",
+        p / b
+    );
 }
