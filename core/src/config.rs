@@ -70,12 +70,14 @@ pub enum PrefixCache {
 pub struct LocalConfig {
     /// Path to a GGUF model.
     pub model: Option<PathBuf>,
-    /// Decode threads (the most the adaptive policy uses); default: all cores.
+    /// Decode threads (the most the adaptive policy uses); default: all cores (with separate
+    /// parallel contexts, `batching = false`: each its share).
     pub threads: Option<u32>,
     /// Adapt the decode thread count to contention from other processes (see
     /// `engine::local::governor`), and prompt processing's in proportion; off pins both.
     pub adaptive_threads: bool,
-    /// Prompt-processing threads (the most, when adaptive); default: all cores.
+    /// Prompt-processing threads (the most, when adaptive); default: as `threads`'s default
+    /// (all cores, or each separate context's share).
     pub threads_batch: Option<u32>,
     /// Context size in tokens; default: min(4096, the model's training context).
     pub n_ctx: Option<u32>,

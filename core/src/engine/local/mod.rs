@@ -348,19 +348,8 @@ impl LocalEngine {
         if n_ctx > n_ctx_train && n_ctx_train > 0 {
             log::warn!("n_ctx {n_ctx} exceeds the model's training context {n_ctx_train}; quality may suffer");
         }
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
         let batching = cfg.batching && cfg.parallel > 1;
-        // Separate parallel contexts share the cores: by default each gets its share, so they
-        // never oversubscribe the CPU (4 contexts x 2 threads on 2 cores ran at a third of the
-        // speed). One batched context uses them all.
-        let threads = cfg.threads.unwrap_or_else(|| {
-            if batching {
-                LocalConfig::default_threads()
-            } else {
-                (LocalConfig::default_threads() / cfg.parallel).max(1)
-            }
-        });
-        let threads_batch = cfg.threads_batch.unwrap_or(cores);
+        let (threads, threads_batch) = thread_counts(cfg, LocalConfig::default_threads());
         let name = gguf.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
@@ -525,6 +514,25 @@ impl LocalEngine {
     }
 }
 
+/// Decode and prompt threads per context, on a machine with `cores` cores. Separate parallel
+/// contexts (`parallel` > 1 without batching) share the cores: by default each gets its share
+/// for both, so they never oversubscribe the CPU (4 contexts x 2 threads on 2 cores ran at a
+/// third of the speed). Prompt threads included: a context whose prompt pool is larger than its
+/// decode pool keeps a second pool, whose workers spin on other contexts' cores after each
+/// prompt. One context (alone, or batching all requests) uses every core.
+fn thread_counts(cfg: &LocalConfig, cores: u32) -> (u32, u32) {
+    let separate = !cfg.batching && cfg.parallel > 1;
+    let share = if separate {
+        (cores / cfg.parallel).max(1)
+    } else {
+        cores.max(1)
+    };
+    (
+        cfg.threads.unwrap_or(share),
+        cfg.threads_batch.unwrap_or(share),
+    )
+}
+
 /// Rejects requests llama.cpp would misbehave on.
 pub(crate) fn validate_request(req: &ChatRequest) -> Result<(), LocalError> {
     let bad = |m: String| Err(LocalError::InvalidRequest(m));
@@ -558,4 +566,49 @@ pub(crate) fn validate_request(req: &ChatRequest) -> Result<(), LocalError> {
 /// Checks a model file without loading it.
 pub fn verify_model(path: &Path) -> Result<GgufInfo, GgufError> {
     gguf::validate(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{thread_counts, LocalConfig};
+
+    fn cfg(parallel: u32, batching: bool) -> LocalConfig {
+        LocalConfig {
+            parallel,
+            batching,
+            ..LocalConfig::default()
+        }
+    }
+
+    #[test]
+    fn one_context_uses_every_core_for_both() {
+        assert_eq!(thread_counts(&cfg(1, true), 2), (2, 2));
+        assert_eq!(thread_counts(&cfg(1, false), 8), (8, 8));
+        // One batched context serves all parallel requests.
+        assert_eq!(thread_counts(&cfg(4, true), 2), (2, 2));
+    }
+
+    #[test]
+    fn separate_contexts_share_the_cores_for_prompts_too() {
+        // Two prompts at once on 2 cores: one thread each, not two pools of two.
+        assert_eq!(thread_counts(&cfg(2, false), 2), (1, 1));
+        assert_eq!(thread_counts(&cfg(4, false), 8), (2, 2));
+        // Never zero.
+        assert_eq!(thread_counts(&cfg(4, false), 2), (1, 1));
+    }
+
+    #[test]
+    fn explicit_counts_win() {
+        let mut c = cfg(2, false);
+        c.threads = Some(3);
+        c.threads_batch = Some(5);
+        assert_eq!(thread_counts(&c, 2), (3, 5));
+        let mut c = cfg(1, true);
+        c.threads = Some(1);
+        assert_eq!(
+            thread_counts(&c, 4),
+            (1, 4),
+            "prompt threads keep their own default"
+        );
+    }
 }
