@@ -13,7 +13,7 @@ import argparse, http.client, json, os, statistics, subprocess, sys, threading, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import start  # noqa: E402
+from benchlib import serve_address, start  # noqa: E402
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -69,7 +69,7 @@ def main():
     servers = {
         "edgecascade": ([os.path.join(target, "release", "edgecascade"), "serve", "--model", a.model, "--port", "0",
                          "--threads", str(a.threads), "--n-ctx", "1024"],
-                        lambda l: l.strip().split("http://")[1] if l.startswith("listening on http://") else None),
+                        serve_address),
         "llama-server": ([os.path.join(bindir, "llama-server"), "-m", a.model, "--port", "18098", "-t", str(a.threads),
                           "-np", "1", "-c", "1024", "--no-webui"],
                          lambda l: "127.0.0.1:18098" if "listening on http" in l else None),

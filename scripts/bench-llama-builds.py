@@ -32,18 +32,12 @@ Build a shared llama-bench from the cached sources with the flags of build-llama
 import argparse
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
 import time
 
-
-def bootstrap_median(xs, n=10000, seed=1):
-    """A percentile bootstrap 95% interval of the median."""
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+from benchlib import bootstrap_median
 
 
 def main():

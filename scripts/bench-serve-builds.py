@@ -18,19 +18,13 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import start  # noqa: E402
-
-
-def load(name, file):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", file))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchlib import bootstrap_median, serve_address, start  # noqa: E402
 
 
 def main():
-    client = load("bench_serve", "bench-serve.py")
-    builds = load("bench_llama_builds", "bench-llama-builds.py")
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(ROOT, "scripts", "bench-serve.py"))
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
     models = os.environ.get("EDGECASCADE_MODELS", os.path.expanduser("~/.cache/edgecascade/models"))
     ap = argparse.ArgumentParser()
     ap.add_argument("bins", nargs="+", help="NAME=PATH of an edgecascade binary")
@@ -49,8 +43,7 @@ def main():
             cmd = [os.path.expanduser(bins[k]), "serve", "--model", a.model, "--port", "0", "--queue", "64"]
             if a.config:
                 cmd += ["--config", a.config]
-            p, addr = start(cmd, lambda l: l.strip().split("http://")[1]
-                            if l.startswith("listening on http://") else None)
+            p, addr = start(cmd, serve_address)
             try:
                 res[k].append(client.run(addr, a.clients, a.requests, a.max_tokens))
             finally:
@@ -65,7 +58,7 @@ def main():
     for k in names[1:]:
         for metric in ("tok_s", "ttft_ms"):
             ratios = [x[metric] / y[metric] for x, y in zip(res[k], res[base])]
-            lo, hi = builds.bootstrap_median(ratios)
+            lo, hi = bootstrap_median(ratios)
             print(f"{k}/{base} {metric}: paired median {statistics.median(ratios):.3f} "
                   f"[{lo:.3f}, {hi:.3f}] (bootstrap 95%), higher in {sum(x > 1 for x in ratios)} of {len(ratios)}")
 

@@ -17,7 +17,7 @@ import argparse, http.client, json, os, statistics, subprocess, sys, threading, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import start  # noqa: E402
+from benchlib import serve_address, start  # noqa: E402
 PROMPTS = [f"In two sentences, tell me something interesting about the number {i}." for i in range(64)]
 
 
@@ -99,7 +99,7 @@ def main():
             "edgecascade": ([ours, "serve", "--model", a.model, "--port", "0",
                              "--parallel", str(a.our_parallel or clients), "--queue", "64", "--n-ctx", "1024"]
                             + (["--threads", str(a.our_threads)] if a.our_threads else []),
-                            lambda l: l.strip().split("http://")[1] if l.startswith("listening on http://") else None),
+                            serve_address),
             "llama-server": ([os.path.join(bindir, "llama-server"), "-m", a.model, "--port", "18099", "-t", str(a.threads),
                               "-np", str(clients), "-c", str(1024 * clients), "--no-webui"],
                              lambda l: "127.0.0.1:18099" if "listening on http" in l else None),

@@ -1,4 +1,7 @@
-"""What the server benchmarks share: starting a server and waiting for its address."""
+"""What the benchmarks share: starting a server and waiting for its address, and the interval
+of a paired median."""
+import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -20,3 +23,15 @@ def start(cmd, ready):
             return p, addr
     p.kill()
     sys.exit(f"server did not start: {' '.join(cmd)}")
+
+
+def serve_address(line):
+    """`edgecascade serve`'s address, from the line that says it listens (for `start`)."""
+    return line.strip().split("http://")[1] if line.startswith("listening on http://") else None
+
+
+def bootstrap_median(xs, n=10000, seed=1):
+    """A percentile bootstrap 95% interval of the median."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
