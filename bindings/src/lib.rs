@@ -264,35 +264,52 @@ pub fn edgecascade_version() -> String {
 }
 
 /// Receives a model download's events, on the download's thread: progress about ten times a
-/// second, then exactly one `on_done` or `on_failed`.
+/// second and each retry, then exactly one `on_done` or `on_failed`.
 #[uniffi::export(with_foreign)]
 pub trait PullListener: Send + Sync {
     /// Bytes so far, the total once known, the current rate.
     fn on_progress(&self, progress: core::models::PullProgress);
+    /// An attempt failed (which, and why) and the next follows after `retry.wait_s`.
+    fn on_retry(&self, retry: core::models::PullRetry);
     /// The file is at its destination, verified. Terminal.
     fn on_done(&self, outcome: core::models::PullOutcome);
     /// The download failed (`Download`, `Storage`, `Cancelled`, `InvalidRequest`). Terminal.
     fn on_failed(&self, error: EdgeCascadeError);
 }
 
-/// A download in progress.
+/// A download in progress. Dropping it (or `close()` in Kotlin) cancels the download.
 #[derive(uniffi::Object)]
-pub struct PullHandle {
-    cancel: Arc<std::sync::atomic::AtomicBool>,
-    finished: Arc<std::sync::atomic::AtomicBool>,
-}
+pub struct PullHandle(core::models::pull::PullHandle);
 
 #[uniffi::export]
 impl PullHandle {
-    /// Stops the download; the partial file stays for a later resume. It ends with
-    /// `on_failed(Cancelled)`.
+    /// Stops the download, a blocked read included; the partial file stays for a later
+    /// resume. It ends with `on_failed(Cancelled)`.
     pub fn cancel(&self) {
-        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.cancel();
     }
 
     /// Whether the download has ended.
     pub fn is_finished(&self) -> bool {
-        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+        self.0.is_finished()
+    }
+}
+
+/// The foreign listener behind core's.
+struct ForeignPullListener(Arc<dyn PullListener>);
+
+impl core::models::pull::PullListener for ForeignPullListener {
+    fn on_progress(&self, progress: &core::models::PullProgress) {
+        self.0.on_progress(*progress);
+    }
+    fn on_retry(&self, retry: &core::models::PullRetry) {
+        self.0.on_retry(retry.clone());
+    }
+    fn on_done(&self, outcome: core::models::PullOutcome) {
+        self.0.on_done(outcome);
+    }
+    fn on_failed(&self, error: core::models::PullError) {
+        self.0.on_failed(core::Error::from(error).into());
     }
 }
 
@@ -309,39 +326,8 @@ pub fn pull_model(
     request: core::models::PullRequest,
     listener: Arc<dyn PullListener>,
 ) -> Arc<PullHandle> {
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let cancel = Arc::new(AtomicBool::new(false));
-    let finished = Arc::new(AtomicBool::new(false));
-    let handle = Arc::new(PullHandle {
-        cancel: Arc::clone(&cancel),
-        finished: Arc::clone(&finished),
-    });
-    let run = {
-        let listener = Arc::clone(&listener);
-        let finished = Arc::clone(&finished);
-        move || {
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                core::models::pull(&request, &cancel, &mut |p| listener.on_progress(*p))
-            }));
-            finished.store(true, Ordering::SeqCst);
-            let _ = catch_unwind(AssertUnwindSafe(|| match result {
-                Ok(Ok(outcome)) => listener.on_done(outcome),
-                Ok(Err(e)) => listener.on_failed(core::Error::from(e).into()),
-                Err(_) => {
-                    listener.on_failed(EdgeCascadeError::Internal("the download panicked".into()));
-                }
-            }));
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("edgecascade-pull".into())
-        .spawn(run)
-    {
-        finished.store(true, Ordering::SeqCst);
-        listener.on_failed(EdgeCascadeError::Internal(format!(
-            "cannot start the download thread: {e}"
-        )));
-    }
-    handle
+    Arc::new(PullHandle(core::models::pull::start_pull(
+        request,
+        Arc::new(ForeignPullListener(listener)),
+    )))
 }

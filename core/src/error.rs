@@ -226,11 +226,14 @@ impl Error {
                 use crate::models::PullError as P;
                 match p {
                     P::Invalid(_) => ErrorKind::InvalidRequest,
-                    P::Status { .. } | P::Unreachable { .. } | P::Mismatch { .. } => {
-                        ErrorKind::Download
-                    }
+                    P::Status { .. }
+                    | P::Unreachable { .. }
+                    | P::Refused { .. }
+                    | P::InProgress(_)
+                    | P::Mismatch { .. } => ErrorKind::Download,
                     P::Storage(_) | P::Io { .. } => ErrorKind::Storage,
                     P::Cancelled => ErrorKind::Cancelled,
+                    P::Panicked(_) => ErrorKind::Internal,
                 }
             }
             Error::Ledger(_) | Error::Internal(_) => ErrorKind::Internal,

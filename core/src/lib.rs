@@ -25,6 +25,8 @@ pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
 pub mod models;
+pub(crate) mod net;
+mod panics;
 pub mod policy;
 pub mod runtime;
 pub mod tools;

@@ -29,6 +29,7 @@ use crate::engine::local::{
 };
 use crate::engine::remote::{RemoteEngine, RemoteError, RemoteOutput};
 use crate::error::{ConfigError, Error, LocalError, Result};
+use crate::panics::panic_text;
 use crate::policy::{self, Cascade, Plan, RouteInput, Verdict};
 use crate::types::{
     ChatRequest, Cost, DeviceState, Event, EventSink, FinishReason, Network, PolicyOverride,
@@ -1374,13 +1375,4 @@ fn deliver(sink: &dyn EventSink, result: Result<Response>) -> Result<Response> {
             )))
         }),
     }
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -237,14 +237,11 @@ fn pull(
         b.set_message(file_name.clone());
         b
     });
-    let result = models::pull(&request, &AtomicBool::new(false), &mut |p| {
-        if let Some(b) = &bar {
-            if let Some(t) = p.total {
-                b.set_length(t);
-            }
-            b.set_position(p.bytes_done);
-        }
-    });
+    let result = models::pull_with(
+        &request,
+        &AtomicBool::new(false),
+        &mut PullDisplay { bar: bar.as_ref() },
+    );
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -286,6 +283,36 @@ fn pull(
         );
     }
     Ok(())
+}
+
+/// The progress bar, and a line on stderr for each retry.
+struct PullDisplay<'a> {
+    bar: Option<&'a indicatif::ProgressBar>,
+}
+
+impl models::PullEvents for PullDisplay<'_> {
+    fn progress(&mut self, p: &models::PullProgress) {
+        if let Some(b) = self.bar {
+            if let Some(t) = p.total {
+                b.set_length(t);
+            }
+            b.set_position(p.bytes_done);
+        }
+    }
+
+    fn retrying(&mut self, r: &models::PullRetry) {
+        let line = format!(
+            "retrying in {:.0} s: {} (attempt {} of {})",
+            r.wait_s.ceil(),
+            r.reason,
+            r.attempt,
+            models::ATTEMPTS_WITHOUT_PROGRESS
+        );
+        match self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 fn verify(path: &std::path::Path, no_load: bool) -> Result<(), Failure> {

@@ -92,6 +92,22 @@ impl RemoteError {
             _ => false,
         }
     }
+
+    /// Whether the error is a failure of the remote tier itself (unreachable, timing out,
+    /// cutting streams, sending garbage, overloaded or broken), which the breaker counts;
+    /// not a refusal of one request (4xx other than 429) or a cancel.
+    pub(crate) fn is_tier_fault(&self) -> bool {
+        match self {
+            RemoteError::Status { status, .. } => *status == 429 || *status >= 500,
+            RemoteError::Connect { .. }
+            | RemoteError::Timeout { .. }
+            | RemoteError::Cut { .. }
+            | RemoteError::Malformed { .. } => true,
+            RemoteError::Config(_) | RemoteError::CircuitOpen { .. } | RemoteError::Cancelled => {
+                false
+            }
+        }
+    }
 }
 
 /// What the remote tier produced.
@@ -135,6 +151,9 @@ struct Breaker {
     open_until: Option<Instant>,
 }
 
+/// The longest wait between two attempts, `Retry-After` included.
+const RETRY_CAP: Duration = Duration::from_secs(8);
+
 /// Consecutive failed requests (after retries) that open the breaker, and its cool-down.
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
@@ -144,7 +163,10 @@ const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 pub struct RemoteEngine {
     /// Agents with an idle keep-alive connection, ready for the next exchange.
     agents: Arc<Agents>,
+    /// The endpoint as text, for messages.
     url: String,
+    /// The endpoint as checked, which every request is made to.
+    uri: http::Uri,
     model: String,
     key: Option<Secret>,
     headers: Vec<(String, String)>,
@@ -167,26 +189,6 @@ pub fn completions_url(base: &str) -> String {
     }
 }
 
-/// Whether `url`'s host is loopback (`localhost`, 127.0.0.0/8, `::1`).
-pub(crate) fn is_loopback_url(url: &str) -> bool {
-    is_loopback_host(url)
-}
-
-fn is_loopback_host(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split(']').next().unwrap_or("").trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.001))
 }
@@ -198,20 +200,15 @@ impl RemoteEngine {
         if cfg.base_url.is_empty() {
             return bad("base_url is empty".into());
         }
-        let lower = cfg.base_url.to_ascii_lowercase();
-        if lower.starts_with("http://") {
-            if !cfg.allow_insecure_http && !is_loopback_host(&cfg.base_url) {
-                return bad(format!(
-                    "{} uses plain http to a non-loopback host; use https, or set allow_insecure_http = true for a trusted LAN",
+        // Parsed once, by the client's own parser; the request goes to exactly this value.
+        let url = crate::net::Url::parse(&completions_url(&cfg.base_url), cfg.allow_insecure_http)
+            .map_err(|e| match e {
+                crate::net::UrlError::PlainHttp { .. } => RemoteError::Config(format!(
+                    "{}: {e}; use https, or set allow_insecure_http = true for a trusted LAN",
                     cfg.base_url
-                ));
-            }
-        } else if !lower.starts_with("https://") {
-            return bad(format!(
-                "base_url {} must start with https:// (or http:// on loopback)",
-                cfg.base_url
-            ));
-        }
+                )),
+                e => RemoteError::Config(format!("base_url: {e}")),
+            })?;
         if cfg.model.is_empty() {
             return bad("model is empty".into());
         }
@@ -229,13 +226,16 @@ impl RemoteEngine {
             .timeout_recv_response(Some(secs(cfg.first_byte_timeout_s)))
             .timeout_global(Some(secs(cfg.total_timeout_s)))
             .http_status_as_error(false)
+            // An API endpoint does not redirect; following one could take the key elsewhere.
+            .max_redirects(0)
             .build();
         Ok(Self {
             agents: Arc::new(Agents {
                 config,
                 idle: Mutex::new(Vec::new()),
             }),
-            url: completions_url(&cfg.base_url),
+            url: url.to_string(),
+            uri: url.uri().clone(),
             model: cfg.model.clone(),
             key,
             headers: cfg
@@ -375,10 +375,16 @@ impl RemoteEngine {
                 && first_byte_timeouts < 2;
             // Exponential backoff with jitter, or the server's Retry-After (capped); never past
             // the deadline.
-            let backoff = 0.25 * f64::from(1u32 << (attempt - 1).min(5)) * (0.5 + jitter());
-            let wait = Duration::from_secs_f64(retry_after.unwrap_or(backoff).min(8.0));
+            let backoff = crate::net::backoff(attempt, Duration::from_millis(500), RETRY_CAP);
+            let wait = retry_after
+                .map_or(backoff, Duration::from_secs_f64)
+                .min(RETRY_CAP);
             if !can_retry || Instant::now() + wait >= deadline {
-                self.record(false);
+                // A request the server refused as bad (400, 422, ...) says nothing about the
+                // tier's health: one client's bad requests must not take it from every client.
+                if e.is_tier_fault() {
+                    self.record(false);
+                }
                 return Err(e);
             }
             log::info!(
@@ -460,7 +466,7 @@ impl RemoteEngine {
         let agent = self.agents.take();
         let slot = Arc::new(Mutex::new(Some(agent.clone())));
         let mut request = agent
-            .post(&self.url)
+            .post(self.uri.clone())
             .header("Content-Type", "application/json")
             .header("Accept", "text/event-stream");
         for (k, v) in &self.headers {
@@ -712,13 +718,6 @@ fn estimate_usage(req: &ChatRequest, answer: &str) -> (u32, u32) {
     )
 }
 
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
-}
-
 /// Sleeps for `d` unless cancelled first; true if cancelled.
 fn sleep_cancellable(d: Duration, cancel: &AtomicBool) -> bool {
     let end = Instant::now() + d;
@@ -894,7 +893,7 @@ fn exchange(
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(crate::net::parse_retry_after);
         let text = response
             .into_body()
             .with_config()
@@ -1019,20 +1018,6 @@ fn read_line_bounded(
         ));
     }
     Ok(Some(String::from_utf8_lossy(buf).into_owned()))
-}
-
-/// `Retry-After` in seconds: a non-negative number of seconds (fractions allowed) or an HTTP
-/// date; capped at an hour. Anything else (negative, NaN, garbage) is ignored.
-pub(crate) fn parse_retry_after(v: &str) -> Option<f64> {
-    let v = v.trim();
-    let secs = if let Ok(s) = v.parse::<f64>() {
-        s
-    } else {
-        let when = httpdate::parse_http_date(v).ok()?;
-        when.duration_since(std::time::SystemTime::now())
-            .map_or(0.0, |d| d.as_secs_f64())
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| secs.min(3600.0))
 }
 
 /// The state of one SSE stream being read.
@@ -1287,25 +1272,6 @@ mod tests {
         assert!(missing
             .to_string()
             .contains("EDGECASCADE_TEST_KEY_UNSET_VAR"));
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("2"), Some(2.0));
-        assert_eq!(parse_retry_after(" 0.5 "), Some(0.5));
-        assert_eq!(parse_retry_after("-1"), None);
-        assert_eq!(parse_retry_after("NaN"), None);
-        assert_eq!(parse_retry_after("inf"), None);
-        assert_eq!(parse_retry_after("1e308"), Some(3600.0));
-        assert_eq!(parse_retry_after("soon"), None);
-        // An HTTP date in the past means now; one in the future, the seconds until it.
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(0.0)
-        );
-        let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        let s = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!((100.0..=120.0).contains(&s), "{s}");
     }
 
     #[test]

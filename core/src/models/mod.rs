@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{CatalogEntry, CATALOG};
-pub use pull::{pull, PullError, PullOutcome, PullProgress, PullRequest};
+pub use pull::{
+    pull, pull_with, PullError, PullEvents, PullOutcome, PullProgress, PullRequest, PullRetry,
+    ATTEMPTS_WITHOUT_PROGRESS,
+};
 
 /// The manifest's file name in a models folder.
 pub const MANIFEST: &str = "edgecascade-models.json";
@@ -92,14 +95,39 @@ impl Store {
             .unwrap_or_default()
     }
 
-    fn write(&self, m: &Manifest) {
-        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
-        let ok = serde_json::to_string_pretty(m)
-            .ok()
-            .is_some_and(|t| std::fs::write(&tmp, t).is_ok())
-            && std::fs::rename(&tmp, self.manifest_path()).is_ok();
-        if !ok {
-            log::warn!("could not update {}", self.manifest_path().display());
+    /// Reads the manifest, lets `change` edit it, and writes it back if `change` says it
+    /// changed: under an exclusive lock on `MANIFEST.lock`, so that the app and the CLI (or two
+    /// threads) updating one folder never lose each other's entries, and through a temporary
+    /// file of this writer's own, renamed over the manifest, so that a reader never sees half
+    /// of it. A manifest that cannot be updated is only a lost hint: it is logged.
+    fn update(&self, change: impl FnOnce(&mut Manifest) -> bool) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = self.manifest_path();
+        let result = (|| -> std::io::Result<()> {
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(self.dir.join(format!("{MANIFEST}.lock")))?;
+            lock.lock()?;
+            let mut m = self.read();
+            if !change(&mut m) {
+                return Ok(());
+            }
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self
+                .dir
+                .join(format!("{MANIFEST}.{}.{n}.tmp", std::process::id()));
+            let text = serde_json::to_string_pretty(&m).map_err(std::io::Error::other)?;
+            let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+            // The lock is released when `lock` closes.
+        })();
+        if let Err(e) = result {
+            log::warn!("could not update {}: {e}", path.display());
         }
     }
 
@@ -111,17 +139,16 @@ impl Store {
 
     /// Records a verified file.
     pub fn record(&self, path: &Path, sha256: &str, size: u64) {
-        let mut m = self.read();
-        m.files.insert(
-            Self::key(path),
-            Recorded {
-                sha256: sha256.to_owned(),
-                size,
-                last_used: crate::cost::now_s(),
-                mtime_ns: stamp(path).filter(|(n, _)| *n == size).map(|(_, t)| t),
-            },
-        );
-        self.write(&m);
+        let entry = Recorded {
+            sha256: sha256.to_owned(),
+            size,
+            last_used: crate::cost::now_s(),
+            mtime_ns: stamp(path).filter(|(n, _)| *n == size).map(|(_, t)| t),
+        };
+        self.update(|m| {
+            m.files.insert(Self::key(path), entry);
+            true
+        });
     }
 
     /// The sha256 its folder's manifest recorded for `path`, if the file still has the size
@@ -143,11 +170,13 @@ impl Store {
         if !store.manifest_path().exists() {
             return;
         }
-        let mut m = store.read();
-        if let Some(r) = m.files.get_mut(&Self::key(path)) {
-            r.last_used = crate::cost::now_s();
-            store.write(&m);
-        }
+        store.update(|m| match m.files.get_mut(&Self::key(path)) {
+            Some(r) => {
+                r.last_used = crate::cost::now_s();
+                true
+            }
+            None => false,
+        });
     }
 
     /// The `.gguf` files in the folder, by name.
@@ -231,10 +260,7 @@ impl Store {
                 self.dir.display()
             )));
         }
-        let mut m = self.read();
-        if m.files.remove(&Self::key(&path)).is_some() {
-            self.write(&m);
-        }
+        self.update(|m| m.files.remove(&Self::key(&path)).is_some());
         Ok(gone)
     }
 
@@ -366,6 +392,41 @@ mod tests {
             assert_eq!(store.list()[0].sha256.as_deref(), Some(sha.as_str()));
             assert_eq!(Store::known_sha256(&f), None);
         }
+    }
+
+    /// Threads recording different models in one folder at once: every entry survives (with
+    /// one fixed temporary name and no lock, concurrent updates lost entries or failed).
+    #[test]
+    fn concurrent_records_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..64).map(|i| format!("m{i}.gguf")).collect();
+        std::thread::scope(|s| {
+            for chunk in names.chunks(8) {
+                let dir = dir.path();
+                s.spawn(move || {
+                    let store = Store::new(dir);
+                    for n in chunk {
+                        let f = dir.join(n);
+                        std::fs::write(&f, b"GGUF").unwrap();
+                        store.record(&f, "abc", 4);
+                        Store::touch(&f);
+                    }
+                });
+            }
+        });
+        let listed = Store::new(dir.path()).list();
+        assert_eq!(listed.len(), 64);
+        assert!(
+            listed.iter().all(|m| m.sha256.as_deref() == Some("abc")),
+            "{listed:?}"
+        );
+        // No temporary file is left behind.
+        let stray: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum Host {
     Status(u16),
     /// Honours `Range`, sending about this many bytes per second.
     Slow(usize),
+    /// 503 with `Retry-After: 0`, no body: a host that is down, and says to come back now.
+    Unavailable,
+    /// Honours `Range`, sends this many bytes, then nothing, holding the connection open.
+    Stall(usize),
 }
 
 pub struct FileHost {
@@ -105,6 +109,21 @@ fn serve(mut s: TcpStream, b: &Host, file: &[u8], range: Option<&str>, sent: &At
                 s,
                 "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
+        }
+        Host::Unavailable => {
+            let _ = write!(
+                s,
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        Host::Stall(k) => {
+            let st = start.unwrap_or(0);
+            let head = if start.is_some() { partial(st) } else { whole };
+            send(&mut s, head, &file[st..(st + k).min(n)]);
+            // Hold the connection open, sending nothing, until the client goes away.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+            let mut sink = [0u8; 64];
+            let _ = std::io::Read::read(&mut s, &mut sink);
         }
         Host::Slow(rate) => {
             let st = start.unwrap_or(0);

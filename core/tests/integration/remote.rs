@@ -118,6 +118,27 @@ fn no_retry_on_other_4xx() {
     assert_eq!(s.count(), 1);
 }
 
+/// One client's bad requests (400, 422, 401 ...) say nothing about the tier's health: any
+/// number of them leaves the breaker closed for everyone (three opened it for 30 s).
+#[test]
+fn refused_requests_never_open_the_breaker() {
+    let s = FaultServer::start(vec![
+        Behavior::Status(400, None),
+        Behavior::Status(422, None),
+        Behavior::Status(404, None),
+        Behavior::Status(400, None),
+        Behavior::Status(413, None),
+        ok_stream(None),
+    ]);
+    let e = engine(&s, 0);
+    for _ in 0..5 {
+        assert!(matches!(ask(&e).0, Err(RemoteError::Status { .. })));
+        assert!(e.check_available().is_ok());
+    }
+    assert_eq!(ask(&e).0.unwrap().text, "Hello world");
+    assert_eq!(s.count(), 6);
+}
+
 #[test]
 fn connection_refused_and_hangups_retry_then_fail_and_open_the_breaker() {
     let s = FaultServer::start(vec![Behavior::Hangup]);
@@ -322,4 +343,68 @@ fn finished_exchanges_keep_their_connection() {
         assert_eq!(ask(&e).0.unwrap().text, "Hello");
     }
     assert_eq!(s.count(), 1, "one connection for three requests");
+}
+
+/// A `base_url` whose text ends in a loopback decoy after `?` or `#` names another host: it is
+/// refused, and nothing reaches that host (the key once went there in clear). The other host
+/// is this machine's own non-loopback address, with a listener counting connections.
+#[test]
+fn a_url_hiding_its_host_behind_a_loopback_decoy_never_gets_the_key() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The address this machine would use to reach another host (no packet is sent).
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect("10.255.255.255:9").unwrap();
+    let lan = probe.local_addr().unwrap().ip();
+    assert!(
+        !lan.is_loopback() && !lan.is_unspecified(),
+        "no non-loopback address to test with: {lan}"
+    );
+    let listener = std::net::TcpListener::bind((lan, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (s, g) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&got));
+    listener.set_nonblocking(false).unwrap();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { continue };
+            s.fetch_add(1, Ordering::SeqCst);
+            let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = c.read(&mut buf) {
+                g.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    for base in [
+        format!("http://{lan}:{port}?@127.0.0.1"),
+        format!("http://{lan}:{port}#@127.0.0.1"),
+        format!("http://{lan}:{port}/?@localhost"),
+        format!("http://127.0.0.1@{lan}:{port}"),
+    ] {
+        let made = RemoteEngine::new(&RemoteConfig {
+            base_url: base.clone(),
+            model: "m".into(),
+            api_key: Some("sk-decoy-test-key".into()),
+            max_retries: 0,
+            ..RemoteConfig::default()
+        });
+        if let Ok(e) = &made {
+            // Today's code would get here: show what the other host receives.
+            let _ = ask(e);
+        }
+        assert!(made.is_err(), "{base} was accepted");
+        let text = made.unwrap_err().to_string();
+        assert!(!text.contains("sk-decoy-test-key"), "{text}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "received: {}",
+        got.lock().unwrap()
+    );
 }

@@ -6,9 +6,13 @@ import Foundation
 /// A finished download: the verified file, and how it got there.
 public typealias PullOutcome = EdgeCascadeBindings.PullOutcome
 
-/// What `Models.pull` yields: progress, then the verified file.
+/// What `Models.pull` yields: progress and retries, then the verified file.
 public enum PullEvent: Sendable, Equatable {
     case progress(bytesDone: UInt64, total: UInt64?, bytesPerSecond: Double)
+    /// An attempt failed (`reason`, such as "HTTP 503"); the next follows in `waitSeconds`.
+    /// `attempt` counts the attempts in a row that received nothing; after 8 the download fails
+    /// with `EdgeCascadeError.Download`. `bytesDone` stay on disk for the resume.
+    case retrying(attempt: UInt32, waitSeconds: Double, reason: String, bytesDone: UInt64)
     case done(PullOutcome)
 }
 
@@ -58,6 +62,9 @@ private final class PullStreamListener: EdgeCascadeBindings.PullListener, @unche
 
     func onProgress(progress: EdgeCascadeBindings.PullProgress) {
         continuation.yield(.progress(bytesDone: progress.bytesDone, total: progress.total, bytesPerSecond: progress.bytesPerS))
+    }
+    func onRetry(retry: EdgeCascadeBindings.PullRetry) {
+        continuation.yield(.retrying(attempt: retry.attempt, waitSeconds: retry.waitS, reason: retry.reason, bytesDone: retry.bytesDone))
     }
     func onDone(outcome: PullOutcome) {
         continuation.yield(.done(outcome))

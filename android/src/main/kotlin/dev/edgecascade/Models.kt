@@ -11,9 +11,15 @@ import uniffi.edgecascade_ffi.pullModel
 /** A finished download: the verified file, and how it got there. */
 typealias PullOutcome = uniffi.edgecascade.PullOutcome
 
-/** What [Models.pull] emits: progress, then the verified file. */
+/** What [Models.pull] emits: progress and retries, then the verified file. */
 sealed class PullEvent {
     data class Progress(val bytesDone: Long, val total: Long?, val bytesPerSecond: Double) : PullEvent()
+    /**
+     * An attempt failed ([reason], such as "HTTP 503"); the next follows in [waitSeconds].
+     * [attempt] counts the attempts in a row that received nothing; after 8 the download
+     * fails with `EdgeCascadeException.Download`. [bytesDone] stay on disk for the resume.
+     */
+    data class Retrying(val attempt: Int, val waitSeconds: Double, val reason: String, val bytesDone: Long) : PullEvent()
     data class Done(val outcome: PullOutcome) : PullEvent()
 }
 
@@ -64,6 +70,9 @@ object Models {
         val handle = pullModel(request, object : PullListener {
             override fun onProgress(progress: uniffi.edgecascade.PullProgress) {
                 trySend(PullEvent.Progress(progress.bytesDone.toLong(), progress.total?.toLong(), progress.bytesPerS))
+            }
+            override fun onRetry(retry: uniffi.edgecascade.PullRetry) {
+                trySend(PullEvent.Retrying(retry.attempt.toInt(), retry.waitS, retry.reason, retry.bytesDone.toLong()))
             }
             override fun onDone(outcome: PullOutcome) {
                 trySendBlocking(PullEvent.Done(outcome))
