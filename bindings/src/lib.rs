@@ -106,6 +106,9 @@ pub trait ChatListener: Send + Sync {
     fn on_token(&self, text: String, tier: core::Tier);
     /// The local draft is being abandoned for the remote tier.
     fn on_escalating(&self, reason: core::Reason);
+    /// The escalation gave no answer: drop the text received since `on_escalating`; the local
+    /// draft received before it stands again, and its continuation follows.
+    fn on_falling_back(&self, detail: String);
     /// The final answer. Terminal.
     fn on_done(&self, response: core::Response);
     /// The request failed. Terminal.
@@ -120,6 +123,7 @@ impl core::EventSink for Listener {
         match event {
             core::Event::Token { text, tier } => self.0.on_token(text, tier),
             core::Event::Escalating { reason } => self.0.on_escalating(reason),
+            core::Event::FallingBack { detail } => self.0.on_falling_back(detail),
             core::Event::Done(r) => self.0.on_done(*r),
             core::Event::Failed(e) => self.0.on_failed(e.into()),
         }

@@ -56,6 +56,7 @@ impl ChatListener for Recorder {
         assert!(!self.panic_on_token, "a listener bug");
     }
     fn on_escalating(&self, _reason: Reason) {}
+    fn on_falling_back(&self, _detail: String) {}
     fn on_done(&self, response: Response) {
         self.terminal.fetch_add(1, Ordering::SeqCst);
         *self.done.lock().unwrap() = Some(response);

@@ -444,6 +444,14 @@ impl Config {
                 "local.n_batch must be at least 1".into(),
             ));
         }
+        // One batched step holds a token of every generating request: fewer rows than requests
+        // failed every request in the batch on every step.
+        if l.batching && l.parallel > 1 && l.n_batch < l.parallel {
+            return Err(ConfigError::Invalid(format!(
+                "local.n_batch ({}) must be at least local.parallel ({}) with batching: one step decodes a token of every running request",
+                l.n_batch, l.parallel
+            )));
+        }
         if l.threads == Some(0) || l.threads_batch == Some(0) {
             return Err(ConfigError::Invalid(
                 "local.threads must be at least 1".into(),
@@ -589,6 +597,15 @@ store_prompts = false
     fn typos_and_bad_values_are_errors() {
         assert!(Config::from_toml("[local]\nthreadz = 2").is_err());
         assert!(Config::from_toml("[local]\nparallel = 0").is_err());
+        let e = Config::from_toml("[local]\nparallel = 4\nn_batch = 3").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("n_batch (3) must be at least local.parallel (4)"),
+            "{e}"
+        );
+        assert!(Config::from_toml("[local]\nparallel = 4\nn_batch = 4").is_ok());
+        // Separate contexts each decode one request.
+        assert!(Config::from_toml("[local]\nparallel = 4\nn_batch = 1\nbatching = false").is_ok());
         assert!(Config::from_toml("[prices]\nlocal_per_1k = -1.0").is_err());
     }
 

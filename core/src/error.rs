@@ -254,29 +254,102 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 mod tests {
     use super::*;
 
+    /// Every kind's stable string, each reached from a real error of the layer that makes
+    /// it (apps and the ledger match on these strings).
     #[test]
     fn kinds_are_stable() {
-        let e: Error = LocalError::ContextOverflow {
-            prompt_tokens: 10,
-            n_ctx: 8,
-        }
-        .into();
-        assert_eq!(e.kind().as_str(), "context_overflow");
-        let e: Error = RemoteError::Status {
+        use crate::models::PullError;
+        let path = || std::path::PathBuf::from("m.gguf");
+        let remote = |status| RemoteError::Status {
             url: "u".into(),
-            status: 401,
+            status,
             body: String::new(),
+        };
+        let table: Vec<(Error, &str)> = vec![
+            (
+                GgufError::Empty { path: path() }.into(),
+                "invalid_model_file",
+            ),
+            (
+                LocalError::Load {
+                    path: path(),
+                    detail: String::new(),
+                }
+                .into(),
+                "model_load",
+            ),
+            (
+                LocalError::ContextOverflow {
+                    prompt_tokens: 10,
+                    n_ctx: 8,
+                }
+                .into(),
+                "context_overflow",
+            ),
+            (Error::InvalidRequest("x".into()), "invalid_request"),
+            (ConfigError::Invalid("x".into()).into(), "invalid_config"),
+            (remote(503).into(), "remote_unavailable"),
+            (remote(429).into(), "remote_unavailable"),
+            (Error::Offline, "remote_unavailable"),
+            (remote(401).into(), "remote_rejected"),
+            (remote(400).into(), "remote_rejected"),
+            (Error::BudgetExhausted("x".into()), "budget_exhausted"),
+            (LocalError::Cancelled.into(), "cancelled"),
+            (PullError::Cancelled.into(), "cancelled"),
+            (Error::Closed, "closed"),
+            (
+                PullError::Status {
+                    url: "u".into(),
+                    status: 404,
+                }
+                .into(),
+                "download",
+            ),
+            (PullError::InProgress(path()).into(), "download"),
+            (PullError::Storage("full".into()).into(), "storage"),
+            (Error::DeviceState("x".into()), "device_state"),
+            (Error::Internal("x".into()), "internal"),
+            (PullError::Panicked("x".into()).into(), "internal"),
+        ];
+        for (e, want) in &table {
+            assert_eq!(e.kind().as_str(), *want, "{e:?}");
         }
-        .into();
-        assert_eq!(e.kind(), ErrorKind::RemoteRejected);
-        let e: Error = RemoteError::Status {
-            url: "u".into(),
-            status: 503,
-            body: String::new(),
+        // Every kind is reached (an exhaustive match: a new kind fails to compile here until
+        // the table has it).
+        let covered = |k: ErrorKind| table.iter().any(|(e, _)| e.kind() == k);
+        for k in [
+            ErrorKind::InvalidModelFile,
+            ErrorKind::ModelLoad,
+            ErrorKind::ContextOverflow,
+            ErrorKind::InvalidRequest,
+            ErrorKind::InvalidConfig,
+            ErrorKind::RemoteUnavailable,
+            ErrorKind::RemoteRejected,
+            ErrorKind::BudgetExhausted,
+            ErrorKind::Cancelled,
+            ErrorKind::Closed,
+            ErrorKind::Download,
+            ErrorKind::Storage,
+            ErrorKind::DeviceState,
+            ErrorKind::Internal,
+        ] {
+            match k {
+                ErrorKind::InvalidModelFile
+                | ErrorKind::ModelLoad
+                | ErrorKind::ContextOverflow
+                | ErrorKind::InvalidRequest
+                | ErrorKind::InvalidConfig
+                | ErrorKind::RemoteUnavailable
+                | ErrorKind::RemoteRejected
+                | ErrorKind::BudgetExhausted
+                | ErrorKind::Cancelled
+                | ErrorKind::Closed
+                | ErrorKind::Download
+                | ErrorKind::Storage
+                | ErrorKind::DeviceState
+                | ErrorKind::Internal => assert!(covered(k), "{k:?} is never produced"),
+            }
         }
-        .into();
-        assert_eq!(e.kind(), ErrorKind::RemoteUnavailable);
-        assert_eq!(Error::Closed.kind().as_str(), "closed");
         assert_eq!(
             Error::BudgetExhausted("x".into()).to_string(),
             "remote budget exhausted: x"

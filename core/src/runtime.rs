@@ -100,6 +100,9 @@ struct Work {
     /// Local tokens generated after a failed escalation, continuing the cut draft.
     local_extra: Option<LocalOutput>,
     remote: Option<RemoteOutput>,
+    /// Remote usage of calls that did not give the answer (failed after text had streamed),
+    /// estimated from what arrived: billed, and counted against the budget.
+    remote_spent: Option<TokenUsage>,
 }
 
 impl Work {
@@ -126,11 +129,10 @@ struct Settled {
     work: Work,
 }
 
-/// A leg that failed. `reserved` says budget was reserved (so a record must settle it).
+/// A leg that failed.
 struct Failed {
     error: Box<Error>,
     reason: Reason,
-    reserved: bool,
 }
 
 impl Failed {
@@ -138,8 +140,101 @@ impl Failed {
         Self {
             error: Box::new(error.into()),
             reason,
-            reserved: false,
         }
+    }
+}
+
+/// What one admitted request has committed of the remote budget and spent of it, so that its
+/// cost record is written however the request ends: with an answer, an error, or a panic
+/// (the guard's drop writes it then, while unwinding). A reservation is never left to expire
+/// while the ledger waits for a record that will not come.
+struct Settlement<'a> {
+    rt: &'a Runtime,
+    req: &'a ChatRequest,
+    id: String,
+    t0: Instant,
+    /// Budget was reserved for this request: a record must settle it.
+    reserved: Cell<bool>,
+    /// Remote usage of calls that did not give the answer (see [`Work::remote_spent`]).
+    spent: Cell<Option<TokenUsage>>,
+    /// Remote usage of every call so far, the answer's included: what a record written after
+    /// a panic bills.
+    billed: Cell<Option<TokenUsage>>,
+    /// The record was written (or its write attempted).
+    recorded: Cell<bool>,
+}
+
+impl Settlement<'_> {
+    /// Adds a remote call's usage to what was billed.
+    fn bill(&self, usage: TokenUsage) {
+        self.billed.set(Some(add_usage(self.billed.get(), usage)));
+    }
+
+    /// Adds the estimated usage of a remote call that failed after `text` had arrived (the
+    /// server generated it, so it bills it).
+    fn spent_on_failure(&self, prompt_tokens: u32, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let usage = TokenUsage {
+            prompt_tokens,
+            completion_tokens: crate::engine::remote::estimate_completion_tokens(text),
+        };
+        self.spent.set(Some(add_usage(self.spent.get(), usage)));
+        self.bill(usage);
+    }
+
+    /// Writes the answer's record.
+    fn record_answer(&self, response: &mut Response) {
+        self.recorded.set(true);
+        let Some(ledger) = &self.rt.ledger else {
+            return;
+        };
+        if let Err(e) = ledger.record(&self.rt.record(response, self.req)) {
+            log::warn!("answer produced, but its cost record was not written: {e}");
+            response.ledger_error = Some(e.to_string());
+        }
+    }
+
+    /// Writes a failed request's record, if it reserved budget: it settles the reservation
+    /// and counts what was spent (route "failed", the error's kind beside it).
+    fn record_failure(&self, reason: Reason, kind: crate::error::ErrorKind) {
+        self.recorded.set(true);
+        let (Some(ledger), true) = (&self.rt.ledger, self.reserved.get()) else {
+            return;
+        };
+        let settled = Settled {
+            route: Route::Local,
+            reason,
+            detail: String::new(),
+            remote_error: None,
+            work: Work {
+                remote_spent: self.billed.get(),
+                ..Work::default()
+            },
+        };
+        let mut rec = self
+            .rt
+            .record(&self.rt.respond(&self.id, settled, self.t0, None), self.req);
+        rec.route = "failed".into();
+        rec.answer = None;
+        rec.error = Some(kind.as_str().to_owned());
+        if let Err(e) = ledger.record(&rec) {
+            log::warn!("the failed request's cost record was not written: {e}");
+        }
+    }
+}
+
+impl Drop for Settlement<'_> {
+    fn drop(&mut self) {
+        if self.recorded.get() {
+            return;
+        }
+        // Only a panic leaves a request unrecorded. A second panic here would abort the
+        // process: catch it too.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            self.record_failure(Reason::Rule, crate::error::ErrorKind::Internal);
+        }));
     }
 }
 
@@ -165,6 +260,8 @@ enum Fallback {
 /// What the router was told and decided for one request.
 struct Routed {
     decision: policy::Decision,
+    /// The prompt's tokens (the local tokenizer's count, or an estimate without one).
+    prompt_tokens: u32,
     /// Prompt and context tokens, when the prompt does not fit the local context.
     overflow: Option<(u32, u32)>,
     /// The remote completion cap (`max_tokens`, at most [`WORST_CASE_COMPLETION`]).
@@ -183,6 +280,10 @@ struct Stream<'a> {
     t0: Instant,
     first_token: Cell<Option<f64>>,
     held: std::cell::RefCell<Option<String>>,
+    /// With a held draft, an escalation's remote text waits here until the remote answer is
+    /// complete: if the call fails, the local answer is sent instead and the caller never saw
+    /// a remote beginning it cannot take back.
+    held_remote: std::cell::RefCell<Option<String>>,
     /// The request offers tools: local text is held until settled, and only its content (not
     /// the call markup) is sent; the calls arrive in the response.
     tools: bool,
@@ -193,13 +294,38 @@ impl Stream<'_> {
         if text.is_empty() {
             return;
         }
-        if tier == Tier::Local {
-            if let Some(held) = self.held.borrow_mut().as_mut() {
-                held.push_str(text);
-                return;
-            }
+        let slot = match tier {
+            Tier::Local => &self.held,
+            Tier::Remote => &self.held_remote,
+        };
+        if let Some(held) = slot.borrow_mut().as_mut() {
+            held.push_str(text);
+            return;
         }
         self.emit(text, tier);
+    }
+
+    /// Holds remote text from now on.
+    fn hold_remote(&self) {
+        *self.held_remote.borrow_mut() = Some(String::new());
+    }
+
+    /// The remote answer stands: send its held text.
+    fn release_remote(&self) {
+        let held = self.held_remote.borrow_mut().take();
+        if let Some(text) = held.filter(|t| !t.is_empty()) {
+            self.emit(&text, Tier::Remote);
+        }
+    }
+
+    /// The escalation gave no answer: its held remote text is dropped, and a caller that saw
+    /// remote text (or the local draft abandoned at `Escalating`) is told that the local
+    /// answer stands again.
+    fn fall_back(&self, detail: &str) {
+        self.held_remote.borrow_mut().take();
+        self.sink.on_event(Event::FallingBack {
+            detail: detail.to_owned(),
+        });
     }
 
     /// Holds local text from now on.
@@ -220,9 +346,10 @@ impl Stream<'_> {
         }
     }
 
-    /// The remote tier answered: the held draft is never sent.
+    /// The remote tier answered: the held draft is never sent, the held remote text is.
     fn discard(&self) {
         self.held.borrow_mut().take();
+        self.release_remote();
     }
 
     fn emit(&self, text: &str, tier: Tier) {
@@ -355,6 +482,9 @@ impl Runtime {
             .local
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // `close()` may have run while the model loaded: checked under the slot's lock, which
+        // `close()` takes after marking the runtime closed, so a closed runtime stays empty.
+        self.lifecycle.check_open()?;
         *slot = Some(Arc::new(engine));
         if let Some(p) = probe {
             let policy = Cascade::new(&self.config.cascade)
@@ -591,11 +721,22 @@ impl Runtime {
             std::process::id(),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
+        let settle = Settlement {
+            rt: self,
+            req,
+            id: id.clone(),
+            t0,
+            reserved: Cell::new(false),
+            spent: Cell::new(None),
+            billed: Cell::new(None),
+            recorded: Cell::new(false),
+        };
         let stream = Stream {
             sink,
             t0,
             first_token: Cell::new(None),
             held: std::cell::RefCell::new(None),
+            held_remote: std::cell::RefCell::new(None),
             tools: !crate::tools::offered(req).is_empty(),
         };
         if stream.tools {
@@ -609,10 +750,10 @@ impl Runtime {
             );
             match (routed.decision.plan, local.as_deref()) {
                 (Plan::Remote, _) | (_, None) => {
-                    self.remote_leg(req, &routed, &id, local.as_deref(), cancel, &stream)
+                    self.remote_leg(req, &routed, &settle, local.as_deref(), cancel, &stream)
                 }
                 (Plan::Local, Some(l)) => Self::local_leg(req, l, &routed, cancel, &stream),
-                (Plan::Cascade, Some(l)) => self.cascade(req, l, &routed, &id, cancel, &stream),
+                (Plan::Cascade, Some(l)) => self.cascade(req, l, &routed, &settle, cancel, &stream),
             }
         });
         if let Some(l) = &local {
@@ -621,7 +762,8 @@ impl Runtime {
         }
         let ttft = stream.first_token.get();
         match outcome {
-            Ok(settled) => {
+            Ok(mut settled) => {
+                settled.work.remote_spent = settle.spent.get();
                 // Whatever local text is still held belongs to the answer.
                 stream.release();
                 let ttft = ttft.or(stream.first_token.get());
@@ -643,16 +785,11 @@ impl Runtime {
                         );
                     }
                 }
-                if let Some(ledger) = &self.ledger {
-                    if let Err(e) = ledger.record(&self.record(&response, req)) {
-                        log::warn!("answer produced, but its cost record was not written: {e}");
-                        response.ledger_error = Some(e.to_string());
-                    }
-                }
+                settle.record_answer(&mut response);
                 Ok(response)
             }
             Err(failed) => {
-                self.record_failure(&id, req, &failed, t0);
+                settle.record_failure(failed.reason, failed.error.kind());
                 Err(*failed.error)
             }
         }
@@ -725,6 +862,7 @@ impl Runtime {
         }
         Ok(Routed {
             decision,
+            prompt_tokens,
             overflow,
             remote_max_tokens,
             worst_usd,
@@ -795,17 +933,14 @@ impl Runtime {
         &self,
         req: &ChatRequest,
         sent: &ChatRequest,
-        id: &str,
-        worst_usd: f64,
+        settle: &Settlement<'_>,
+        routed: &Routed,
         local: Option<&dyn LocalTier>,
         cancel: &AtomicBool,
         stream: &Stream<'_>,
     ) -> std::result::Result<RemoteOutput, RemoteError> {
-        let remote = self
-            .remote
-            .as_ref()
-            .expect("a remote call is planned only with a remote tier");
-        let first = remote.generate(sent, cancel, &mut |t| stream.text(t, Tier::Remote))?;
+        let id = &settle.id;
+        let first = self.call_remote(sent, settle, routed, cancel, stream)?;
         let Some(why) = Self::remote_invalid(req, local, &first) else {
             return Ok(first);
         };
@@ -813,12 +948,12 @@ impl Runtime {
         if streamed
             || first.finish_reason == FinishReason::Cancelled
             || cancel.load(Ordering::Relaxed)
-            || self.budget(id, 2.0 * worst_usd, true).is_err()
+            || self.reserve(settle, 2.0 * routed.worst_usd).is_err()
         {
             return Ok(first);
         }
         log::info!("request {id}: the remote answer is not valid ({why}); asking once more");
-        match remote.generate(sent, cancel, &mut |t| stream.text(t, Tier::Remote)) {
+        match self.call_remote(sent, settle, routed, cancel, stream) {
             Ok(mut second) => {
                 second.prompt_tokens += first.prompt_tokens;
                 second.completion_tokens += first.completion_tokens;
@@ -834,6 +969,42 @@ impl Runtime {
                 Ok(first)
             }
         }
+    }
+
+    /// One call to the remote tier, its usage billed to the request: what the server reports,
+    /// or, for a call that fails after text had arrived, an estimate from that text.
+    fn call_remote(
+        &self,
+        sent: &ChatRequest,
+        settle: &Settlement<'_>,
+        routed: &Routed,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+    ) -> std::result::Result<RemoteOutput, RemoteError> {
+        let remote = self
+            .remote
+            .as_ref()
+            .expect("a remote call is planned only with a remote tier");
+        let mut arrived = String::new();
+        let result = remote.generate(sent, cancel, &mut |t| {
+            arrived.push_str(t);
+            stream.text(t, Tier::Remote);
+        });
+        match &result {
+            Ok(out) => settle.bill(TokenUsage {
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+            }),
+            Err(_) => settle.spent_on_failure(routed.prompt_tokens, &arrived),
+        }
+        result
+    }
+
+    /// Reserves `usd` of remote budget for the request (see [`Runtime::budget`]).
+    fn reserve(&self, settle: &Settlement<'_>, usd: f64) -> Result<(), Refusal> {
+        self.budget(&settle.id, usd, true)?;
+        settle.reserved.set(true);
+        Ok(())
     }
 
     /// The request as sent to the remote tier: `max_tokens` capped to what was reserved.
@@ -889,7 +1060,7 @@ impl Runtime {
         &self,
         req: &ChatRequest,
         routed: &Routed,
-        id: &str,
+        settle: &Settlement<'_>,
         local: Option<&dyn LocalTier>,
         cancel: &AtomicBool,
         stream: &Stream<'_>,
@@ -909,11 +1080,11 @@ impl Runtime {
         remote
             .check_available()
             .map_err(|e| Failed::new(e, reason))?;
-        if let Err(Refusal(why)) = self.budget(id, routed.worst_usd, true) {
+        if let Err(Refusal(why)) = self.reserve(settle, routed.worst_usd) {
             return Err(Failed::new(Error::BudgetExhausted(why), reason));
         }
         let sent = Self::remote_request(req, routed);
-        match self.remote_call(req, &sent, id, routed.worst_usd, local, cancel, stream) {
+        match self.remote_call(req, &sent, settle, routed, local, cancel, stream) {
             Ok(out) => Ok(Settled {
                 route: Route::Remote,
                 reason,
@@ -924,10 +1095,7 @@ impl Runtime {
                     ..Work::default()
                 },
             }),
-            Err(e) => Err(Failed {
-                reserved: true,
-                ..Failed::new(e, reason)
-            }),
+            Err(e) => Err(Failed::new(e, reason)),
         }
     }
 
@@ -938,7 +1106,7 @@ impl Runtime {
         req: &ChatRequest,
         local: &dyn LocalTier,
         routed: &Routed,
-        id: &str,
+        settlement: &Settlement<'_>,
         cancel: &AtomicBool,
         stream: &Stream<'_>,
     ) -> Result<Settled, Failed> {
@@ -968,18 +1136,23 @@ impl Runtime {
                 .is_some()
                 .then_some(&mut gate as crate::engine::local::Gate<'_>),
         };
-        let draft = local
-            .generate_with(req, opts, cancel, &mut |t| {
-                stream.text(t.text, Tier::Local);
-                signals.push(t.signal);
-                mid = policy.mid_stream(&signals);
-                if mid.is_some() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(|e| Failed::new(e, Reason::Rule))?;
+        let generated = local.generate_with(req, opts, cancel, &mut |t| {
+            stream.text(t.text, Tier::Local);
+            signals.push(t.signal);
+            mid = policy.mid_stream(&signals);
+            if mid.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        let draft = match generated {
+            Ok(draft) => draft,
+            Err(e) if rescuable(&e) && self.remote.is_some() && !cancel.load(Ordering::Relaxed) => {
+                return self.rescue(req, routed, settlement, cancel, stream, e);
+            }
+            Err(e) => return Err(Failed::new(e, Reason::Rule)),
+        };
         let settle = |route, reason, detail: String, work| Settled {
             route,
             reason,
@@ -1011,7 +1184,7 @@ impl Runtime {
         let malformed = if draft.gated {
             None
         } else if stream.tools {
-            let parsed = crate::tools::parse(&draft.text, id);
+            let parsed = crate::tools::parse(&draft.text, &settlement.id);
             match parsed.error {
                 Some(e) => Some(e),
                 None if at_budget && !parsed.calls.is_empty() => Some(budget()),
@@ -1069,29 +1242,73 @@ impl Runtime {
         };
 
         stream.sink.on_event(Event::Escalating { reason });
+        if req.hold_draft {
+            stream.hold_remote();
+        }
         let sent = Self::remote_request(req, routed);
         let mut work = with_draft(draft);
-        let fallback = match self.budget(id, routed.worst_usd, true) {
+        let fallback = match self.reserve(settlement, routed.worst_usd) {
             Err(Refusal(why)) => Fallback::Refused(why),
-            Ok(()) => match self.remote_call(
-                req,
-                &sent,
-                id,
-                routed.worst_usd,
-                Some(local),
-                cancel,
-                stream,
-            ) {
-                Ok(out) => {
-                    stream.discard();
-                    work.remote = Some(out);
-                    let Escalation { reason, detail, .. } = escalation;
-                    return Ok(settle(Route::Escalated, reason, detail, work));
+            Ok(()) => {
+                match self.remote_call(req, &sent, settlement, routed, Some(local), cancel, stream)
+                {
+                    Ok(out) => {
+                        stream.discard();
+                        work.remote = Some(out);
+                        let Escalation { reason, detail, .. } = escalation;
+                        return Ok(settle(Route::Escalated, reason, detail, work));
+                    }
+                    Err(e) => Fallback::RemoteFailed(e.to_string()),
                 }
-                Err(e) => Fallback::RemoteFailed(e.to_string()),
-            },
+            }
         };
         Self::fall_back(req, local, cancel, stream, work, &escalation, fallback)
+    }
+
+    /// The local model failed while it answered and a remote tier may take the request: the
+    /// cascade escalates rather than fail it (there is no draft to fall back on, so a failed
+    /// escalation fails the request with the local error).
+    fn rescue(
+        &self,
+        req: &ChatRequest,
+        routed: &Routed,
+        settlement: &Settlement<'_>,
+        cancel: &AtomicBool,
+        stream: &Stream<'_>,
+        error: LocalError,
+    ) -> Result<Settled, Failed> {
+        let reason = Reason::LocalFailed;
+        let detail = format!("the local model failed: {error}");
+        log::warn!("request {}: {detail}; escalating", settlement.id);
+        stream.sink.on_event(Event::Escalating { reason });
+        if req.hold_draft {
+            stream.hold_remote();
+        }
+        let failed = |why: String| {
+            log::warn!("request {}: the rescue failed too: {why}", settlement.id);
+            stream.fall_back(&why);
+            Err(Failed::new(error.clone(), reason))
+        };
+        if let Err(Refusal(why)) = self.reserve(settlement, routed.worst_usd) {
+            return failed(why);
+        }
+        let sent = Self::remote_request(req, routed);
+        match self.remote_call(req, &sent, settlement, routed, None, cancel, stream) {
+            Ok(out) => {
+                stream.discard();
+                Ok(Settled {
+                    route: Route::Escalated,
+                    reason,
+                    detail,
+                    remote_error: None,
+                    work: Work {
+                        remote: Some(out),
+                        ..Work::default()
+                    },
+                })
+            }
+            Err(e) => failed(e.to_string()),
+        }
     }
 
     /// After a failed or refused escalation: the local answer, finished from the KV cache if
@@ -1110,6 +1327,12 @@ impl Runtime {
             ref detail,
             cut_short,
         } = *escalation;
+        let why = match &fallback {
+            Fallback::RemoteFailed(e) => format!("remote failed: {e}"),
+            Fallback::Refused(why) => format!("the remote budget refused the escalation: {why}"),
+        };
+        stream.fall_back(&why);
+        let mut detail = format!("{detail}; {why}");
         let draft = work.local.as_ref().expect("the draft is kept");
         if cut_short && !cancel.load(Ordering::Relaxed) && draft.completion_tokens < req.max_tokens
         {
@@ -1118,30 +1341,34 @@ impl Runtime {
                 max_tokens: req.max_tokens - draft.completion_tokens,
                 ..req.clone()
             };
-            let more = local
-                .continue_answer(&rest, &draft.text, cancel, &mut |t| {
-                    stream.text(t.text, Tier::Local);
-                    ControlFlow::Continue(())
-                })
-                .map_err(|e| Failed {
-                    reserved: true,
-                    ..Failed::new(e, reason)
-                })?;
-            work.local_extra = Some(more);
+            let more = local.continue_answer(&rest, &draft.text, cancel, &mut |t| {
+                stream.text(t.text, Tier::Local);
+                ControlFlow::Continue(())
+            });
+            match more {
+                Ok(more) => work.local_extra = Some(more),
+                // The cut draft is still an answer: keep it rather than lose everything (an
+                // empty one, from a gated request, is none).
+                Err(e) if !draft.text.is_empty() => {
+                    log::warn!("finishing the cut draft failed ({e}); keeping the draft");
+                    detail = format!("{detail}; finishing the cut draft failed: {e}");
+                }
+                Err(e) => return Err(Failed::new(e, reason)),
+            }
         }
         stream.release();
         Ok(match fallback {
             Fallback::RemoteFailed(e) => Settled {
                 route: Route::DegradedLocal,
                 reason,
-                detail: format!("{detail}; remote failed: {e}"),
+                detail,
                 remote_error: Some(e),
                 work,
             },
-            Fallback::Refused(why) => Settled {
+            Fallback::Refused(_) => Settled {
                 route: Route::Local,
                 reason: Reason::BudgetExhausted,
-                detail: format!("{detail}; the remote budget refused the escalation: {why}"),
+                detail,
                 remote_error: None,
                 work,
             },
@@ -1199,10 +1426,16 @@ impl Runtime {
             completion_tokens: l.completion_tokens
                 + w.local_extra.as_ref().map_or(0, |e| e.completion_tokens),
         });
-        let remote_usage = w.remote.as_ref().map(|r| TokenUsage {
+        let answer_usage = w.remote.as_ref().map(|r| TokenUsage {
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         });
+        // What the remote tier billed: the answer's call and any that failed after text had
+        // arrived.
+        let remote_usage = match (answer_usage, w.remote_spent) {
+            (a, None) => a,
+            (a, Some(spent)) => Some(add_usage(a, spent)),
+        };
         let answered_remotely = matches!(route, Route::Remote | Route::Escalated);
         let remote_answer = w.remote.as_ref().filter(|_| answered_remotely);
         let tool_calls = remote_answer.map_or_else(Vec::new, |r| r.tool_calls.clone());
@@ -1232,10 +1465,14 @@ impl Runtime {
         let remote_usd = remote_usage.map_or(0.0, |u| {
             cost::remote_usd(p, u.prompt_tokens, u.completion_tokens)
         });
-        let all_remote_usd = match (remote_usage, local_usage) {
-            (Some(r), _) => cost::remote_usd(p, r.prompt_tokens, r.completion_tokens),
-            (None, Some(l)) => cost::remote_usd(p, l.prompt_tokens, l.completion_tokens),
-            (None, None) => 0.0,
+        // All-remote: the remote answer's own cost, else the local answer's tokens at remote
+        // prices (never a failed call's partial usage).
+        let all_remote_usd = match (answer_usage, local_usage, remote_usage) {
+            (Some(r), _, _) | (None, None, Some(r)) => {
+                cost::remote_usd(p, r.prompt_tokens, r.completion_tokens)
+            }
+            (None, Some(l), _) => cost::remote_usd(p, l.prompt_tokens, l.completion_tokens),
+            (None, None, None) => 0.0,
         };
         let total_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (prefill_tok_s, decode_tok_s) = rates(remote_answer, w.local.as_ref());
@@ -1254,7 +1491,8 @@ impl Runtime {
                 completion_tokens: sum(|u| u.completion_tokens),
                 local: local_usage,
                 remote: remote_usage,
-                estimated: w.remote.as_ref().is_some_and(|r| r.usage_estimated),
+                estimated: w.remote.as_ref().is_some_and(|r| r.usage_estimated)
+                    || w.remote_spent.is_some(),
                 prompt_tokens_evaluated: w.local.as_ref().map_or(0, |l| l.prompt_tokens_evaluated),
             },
             timings: Timings {
@@ -1308,28 +1546,26 @@ impl Runtime {
             error: None,
         }
     }
+}
 
-    /// A failed request that reserved budget still gets a record: it settles the reservation
-    /// and counts what was spent (route "failed", the error's kind beside it).
-    fn record_failure(&self, id: &str, req: &ChatRequest, f: &Failed, t0: Instant) {
-        let (Some(ledger), true) = (&self.ledger, f.reserved) else {
-            return;
-        };
-        let settled = Settled {
-            route: Route::Local,
-            reason: f.reason,
-            detail: String::new(),
-            remote_error: None,
-            work: Work::default(),
-        };
-        let mut rec = self.record(&self.respond(id, settled, t0, None), req);
-        rec.route = "failed".into();
-        rec.answer = None;
-        rec.error = Some(f.error.kind().as_str().to_owned());
-        if let Err(e) = ledger.record(&rec) {
-            log::warn!("the failed request's cost record was not written: {e}");
-        }
+fn add_usage(a: Option<TokenUsage>, b: TokenUsage) -> TokenUsage {
+    let a = a.unwrap_or_default();
+    TokenUsage {
+        prompt_tokens: a.prompt_tokens + b.prompt_tokens,
+        completion_tokens: a.completion_tokens + b.completion_tokens,
     }
+}
+
+/// Whether a local failure is one the remote tier can stand in for: the model broke while
+/// answering (decode, context, backend), not the request itself.
+fn rescuable(e: &LocalError) -> bool {
+    matches!(
+        e,
+        LocalError::Decode { .. }
+            | LocalError::Context { .. }
+            | LocalError::Backend(_)
+            | LocalError::Template(_)
+    )
 }
 
 /// Prefill and decode rates (tokens per second) of the tier that answered.

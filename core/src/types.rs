@@ -491,6 +491,9 @@ pub enum Reason {
     /// The hidden-state probe, reading the prompt, predicted the local answer was not worth
     /// having: the request went remote before any local token was decoded.
     PredictedLowGain,
+    /// The local model failed while it answered (a decode or context error): the cascade
+    /// sent the request to the remote tier rather than fail it.
+    LocalFailed,
 }
 
 impl Reason {
@@ -516,6 +519,7 @@ impl Reason {
             Reason::Metered => "metered",
             Reason::InvalidOutput => "invalid_output",
             Reason::PredictedLowGain => "predicted_low_gain",
+            Reason::LocalFailed => "local_failed",
         }
     }
 }
@@ -633,8 +637,8 @@ pub struct Response {
     pub tool_calls: Vec<ToolCall>,
 }
 
-/// What a streaming caller sees: `Token` and `Escalating` events, then exactly one terminal
-/// event, `Done` or `Failed`.
+/// What a streaming caller sees: `Token` events, maybe `Escalating` (and, if the escalation
+/// gives no answer, `FallingBack`), then exactly one terminal event, `Done` or `Failed`.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Text, as it is generated. Always whole UTF-8 characters.
@@ -648,6 +652,15 @@ pub enum Event {
     Escalating {
         /// Why.
         reason: Reason,
+    },
+    /// The escalation gave no answer (the remote tier failed, or the budget refused it): the
+    /// text streamed since `Escalating` (remote text, possibly cut) is void, and the local
+    /// answer stands again, its draft as streamed before `Escalating`, then its continuation.
+    /// With a held draft the caller saw neither (the remote text was held too, and is
+    /// dropped); the event still says that the escalation was undone.
+    FallingBack {
+        /// Why, in prose.
+        detail: String,
     },
     /// The final answer. Terminal: nothing follows it.
     Done(Box<Response>),

@@ -219,6 +219,10 @@ impl Display {
                     reason.as_str().replace('_', " ")
                 );
             }
+            Event::FallingBack { detail } if self.live => {
+                println!();
+                eprintln!("\x1b[2m── falling back to the local answer: {detail} ──\x1b[0m");
+            }
             _ => {}
         }
     }

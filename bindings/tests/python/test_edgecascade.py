@@ -39,6 +39,9 @@ class Collector(ec.ChatListener):
     def on_escalating(self, reason):
         pass
 
+    def on_falling_back(self, detail):
+        pass
+
     def on_done(self, response):
         self.done = response
         self.ended.set()

@@ -714,8 +714,14 @@ pub fn estimate_prompt_tokens(messages: &[crate::types::ChatMessage]) -> u32 {
 fn estimate_usage(req: &ChatRequest, answer: &str) -> (u32, u32) {
     (
         estimate_prompt_tokens(&req.messages),
-        (answer.len() / 4).max(usize::from(!answer.is_empty())) as u32,
+        estimate_completion_tokens(answer),
     )
+}
+
+/// Completion tokens of `text` estimated at about 4 characters per token (at least one for
+/// any text).
+pub fn estimate_completion_tokens(text: &str) -> u32 {
+    (text.len() / 4).max(usize::from(!text.is_empty())) as u32
 }
 
 /// Sleeps for `d` unless cancelled first; true if cancelled.

@@ -19,6 +19,20 @@ struct ScriptedLocal {
     /// Keep generating the last token until cancelled (for cancel and close tests).
     endless: bool,
     generated: AtomicU32,
+    /// A failure to inject.
+    fault: LocalFault,
+}
+
+/// Where a scripted local tier breaks.
+#[derive(Clone, Copy, PartialEq)]
+enum LocalFault {
+    None,
+    /// Decoding fails after the scripted tokens have streamed.
+    Decode,
+    /// Continuing a cut draft fails.
+    Continue,
+    /// Checking an answer's format panics (a bug after the remote answered).
+    PanicOnCheck,
 }
 
 impl ScriptedLocal {
@@ -28,6 +42,13 @@ impl ScriptedLocal {
             gpu: false,
             endless: false,
             generated: AtomicU32::new(0),
+            fault: LocalFault::None,
+        })
+    }
+    fn failing(tokens: &[(&'static str, f32)], fault: LocalFault) -> Arc<Self> {
+        Arc::new(Self {
+            fault,
+            ..Arc::into_inner(Self::new(tokens)).unwrap()
         })
     }
     fn endless() -> Arc<Self> {
@@ -36,6 +57,7 @@ impl ScriptedLocal {
             gpu: false,
             endless: true,
             generated: AtomicU32::new(0),
+            fault: LocalFault::None,
         })
     }
 }
@@ -117,6 +139,12 @@ impl LocalTier for ScriptedLocal {
                 std::thread::yield_now();
             }
         }
+        if self.fault == LocalFault::Decode && finish != FinishReason::Cancelled {
+            return Err(LocalError::Decode {
+                pos: n,
+                detail: "scripted decode failure".into(),
+            });
+        }
         Ok(output(text, n, finish, signals))
     }
     fn continue_answer(
@@ -126,6 +154,12 @@ impl LocalTier for ScriptedLocal {
         _: &AtomicBool,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput, LocalError> {
+        if self.fault == LocalFault::Continue {
+            return Err(LocalError::ContextOverflow {
+                prompt_tokens: 600,
+                n_ctx: 512,
+            });
+        }
         let signal = TokenSignal {
             logprob: 0.0,
             entropy: 0.0,
@@ -152,6 +186,17 @@ impl LocalTier for ScriptedLocal {
     fn uses_gpu(&self) -> bool {
         self.gpu
     }
+    fn check_format(
+        &self,
+        format: &crate::types::ResponseFormat,
+        text: &str,
+    ) -> Result<(), String> {
+        assert!(
+            self.fault != LocalFault::PanicOnCheck,
+            "scripted check panic"
+        );
+        crate::engine::local::constraint::check_json(format, text)
+    }
     fn engine(self: Arc<Self>) -> Option<Arc<crate::engine::local::LocalEngine>> {
         None
     }
@@ -164,6 +209,8 @@ enum RemoteMode {
     Open,
     /// Streams one chunk, then waits for the cancel.
     StreamUntilCancelled,
+    /// Streams the start of an answer, then the stream is cut.
+    StreamThenFail,
 }
 
 struct ScriptedRemote {
@@ -225,6 +272,14 @@ impl RemoteTier for ScriptedRemote {
                 status: 503,
                 body: "down".into(),
             }),
+            RemoteMode::StreamThenFail => {
+                on_text("The capital of France ");
+                on_text("is Par");
+                Err(RemoteError::Cut {
+                    url: "http://127.0.0.1:1/v1/chat/completions".into(),
+                    detail: "after 2 chunks, no [DONE]".into(),
+                })
+            }
             RemoteMode::StreamUntilCancelled => {
                 on_text("Par");
                 while !cancel.load(Ordering::SeqCst) {
@@ -679,23 +734,64 @@ fn many_threads_with_cancels_and_drops_all_resolve() {
         Some(ScriptedLocal::endless()),
         Some(ScriptedRemote::new(RemoteMode::Answer)),
     ));
-    let done = Arc::new(AtomicU32::new(0));
+    // Terminal events, counted by the sinks the runtime calls: (Done, Failed, per-request
+    // counts above one).
+    #[derive(Default)]
+    struct Terminals {
+        done: AtomicU32,
+        failed: AtomicU32,
+        cancelled: AtomicU32,
+        twice: AtomicU32,
+    }
+    struct Sink(Arc<Terminals>, AtomicU32);
+    impl EventSink for Sink {
+        fn on_event(&self, e: Event) {
+            let t = &self.0;
+            match e {
+                Event::Done(r) => {
+                    t.done.fetch_add(1, Ordering::SeqCst);
+                    if r.finish_reason == FinishReason::Cancelled {
+                        t.cancelled.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Event::Failed(_) => {
+                    t.failed.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => return,
+            }
+            if self.1.fetch_add(1, Ordering::SeqCst) > 0 {
+                t.twice.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let terminals = Arc::new(Terminals::default());
+    let handles = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let (rt, done) = (Arc::clone(&rt), Arc::clone(&done));
+            let (rt, terminals, handles) = (
+                Arc::clone(&rt),
+                Arc::clone(&terminals),
+                Arc::clone(&handles),
+            );
             std::thread::spawn(move || {
                 for i in 0..20u32 {
+                    // Every fourth request never ends by itself: only close() ends it.
+                    let max_tokens = if i % 4 == 3 {
+                        u32::MAX
+                    } else {
+                        1 + (t * 7 + i) % 50
+                    };
                     let req = ChatRequest {
-                        max_tokens: 1 + (t * 7 + i) % 50,
+                        max_tokens,
                         ..ask()
                     };
-                    let h = rt.start_chat(req, Box::new(NullSink));
+                    let sink = Sink(Arc::clone(&terminals), AtomicU32::new(0));
+                    let h = rt.start_chat(req, Box::new(sink));
                     match (t + i) % 3 {
-                        0 => h.cancel(),
-                        1 => drop(h),
-                        _ => {}
+                        0 if max_tokens != u32::MAX => h.cancel(),
+                        1 if max_tokens != u32::MAX => drop(h),
+                        _ => handles.lock().unwrap().push(h),
                     }
-                    done.fetch_add(1, Ordering::SeqCst);
                 }
             })
         })
@@ -703,12 +799,29 @@ fn many_threads_with_cancels_and_drops_all_resolve() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(done.load(Ordering::SeqCst), 160);
+    let endless = 8 * 5;
+    assert!(rt.stats().in_flight >= endless, "{:?}", rt.stats());
     rt.close(); // returns only once every request has ended
     let s = rt.stats();
-    // Every request ended once: answered, or refused as closed if its thread had not yet
-    // been admitted when close() ran.
-    assert_eq!((s.finished + s.failed, s.in_flight), (160, 0), "{s:?}");
+    let count = |c: &AtomicU32| u64::from(c.load(Ordering::SeqCst));
+    // Every request ended exactly once, seen by its own sink, and the stats agree.
+    assert_eq!(count(&terminals.twice), 0);
+    assert_eq!(count(&terminals.done) + count(&terminals.failed), 160);
+    assert_eq!(
+        (s.finished, s.failed, s.cancelled, s.in_flight),
+        (
+            count(&terminals.done),
+            count(&terminals.failed),
+            count(&terminals.cancelled),
+            0
+        ),
+        "{s:?}"
+    );
+    // The endless ones were running when close() came: it cancelled every one of them.
+    assert!(count(&terminals.cancelled) >= endless, "{s:?}");
+    for h in handles.lock().unwrap().iter() {
+        h.wait().unwrap();
+    }
 }
 
 /// Borderline: mean logprob about -0.36, kept at the default threshold moved to -0.4.
@@ -1090,4 +1203,227 @@ fn a_call_the_grammar_forced_against_the_model_escalates_on_its_own_rule() {
     let (route, _, detail, calls) = run(crate::types::ToolChoice::Auto, 0.02);
     assert_eq!((route, calls), (Route::Local, 0));
     assert!(detail.contains("mean_logprob"), "{detail}");
+}
+
+/// The ledger's records (one JSON object a line).
+fn records(ledger: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("route").is_some())
+        .collect()
+}
+
+/// A remote stream cut after text had arrived, in an escalation: the caller is told the
+/// escalation gave no answer (the remote text streamed before it is void), `text` is the
+/// local answer, and the remote tokens that were generated are priced and recorded (they were
+/// streamed, then followed by the local draft, and billed at 0).
+#[test]
+fn a_cut_escalation_is_taken_back_and_its_partial_usage_billed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let rt = runtime(
+        config(Some(&ledger), BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::StreamThenFail)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&ask(), &events).unwrap();
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::DegradedLocal, Reason::LowConfidence)
+    );
+    assert_eq!(r.text, "Maybe it is Lyon.");
+    // The order the caller saw: draft, Escalating, remote text, FallingBack.
+    let seen: Vec<String> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            Event::Token { tier, .. } => format!("{tier:?}"),
+            Event::Escalating { .. } => "Escalating".into(),
+            Event::FallingBack { detail } => {
+                assert!(detail.contains("remote failed"), "{detail}");
+                "FallingBack".into()
+            }
+            Event::Done(_) => "Done".into(),
+            Event::Failed(_) => "Failed".into(),
+        })
+        .collect();
+    let pos = |what: &str| seen.iter().position(|e| e == what).unwrap();
+    assert!(
+        pos("Escalating") < pos("Remote") && pos("Remote") < pos("FallingBack"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("Done"));
+    // Billed: the prompt and the 28 characters that arrived (7 tokens at 4 per token).
+    let remote = r.usage.remote.expect("the cut call's usage");
+    assert_eq!((remote.prompt_tokens, remote.completion_tokens), (10, 7));
+    assert!(r.usage.estimated);
+    assert!(r.cost.remote_usd > 0.0);
+    // All-remote is what the answer would have cost remotely, not the cut call.
+    let p = &rt.config().prices;
+    assert!((r.cost.all_remote_usd - cost::remote_usd(p, 10, 4)).abs() < 1e-12);
+    let recs = records(&ledger);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["remote_tokens"], serde_json::json!([10, 7]));
+    assert!(recs[0]["remote_usd"].as_f64().unwrap() > 0.0);
+}
+
+/// With a held draft the caller sees neither the draft nor the cut remote text: only the
+/// local answer, once.
+#[test]
+fn a_cut_escalation_with_a_held_draft_streams_only_the_local_answer() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::StreamThenFail)),
+    );
+    let events = Events::default();
+    let req = ChatRequest {
+        hold_draft: true,
+        ..ask()
+    };
+    let r = rt.chat(&req, &events).unwrap();
+    assert_eq!(r.route, Route::DegradedLocal);
+    assert_eq!(streamed(&events), vec![(Tier::Local, r.text.clone())]);
+    // And when the remote answers, its text streams, the draft never.
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::new(UNSURE)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&req, &events).unwrap();
+    assert_eq!(r.route, Route::Escalated);
+    assert_eq!(streamed(&events), vec![(Tier::Remote, "Paris.".to_owned())]);
+}
+
+/// A forced-remote call cut after text had arrived is an error whose record bills what the
+/// server generated, and counts it against the budget (it recorded 0 and released the
+/// reservation, so cut streams could overshoot the daily cap).
+#[test]
+fn a_cut_forced_remote_call_is_billed_in_its_failure_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let rt = runtime(
+        config(Some(&ledger), BudgetConfig::default()),
+        Some(ScriptedLocal::new(SURE)),
+        Some(ScriptedRemote::new(RemoteMode::StreamThenFail)),
+    );
+    let req = ChatRequest {
+        policy: PolicyOverride::ForceRemote,
+        ..ask()
+    };
+    let e = rt.chat(&req, &NullSink).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RemoteUnavailable);
+    let recs = records(&ledger);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["route"], "failed");
+    assert_eq!(recs[0]["remote_tokens"], serde_json::json!([10, 7]));
+    let billed = recs[0]["remote_usd"].as_f64().unwrap();
+    assert!(billed > 0.0);
+    // The spend counts: a daily cap just below it now refuses.
+    let report = rt.cost_report(None).unwrap();
+    assert!((report.remote_usd - billed).abs() < 1e-12);
+}
+
+/// Finishing a cut draft fails (a context overflow re-tokenising it): the draft is still the
+/// answer, marked as cut (the whole request failed).
+#[test]
+fn a_failed_continuation_keeps_the_cut_draft() {
+    let mut cfg = config(None, BudgetConfig::default());
+    cfg.cascade.mid_stream_floor = 0.4;
+    cfg.cascade.mid_stream_min_tokens = 8;
+    let many: Vec<(&str, f32)> = (0..12).map(|_| ("uh ", 0.05)).collect();
+    let rt = runtime(
+        cfg,
+        Some(ScriptedLocal::failing(&many, LocalFault::Continue)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let r = rt.chat(&ask(), &NullSink).unwrap();
+    assert_eq!(
+        (r.route, r.reason),
+        (Route::DegradedLocal, Reason::MidStreamLowConfidence)
+    );
+    assert!(
+        r.text.starts_with("uh uh ") && !r.text.contains("finished"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.finish_reason, FinishReason::Length);
+    assert!(
+        r.reason_detail.contains("finishing the cut draft failed"),
+        "{}",
+        r.reason_detail
+    );
+}
+
+/// The local model fails while it answers and a remote tier is configured: the request is
+/// escalated (local_failed), not failed; if the remote fails too, the local error stands.
+#[test]
+fn a_local_failure_in_the_cascade_escalates() {
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::failing(SURE, LocalFault::Decode)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let events = Events::default();
+    let r = rt.chat(&ask(), &events).unwrap();
+    assert_eq!((r.route, r.reason), (Route::Escalated, Reason::LocalFailed));
+    assert_eq!(r.text, "Paris.");
+    assert!(
+        r.reason_detail.contains("scripted decode failure"),
+        "{}",
+        r.reason_detail
+    );
+    assert_eq!(events.escalations(), 1);
+    let rt = runtime(
+        config(None, BudgetConfig::default()),
+        Some(ScriptedLocal::failing(SURE, LocalFault::Decode)),
+        Some(ScriptedRemote::new(RemoteMode::Fail)),
+    );
+    let events = Events::default();
+    let e = rt.chat(&ask(), &events).unwrap_err();
+    assert!(e.to_string().contains("scripted decode failure"), "{e}");
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+}
+
+/// A panic after the remote tier answered (here in checking the answer's format) fails the
+/// request, and its record still bills the remote call and settles the reservation (it was
+/// lost, and the reservation held the budget until it expired).
+#[test]
+fn a_panic_after_the_remote_answered_still_records_its_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let budget = BudgetConfig {
+        daily_usd: Some(1.0),
+        ..BudgetConfig::default()
+    };
+    let rt = runtime(
+        config(Some(&ledger), budget.clone()),
+        Some(ScriptedLocal::failing(SURE, LocalFault::PanicOnCheck)),
+        Some(ScriptedRemote::new(RemoteMode::Answer)),
+    );
+    let req = ChatRequest {
+        policy: PolicyOverride::ForceRemote,
+        response_format: ResponseFormat::JsonObject,
+        ..ask()
+    };
+    let events = Events::default();
+    let e = rt.chat(&req, &events).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal);
+    assert!(matches!(events.assert_one_terminal(), Event::Failed(_)));
+    let recs = records(&ledger);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["route"], "failed");
+    assert_eq!(recs[0]["error"], "internal");
+    assert_eq!(recs[0]["remote_tokens"], serde_json::json!([10, 4]));
+    let p = &rt.config().prices;
+    assert!((recs[0]["remote_usd"].as_f64().unwrap() - cost::remote_usd(p, 10, 4)).abs() < 1e-12);
+    // The reservation is settled: the whole cap but what was spent is free again.
+    let left = 1.0 - cost::remote_usd(p, 10, 4) - 1e-9;
+    assert!(rt.ledger().unwrap().check(&budget, left).unwrap().is_ok());
 }

@@ -41,6 +41,47 @@ fn seeded_sampling_is_reproducible() {
     let a = rt.chat(&req, &NullSink).unwrap();
     let b = rt.chat(&req, &NullSink).unwrap();
     assert_eq!(a.text, b.text);
+    // The negative control: the seed is what makes it reproducible. Other seeds at this
+    // temperature give other lines (all five the same would mean the seed is ignored, or the
+    // sampling is greedy).
+    let others: Vec<String> = (100..105)
+        .map(|seed| {
+            let mut r = req.clone();
+            r.sampling.seed = Some(seed);
+            rt.chat(&r, &NullSink).unwrap().text
+        })
+        .collect();
+    assert!(
+        others.iter().any(|t| *t != a.text),
+        "every seed gave {:?}",
+        a.text
+    );
+}
+
+/// `close()` while `set_local_model` loads: the runtime stays closed, with no model (the load
+/// used to put its model in after the close had emptied the slot).
+#[test]
+fn a_model_loaded_while_closing_does_not_reopen_the_runtime() {
+    for _ in 0..3 {
+        let rt = Arc::new(edgecascade::Runtime::new(config_for(smollm2())).unwrap());
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let loader = {
+            let (rt, started) = (Arc::clone(&rt), Arc::clone(&started));
+            std::thread::spawn(move || {
+                started.wait();
+                rt.set_local_model(&smollm2())
+            })
+        };
+        started.wait();
+        rt.close();
+        let loaded = loader.join().unwrap();
+        assert!(rt.local_model().is_none(), "a closed runtime holds a model");
+        if let Err(e) = loaded {
+            assert_eq!(e.kind(), edgecascade::ErrorKind::Closed, "{e}");
+        }
+        let e = rt.chat(&greedy("Hi", 4), &NullSink).unwrap_err();
+        assert_eq!(e.kind(), edgecascade::ErrorKind::Closed);
+    }
 }
 
 #[test]

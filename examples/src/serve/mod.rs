@@ -94,19 +94,29 @@ struct AppState {
 }
 
 impl AppState {
-    fn register(&self, flag: &Arc<AtomicBool>) {
-        if let Ok(mut a) = self.active.lock() {
-            a.retain(|w| w.strong_count() > 0);
-            a.push(Arc::downgrade(flag));
+    /// Registers a request's cancel flag; `false` once shutdown has begun. Checked under the
+    /// same lock `cancel_all` takes, so no request slips in after the cancel and runs on.
+    fn register(&self, flag: &Arc<AtomicBool>) -> bool {
+        let mut a = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return false;
         }
+        a.retain(|w| w.strong_count() > 0);
+        a.push(Arc::downgrade(flag));
+        true
     }
 
     fn cancel_all(&self) {
+        let a = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.shutting_down.store(true, Ordering::SeqCst);
-        if let Ok(a) = self.active.lock() {
-            for f in a.iter().filter_map(Weak::upgrade) {
-                f.store(true, Ordering::SeqCst);
-            }
+        for f in a.iter().filter_map(Weak::upgrade) {
+            f.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -505,7 +515,9 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         ));
     };
     let cancel = Arc::new(AtomicBool::new(false));
-    state.register(&cancel);
+    if !state.register(&cancel) {
+        return Err(overloaded("the server is shutting down"));
+    }
     state.metrics.in_flight.inc();
     let id = format!(
         "chatcmpl-{:x}{:06x}",
@@ -610,7 +622,8 @@ fn stream_response(
                 Event::Token { text, .. } => {
                     yield data(openai::chunk(&id, created, &model, json!({"content": text}), None));
                 }
-                Event::Escalating { .. } => {}
+                // The remote text of an escalation is held too: nothing to take back.
+                Event::Escalating { .. } | Event::FallingBack { .. } => {}
                 Event::Done(r) => {
                     done = Some(Ok(r));
                     break;

@@ -209,7 +209,12 @@ public struct ChatResponse: Sendable, Equatable {
 /// What `EdgeCascade.stream` yields: tokens, maybe an escalation, then the final answer.
 public enum ChatEvent: Sendable, Equatable {
     case token(text: String, tier: Tier)
+    /// The local text so far is being replaced by the remote tier's answer.
     case escalating(reason: Reason)
+    /// The escalation gave no answer (`detail` says why): drop the text received since
+    /// `.escalating`; the local text received before it stands again, and its continuation
+    /// follows.
+    case fallingBack(detail: String)
     case done(ChatResponse)
 }
 
@@ -340,6 +345,7 @@ private final class CompletionListener: EdgeCascadeBindings.ChatListener, @unche
 
     func onToken(text: String, tier: Tier) {}
     func onEscalating(reason: Reason) {}
+    func onFallingBack(detail: String) {}
     func onDone(response: EdgeCascadeBindings.Response) {
         continuation.resume(returning: ChatResponse(response))
     }
@@ -361,6 +367,9 @@ private final class StreamListener: EdgeCascadeBindings.ChatListener, @unchecked
     }
     func onEscalating(reason: Reason) {
         continuation.yield(.escalating(reason: reason))
+    }
+    func onFallingBack(detail: String) {
+        continuation.yield(.fallingBack(detail: detail))
     }
     func onDone(response: EdgeCascadeBindings.Response) {
         continuation.yield(.done(ChatResponse(response)))

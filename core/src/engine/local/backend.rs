@@ -1,7 +1,7 @@
 //! The one llama.cpp backend per process, and llama.cpp's log output bridged to `log`.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::Mutex;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use once_cell::sync::OnceCell;
@@ -199,20 +199,27 @@ mod variants {
     }
 }
 
-/// llama.cpp writes a line in pieces (level CONT continues the previous one); we assemble lines.
-static LINE: Mutex<(u32, String)> = Mutex::new((0, String::new()));
+thread_local! {
+    /// llama.cpp writes a line in pieces (level CONT continues the previous one); we assemble
+    /// lines, per thread, so that two threads logging at once do not splice their lines.
+    static LINE: RefCell<(u32, String)> = const { RefCell::new((0, String::new())) };
 
-/// The last error line llama.cpp logged, for error messages when it returns only a null.
-static LAST_ERROR: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    /// The error lines llama.cpp logged on this thread, for the error message of a call that
+    /// returns only a null. Per thread: llama.cpp logs a load's or a context's errors on the
+    /// thread that called it, and a concurrent load on another thread must neither take nor
+    /// blame them.
+    static LAST_ERROR: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Error lines kept between two takes: llama.cpp logs the cause first ("tensor
 /// 'token_embd.weight' has wrong shape; expected ...") and a summary last ("failed to load
 /// model"); both belong in the error.
 const ERROR_LINES: usize = 4;
 
-/// Takes the errors llama.cpp logged since the previous call, first to last, joined by "; ".
+/// Takes the errors llama.cpp logged on this thread since the previous call, first to last,
+/// joined by "; ".
 pub(crate) fn take_last_error() -> Option<String> {
-    let lines = std::mem::take(&mut *LAST_ERROR.lock().ok()?);
+    let lines = LAST_ERROR.with(|e| std::mem::take(&mut *e.borrow_mut()));
     (!lines.is_empty()).then(|| lines.join("; "))
 }
 
@@ -234,11 +241,15 @@ unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, 
     }
     // SAFETY: llama.cpp passes a NUL-terminated string valid for the call.
     let piece = unsafe { CStr::from_ptr(text) }.to_string_lossy();
-    let Ok(mut line) = LINE.lock() else { return };
+    LINE.with(|line| note_piece(&mut line.borrow_mut(), level, &piece));
+}
+
+/// Adds a piece of a line; a whole line is logged (and kept, if an error).
+fn note_piece(line: &mut (u32, String), level: llama_cpp_sys_2::ggml_log_level, piece: &str) {
     if level != llama_cpp_sys_2::GGML_LOG_LEVEL_CONT {
         line.0 = level;
     }
-    line.1.push_str(&piece);
+    line.1.push_str(piece);
     if line.1.ends_with('\n') {
         let msg = line.1.trim_end();
         note_variant(msg);
@@ -251,14 +262,15 @@ unsafe fn log_line(level: llama_cpp_sys_2::ggml_log_level, text: *const c_char, 
                 _ => log::Level::Trace,
             };
             if lvl == log::Level::Error {
-                if let Ok(mut e) = LAST_ERROR.lock() {
+                LAST_ERROR.with(|e| {
+                    let mut e = e.borrow_mut();
                     if e.len() < ERROR_LINES {
                         e.push(msg.chars().take(300).collect());
                     } else {
                         // Keep the cause (first) and the summary (last).
                         e[ERROR_LINES - 1] = msg.chars().take(300).collect();
                     }
-                }
+                });
             }
             log::log!(target: "llama.cpp", lvl, "{msg}");
         }
@@ -293,4 +305,50 @@ fn check_cpu() -> Result<(), LocalError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors logged on one thread are that thread's: two loads failing at once each report
+    /// their own cause (one process-wide buffer gave each the other's, or none), and a line
+    /// written in pieces is not spliced with another thread's pieces.
+    #[test]
+    fn logged_errors_belong_to_the_thread_that_logged_them() {
+        let err = llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR;
+        let cont = llama_cpp_sys_2::GGML_LOG_LEVEL_CONT;
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Option<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["a.gguf", "b.gguf"]
+                .into_iter()
+                .map(|name| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        for _ in 0..200 {
+                            LINE.with(|l| {
+                                let mut l = l.borrow_mut();
+                                note_piece(&mut l, err, "failed to load ");
+                                note_piece(&mut l, cont, name);
+                                note_piece(&mut l, cont, "\n");
+                            });
+                            std::thread::yield_now();
+                        }
+                        take_last_error()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, name) in results.iter().zip(["a.gguf", "b.gguf"]) {
+            let r = r.as_deref().expect("errors kept");
+            assert!(
+                r.split("; ").all(|l| l == format!("failed to load {name}")),
+                "{name}: {r}"
+            );
+        }
+        // Taken: nothing is left for a later call on the same thread.
+        assert_eq!(take_last_error(), None);
+    }
 }

@@ -190,7 +190,13 @@ data class ChatResponse(
 /** What [EdgeCascade.stream] emits: tokens, maybe an escalation, then the final answer. */
 sealed class ChatEvent {
     data class Token(val text: String, val tier: Tier) : ChatEvent()
+    /** The local text so far is being replaced by the remote tier's answer. */
     data class Escalating(val reason: Reason) : ChatEvent()
+    /**
+     * The escalation gave no answer ([detail] says why): drop the text received since
+     * [Escalating]; the local text received before it stands again, and its continuation follows.
+     */
+    data class FallingBack(val detail: String) : ChatEvent()
     data class Done(val response: ChatResponse) : ChatEvent()
 }
 
@@ -223,6 +229,7 @@ class EdgeCascade(
             val handle = runtime.startChat(request.toFfi(), object : ChatListener {
                 override fun onToken(text: String, tier: Tier) {}
                 override fun onEscalating(reason: Reason) {}
+                override fun onFallingBack(detail: String) {}
                 override fun onDone(response: FfiResponse) {
                     cont.resume(response.toSdk())
                 }
@@ -247,6 +254,9 @@ class EdgeCascade(
             }
             override fun onEscalating(reason: Reason) {
                 trySendBlocking(ChatEvent.Escalating(reason))
+            }
+            override fun onFallingBack(detail: String) {
+                trySendBlocking(ChatEvent.FallingBack(detail))
             }
             override fun onDone(response: FfiResponse) {
                 trySendBlocking(ChatEvent.Done(response.toSdk()))
