@@ -38,6 +38,7 @@ class EdgeCascadeTest {
                 when (event) {
                     is ChatEvent.Token -> print(event.text)
                     is ChatEvent.Escalating -> println("\n(escalating: ${event.reason})")
+                    is ChatEvent.FallingBack -> println("\n(falling back: ${event.detail})")
                     is ChatEvent.Done -> println("\n[${event.response.route}]")
                 }
             }
