@@ -45,7 +45,6 @@ pub enum UrlError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     uri: http::Uri,
-    loopback: bool,
 }
 
 impl Url {
@@ -84,14 +83,13 @@ impl Url {
                 detail: "no host".into(),
             });
         }
-        let loopback = is_loopback_host(host);
-        if !secure && !loopback && !allow_plain_http {
+        if !secure && !is_loopback_host(host) && !allow_plain_http {
             return Err(UrlError::PlainHttp {
                 url: url.to_owned(),
                 host: host.to_owned(),
             });
         }
-        Ok(Self { uri, loopback })
+        Ok(Self { uri })
     }
 
     /// The parsed URL, to hand to the HTTP client.
@@ -100,9 +98,9 @@ impl Url {
     }
 
     /// Whether the host is loopback.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub fn is_loopback(&self) -> bool {
-        self.loopback
+    #[cfg(test)]
+    fn is_loopback(&self) -> bool {
+        self.uri.host().is_some_and(is_loopback_host)
     }
 
     /// Whether the scheme is https.

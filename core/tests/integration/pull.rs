@@ -391,12 +391,19 @@ fn a_tls_failure_fails_at_once() {
     assert!(!dest.exists());
 }
 
-/// A cancel interrupts a read that is blocked on a silent host at once, not after the stall
-/// timeout (the watchdog saw the cancel only after the transfer returned).
-#[test]
-fn a_cancel_interrupts_a_blocked_read() {
+/// A background pull from a host that sends `bytes`, then nothing, holding the connection;
+/// its stall timeout (600 s) is far beyond any test's wait.
+struct StalledPull {
+    host: FileHost,
+    dest: std::path::PathBuf,
+    heard: Arc<Heard>,
+    handle: edgecascade::models::pull::PullHandle,
+    _dir: tempfile::TempDir,
+}
+
+fn stalled_pull(bytes: usize) -> StalledPull {
     let (file, sha) = blob();
-    let host = FileHost::start(file, vec![Host::Stall(100_000)]);
+    let host = FileHost::start(file, vec![Host::Stall(bytes)]);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("m.gguf");
     let heard = Arc::new(Heard::default());
@@ -405,6 +412,26 @@ fn a_cancel_interrupts_a_blocked_read() {
         ..request(&host.url, &sha, &dest)
     };
     let handle = edgecascade::models::pull::start_pull(r, Arc::clone(&heard) as _);
+    StalledPull {
+        host,
+        dest,
+        heard,
+        handle,
+        _dir: dir,
+    }
+}
+
+/// A cancel interrupts a read that is blocked on a silent host at once, not after the stall
+/// timeout (the watchdog saw the cancel only after the transfer returned).
+#[test]
+fn a_cancel_interrupts_a_blocked_read() {
+    let StalledPull {
+        host,
+        dest,
+        heard,
+        handle,
+        _dir,
+    } = stalled_pull(100_000);
     let part_path = format!("{}.part", dest.display());
     until("the bytes before the stall are on disk", || {
         std::fs::metadata(&part_path).is_ok_and(|m| m.len() == 100_000)
@@ -423,16 +450,12 @@ fn a_cancel_interrupts_a_blocked_read() {
 /// Dropping the handle cancels the pull.
 #[test]
 fn dropping_the_handle_cancels() {
-    let (file, sha) = blob();
-    let host = FileHost::start(file, vec![Host::Stall(10_000)]);
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("m.gguf");
-    let heard = Arc::new(Heard::default());
-    let r = PullRequest {
-        stall_timeout_s: 600.0,
-        ..request(&host.url, &sha, &dest)
-    };
-    let handle = edgecascade::models::pull::start_pull(r, Arc::clone(&heard) as _);
+    let StalledPull {
+        heard,
+        handle,
+        _dir,
+        ..
+    } = stalled_pull(10_000);
     until("bytes arrived", || {
         !heard.progress.lock().unwrap().is_empty()
     });
