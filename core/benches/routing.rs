@@ -50,8 +50,8 @@ fn main() {
             .record(&CostRecord {
                 id: format!("r{i}"),
                 ts: now_s(),
-                route: "local".into(),
-                reason: d.reason.as_str().into(),
+                route: edgecascade::cost::RecordRoute::Local,
+                reason: d.reason,
                 local_tokens: [40, 30],
                 remote_tokens: [0, 0],
                 local_usd: 1e-5,

@@ -247,7 +247,7 @@ pub struct RouterConfig {
 #[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct CascadeConfig {
     /// Which confidence signal decides.
-    pub signal: crate::policy::Signal,
+    pub signal: crate::signal::Signal,
     /// Escalate when the signal is on the unsure side of this.
     pub threshold: f64,
     /// Mid-stream: escalate when the mean top-token probability of the last 8 tokens falls
@@ -256,7 +256,7 @@ pub struct CascadeConfig {
     /// Mid-stream: only after this many tokens.
     pub mid_stream_min_tokens: u32,
     /// The calibrated model (`signal = "calibrated"`), fitted by `edgecascade eval`.
-    pub calibrated: Option<crate::policy::CalibratedModel>,
+    pub calibrated: Option<crate::signal::CalibratedModel>,
     /// The hidden-state probe file (`signal = "probe"`), fitted by `edgecascade eval
     /// --write-probe`; it must match the local model's sha256.
     #[cfg_attr(feature = "uniffi", uniffi(default))]
@@ -268,8 +268,8 @@ pub struct CascadeConfig {
     /// (`mean_logprob`, `min_prob`, `p10_prob`) can be set; the calibrated ones cannot (they
     /// are fitted on free text).
     #[cfg_attr(feature = "uniffi", uniffi(default))]
-    pub structured_signal: Option<crate::policy::Signal>,
-    /// Its threshold. Unset: 0.6 for `mean_entropy` ([`crate::policy::STRUCTURED_DEFAULT`],
+    pub structured_signal: Option<crate::signal::Signal>,
+    /// Its threshold. Unset: 0.6 for `mean_entropy` ([`crate::signal::STRUCTURED_DEFAULT`],
     /// measured by `edgecascade eval` on tool calls and JSON extraction; `eval --write-config`
     /// fits your own); with another `structured_signal` it must be set.
     #[cfg_attr(feature = "uniffi", uniffi(default))]
@@ -279,7 +279,7 @@ pub struct CascadeConfig {
 impl Default for CascadeConfig {
     fn default() -> Self {
         Self {
-            signal: crate::policy::Signal::MeanLogprob,
+            signal: crate::signal::Signal::MeanLogprob,
             threshold: -1.0,
             mid_stream_floor: 0.4,
             mid_stream_min_tokens: 8,

@@ -24,11 +24,17 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
+#[cfg(test)]
+mod layers;
 pub mod models;
 pub(crate) mod net;
 mod panics;
 pub mod policy;
 pub mod runtime;
+pub mod signal;
+mod stats;
+#[cfg(test)]
+mod surface;
 pub mod tools;
 pub mod types;
 

@@ -216,9 +216,9 @@ impl Settlement<'_> {
         let mut rec = self
             .rt
             .record(&self.rt.respond(&self.id, settled, self.t0, None), self.req);
-        rec.route = "failed".into();
+        rec.route = cost::RecordRoute::Failed;
         rec.answer = None;
-        rec.error = Some(kind.as_str().to_owned());
+        rec.error = Some(kind);
         if let Err(e) = ledger.record(&rec) {
             log::warn!("the failed request's cost record was not written: {e}");
         }
@@ -403,7 +403,7 @@ impl Runtime {
         local: Option<Arc<dyn LocalTier>>,
         remote: Option<Arc<dyn RemoteTier>>,
     ) -> Result<Self> {
-        let mut cascade = Cascade::new(&config.cascade).map_err(ConfigError::Invalid)?;
+        let mut cascade = Cascade::new(&config.cascade).map_err(ConfigError::from)?;
         if let Some(engine) = local.clone().and_then(LocalTier::engine) {
             if let Some(p) = Self::load_probe(&config, &engine)? {
                 cascade = cascade.with_probe(p);
@@ -463,7 +463,7 @@ impl Runtime {
     /// ledger the report is empty.
     pub fn cost_report(&self, since: Option<f64>) -> Result<CostReport> {
         match &self.ledger {
-            Some(l) => l.report(since).map_err(|e| Error::Ledger(e.to_string())),
+            Some(l) => l.report(since).map_err(Error::from),
             None => Ok(CostReport::default()),
         }
     }
@@ -488,7 +488,7 @@ impl Runtime {
         *slot = Some(Arc::new(engine));
         if let Some(p) = probe {
             let policy = Cascade::new(&self.config.cascade)
-                .map_err(ConfigError::Invalid)?
+                .map_err(ConfigError::from)?
                 .with_probe(p);
             *self
                 .cascade
@@ -504,7 +504,7 @@ impl Runtime {
         config: &Config,
         engine: &LocalEngine,
     ) -> Result<Option<crate::policy::probe::Probe>> {
-        if config.cascade.signal != crate::policy::Signal::Probe {
+        if config.cascade.signal != crate::signal::Signal::Probe {
             return Ok(None);
         }
         let Some(path) = config.cascade.probe.as_deref() else {
@@ -1527,8 +1527,8 @@ impl Runtime {
         CostRecord {
             id: r.id.clone(),
             ts: cost::now_s(),
-            route: r.route.name().to_owned(),
-            reason: r.reason.as_str().to_owned(),
+            route: r.route.into(),
+            reason: r.reason,
             local_tokens: pair(r.usage.local),
             remote_tokens: pair(r.usage.remote),
             local_usd: r.cost.local_usd,

@@ -37,7 +37,7 @@ pub(crate) fn validate(req: &ChatRequest) -> Result<(), String> {
         if !ok {
             return Err(format!(
                 "tools[{i}].function.name {:?} must be 1 to 64 letters, digits, '_', '-' or '.'",
-                crate::engine::local::gguf::clip(&t.name)
+                crate::error::clip(&t.name)
             ));
         }
         if !seen.insert(t.name.as_str()) {
@@ -52,7 +52,7 @@ pub(crate) fn validate(req: &ChatRequest) -> Result<(), String> {
         ToolChoice::Function { name } if !req.tools.iter().any(|t| &t.name == name) => {
             return Err(format!(
                 "tool_choice names the function {:?}, which is not in tools",
-                crate::engine::local::gguf::clip(name)
+                crate::error::clip(name)
             ))
         }
         _ => {}
@@ -405,7 +405,7 @@ pub(crate) fn check(req: &ChatRequest, calls: &[ToolCall]) -> Result<(), String>
         let Some(tool) = tools.iter().find(|t| t.name == c.name) else {
             return Err(format!(
                 "a call to {:?}, which is not one of the request's tools",
-                crate::engine::local::gguf::clip(&c.name)
+                crate::error::clip(&c.name)
             ));
         };
         if let ToolChoice::Function { name } = &req.tool_choice {

@@ -310,13 +310,6 @@ impl ChatRequest {
             ..Self::default()
         }
     }
-
-    /// Checks the request as the runtime does before any tier sees it (messages, sampling
-    /// ranges, the response format's schema, the tools): `Err` is an `InvalidRequest` naming
-    /// what is wrong. Whether a schema can be enforced is known only to a loaded model.
-    pub fn validate(&self) -> Result<(), crate::error::Error> {
-        Ok(crate::engine::local::validate_request(self)?)
-    }
 }
 
 /// Which tier produced text.
@@ -738,5 +731,115 @@ impl Response {
                 "id": c.id, "name": c.name, "arguments": c.arguments,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reason, Route};
+
+    /// Every variant, listed by a match with no wildcard: a new variant fails to compile here
+    /// until it is added, so the string test below covers all of them.
+    fn every_reason() -> Vec<Reason> {
+        let all = vec![
+            Reason::Accepted,
+            Reason::LowConfidence,
+            Reason::MidStreamLowConfidence,
+            Reason::Private,
+            Reason::Forced,
+            Reason::NoRemote,
+            Reason::NoLocalModel,
+            Reason::RemoteUnavailable,
+            Reason::BudgetExhausted,
+            Reason::ContextTooLong,
+            Reason::Rule,
+            Reason::Cancelled,
+            Reason::Offline,
+            Reason::Background,
+            Reason::Thermal,
+            Reason::LowPower,
+            Reason::Metered,
+            Reason::InvalidOutput,
+            Reason::PredictedLowGain,
+            Reason::LocalFailed,
+        ];
+        for r in &all {
+            match r {
+                Reason::Accepted
+                | Reason::LowConfidence
+                | Reason::MidStreamLowConfidence
+                | Reason::Private
+                | Reason::Forced
+                | Reason::NoRemote
+                | Reason::NoLocalModel
+                | Reason::RemoteUnavailable
+                | Reason::BudgetExhausted
+                | Reason::ContextTooLong
+                | Reason::Rule
+                | Reason::Cancelled
+                | Reason::Offline
+                | Reason::Background
+                | Reason::Thermal
+                | Reason::LowPower
+                | Reason::Metered
+                | Reason::InvalidOutput
+                | Reason::PredictedLowGain
+                | Reason::LocalFailed => {}
+            }
+        }
+        all
+    }
+
+    /// The reason codes apps, the ledger and the metrics match on: each one's string, in
+    /// `as_str`, `Display` and serde alike.
+    #[test]
+    fn every_reason_code_is_stable() {
+        let expected = [
+            "accepted",
+            "low_confidence",
+            "mid_stream_low_confidence",
+            "private",
+            "forced",
+            "no_remote",
+            "no_local_model",
+            "remote_unavailable",
+            "budget_exhausted",
+            "context_too_long",
+            "rule",
+            "cancelled",
+            "offline",
+            "background",
+            "thermal",
+            "low_power",
+            "metered",
+            "invalid_output",
+            "predicted_low_gain",
+            "local_failed",
+        ];
+        let all = every_reason();
+        assert_eq!(all.len(), expected.len());
+        for (r, s) in all.into_iter().zip(expected) {
+            assert_eq!(r.as_str(), s);
+            assert_eq!(r.to_string(), s);
+            assert_eq!(serde_json::to_value(r).unwrap(), s);
+            assert_eq!(serde_json::from_value::<Reason>(s.into()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn every_route_name_is_stable() {
+        for (r, s) in [
+            (Route::Local, "local"),
+            (Route::Remote, "remote"),
+            (Route::Escalated, "escalated"),
+            (Route::DegradedLocal, "degraded_local"),
+        ] {
+            match r {
+                Route::Local | Route::Remote | Route::Escalated | Route::DegradedLocal => {}
+            }
+            assert_eq!(r.name(), s);
+            assert_eq!(serde_json::to_value(r).unwrap(), s);
+            assert_eq!(serde_json::from_value::<Route>(s.into()).unwrap(), r);
+        }
     }
 }

@@ -140,7 +140,7 @@ fn run_plan(a: PlanArgs) -> Result<(), Failure> {
         peak_buffer: a.peak_buffer,
         dev_share: a.dev_share,
     };
-    let p = plan::plan(&input).map_err(Failure::Usage)?;
+    let p = plan::plan(&input).map_err(|e| Failure::Usage(e.0))?;
     if a.json {
         println!("{}", serde_json::to_value(&p)?);
     } else {

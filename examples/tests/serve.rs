@@ -1542,3 +1542,94 @@ fn concurrent_streams_are_decoded_together_and_answer_as_they_would_alone() {
         "steps {steps}, sampled {sampled}"
     );
 }
+
+/// A remote tier on 127.0.0.1 that starts a streamed answer and cuts the connection after its
+/// first chunk; counts the requests it got.
+fn cutting_remote() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let (mut line, mut body_len) = (String::new(), 0);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    body_len = n.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut request_body = vec![0; body_len];
+            let _ = reader.read_exact(&mut request_body);
+            let chunk = r#"{"choices":[{"index":0,"delta":{"content":"REMOTE-BEGINNING"},"finish_reason":null}]}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {chunk}\n\n"
+            );
+            let _ = s.flush();
+            // Cut: no finish_reason, no [DONE].
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (url, count)
+}
+
+/// An escalation whose remote stream is cut after it began: the client of `serve` (which holds
+/// drafts) never sees the remote beginning; it gets the local answer, whole, marked
+/// degraded_local, streamed or not, and the ledger records both.
+#[test]
+fn a_cut_escalation_serves_the_local_answer_and_no_remote_text() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = cutting_remote();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::escalating_config(dir.path(), &model(), &url, "sk-cut");
+    let mut child = edgecascade()
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        child,
+        addr: line
+            .trim()
+            .trim_start_matches("listening on http://")
+            .to_owned(),
+    };
+    let prompt = "Name a colour.";
+    let plain = post(&server.addr, &chat_json(prompt, 12, false));
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    let v: serde_json::Value = serde_json::from_str(&plain.body).unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.is_empty() && !text.contains("REMOTE"), "{v}");
+    assert_eq!(v["edgecascade"]["route"], "degraded_local", "{v}");
+
+    let streamed = post(&server.addr, &chat_json(prompt, 12, true));
+    assert_eq!(streamed.status, 200, "{}", streamed.body);
+    let (streamed_text, done) = sse_text(&streamed.body);
+    assert!(done, "{}", streamed.body);
+    assert!(!streamed.body.contains("REMOTE"), "{}", streamed.body);
+    assert_eq!(streamed_text, text, "the same local answer, streamed");
+    assert!(
+        streamed.body.contains("\"degraded_local\""),
+        "{}",
+        streamed.body
+    );
+    // One remote call per request (the config sets max_retries = 0).
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let ledger = std::fs::read_to_string(dir.path().join("ledger.jsonl")).unwrap();
+    let routes: Vec<String> = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["route"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(routes, ["degraded_local", "degraded_local"], "{ledger}");
+}

@@ -16,19 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{now_s, utc_day_month};
 use crate::config::BudgetConfig;
+use crate::error::ErrorKind;
+use crate::types::{Reason, Route};
 
-/// Ledger failures.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// The file could not be opened, locked, read or written.
-    #[error("cost ledger {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
+pub use crate::error::LedgerError;
 
 /// One line of the ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,11 +45,11 @@ pub struct CostRecord {
     pub id: String,
     /// Unix seconds.
     pub ts: f64,
-    /// "local", "remote", "escalated", "degraded_local", or "failed" (a request that failed
-    /// after reserving budget: its record settles the reservation).
-    pub route: String,
-    /// Stable reason code.
-    pub reason: String,
+    /// The answer's route, or `failed` (a request that failed after reserving budget: its
+    /// record settles the reservation).
+    pub route: RecordRoute,
+    /// Why it took that route.
+    pub reason: Reason,
     /// Local prompt and completion tokens.
     pub local_tokens: [u32; 2],
     /// Remote prompt and completion tokens.
@@ -79,9 +70,66 @@ pub struct CostRecord {
     /// Answer text, only with `store_prompts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
-    /// For a failed request (route "failed"): the error's stable kind.
+    /// For a failed request (route `failed`): the error's stable kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<ErrorKind>,
+}
+
+/// A cost record's route: an answer's [`Route`], or `Failed` for a request that failed after
+/// reserving budget. Written as the same snake_case names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordRoute {
+    /// [`Route::Local`].
+    Local,
+    /// [`Route::Remote`].
+    Remote,
+    /// [`Route::Escalated`].
+    Escalated,
+    /// [`Route::DegradedLocal`].
+    DegradedLocal,
+    /// The request failed; its record bills what was spent and settles the reservation.
+    Failed,
+}
+
+impl RecordRoute {
+    /// The stable name, as in the ledger and [`CostReport::by_route`].
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordRoute::Local => Route::Local.name(),
+            RecordRoute::Remote => Route::Remote.name(),
+            RecordRoute::Escalated => Route::Escalated.name(),
+            RecordRoute::DegradedLocal => Route::DegradedLocal.name(),
+            RecordRoute::Failed => "failed",
+        }
+    }
+}
+
+impl From<Route> for RecordRoute {
+    fn from(r: Route) -> Self {
+        match r {
+            Route::Local => RecordRoute::Local,
+            Route::Remote => RecordRoute::Remote,
+            Route::Escalated => RecordRoute::Escalated,
+            Route::DegradedLocal => RecordRoute::DegradedLocal,
+        }
+    }
+}
+
+impl std::str::FromStr for RecordRoute {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            RecordRoute::Local,
+            RecordRoute::Remote,
+            RecordRoute::Escalated,
+            RecordRoute::DegradedLocal,
+            RecordRoute::Failed,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+        .ok_or_else(|| format!("unknown route {s:?}"))
+    }
 }
 
 /// Totals over a period.
@@ -237,7 +285,7 @@ impl Ledger {
     fn io(&self, source: std::io::Error) -> LedgerError {
         LedgerError::Io {
             path: self.path.clone(),
-            source,
+            source: std::sync::Arc::new(source),
         }
     }
 
@@ -401,7 +449,7 @@ impl Ledger {
         }
         for rec in per_id.values() {
             r.requests += 1;
-            *r.by_route.entry(rec.route.clone()).or_default() += 1;
+            *r.by_route.entry(rec.route.name().to_owned()).or_default() += 1;
             r.local_usd += rec.local_usd;
             r.remote_usd += rec.remote_usd;
             r.all_remote_usd += rec.all_remote_usd;
@@ -427,8 +475,8 @@ mod tests {
         CostRecord {
             id: id.into(),
             ts: now_s(),
-            route: route.into(),
-            reason: "accepted".into(),
+            route: route.parse().unwrap(),
+            reason: Reason::Accepted,
             local_tokens: [10, 5],
             remote_tokens: [0, 0],
             local_usd: 0.001,
@@ -516,5 +564,30 @@ mod tests {
     fn unwritable_path_is_an_error() {
         let l = Ledger::new("/proc/edgecascade-cannot-write/ledger.jsonl");
         assert!(l.record(&rec("a", "local", 0.0)).is_err());
+    }
+
+    /// Records read and write the same strings as before the fields were typed.
+    #[test]
+    fn record_codes_are_the_stable_strings() {
+        let mut r = rec("a", "degraded_local", 0.0);
+        r.reason = Reason::MidStreamLowConfidence;
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["route"], "degraded_local");
+        assert_eq!(v["reason"], "mid_stream_low_confidence");
+        assert!(v.get("error").is_none());
+        r.route = RecordRoute::Failed;
+        r.error = Some(ErrorKind::RemoteUnavailable);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (&v["route"], &v["error"]),
+            (&"failed".into(), &"remote_unavailable".into())
+        );
+        assert_eq!(serde_json::from_value::<CostRecord>(v).unwrap(), r);
+        for name in ["local", "remote", "escalated", "degraded_local", "failed"] {
+            let route: RecordRoute = name.parse().unwrap();
+            assert_eq!(route.name(), name);
+            assert_eq!(serde_json::to_value(route).unwrap(), name);
+        }
+        assert!("lost".parse::<RecordRoute>().is_err());
     }
 }

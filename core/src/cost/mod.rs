@@ -3,7 +3,7 @@
 pub mod ledger;
 pub mod plan;
 
-pub use ledger::{CostRecord, CostReport, Ledger, LedgerError};
+pub use ledger::{CostRecord, CostReport, Ledger, LedgerError, RecordRoute};
 
 use crate::config::PriceConfig;
 

@@ -4,6 +4,7 @@
 //! The cascade runs every request on the small tier and pays the large tier again for the
 //! escalated share: cascade = all-small + escalation x all-large.
 
+use crate::error::Invalid;
 use serde::{Deserialize, Serialize};
 
 /// Prices of one tier, USD per 1k tokens.
@@ -112,7 +113,7 @@ pub struct Plan {
 }
 
 /// Checks the inputs.
-pub fn validate(i: &PlanInput) -> Result<(), String> {
+pub fn validate(i: &PlanInput) -> Result<(), Invalid> {
     let nonneg = [
         ("tokens per day", i.tokens_per_day),
         ("small input price", i.small.input_per_1k),
@@ -124,7 +125,7 @@ pub fn validate(i: &PlanInput) -> Result<(), String> {
     ];
     for (name, v) in nonneg {
         if !v.is_finite() || v < 0.0 {
-            return Err(format!("{name} must be a number >= 0 (got {v})"));
+            return Err(Invalid(format!("{name} must be a number >= 0 (got {v})")));
         }
     }
     for (name, v) in [
@@ -132,7 +133,7 @@ pub fn validate(i: &PlanInput) -> Result<(), String> {
         ("escalation rate", i.escalation_rate),
     ] {
         if !(0.0..=1.0).contains(&v) {
-            return Err(format!("{name} must be between 0 and 1 (got {v})"));
+            return Err(Invalid(format!("{name} must be between 0 and 1 (got {v})")));
         }
     }
     for (name, v) in [
@@ -141,7 +142,7 @@ pub fn validate(i: &PlanInput) -> Result<(), String> {
         ("regions", i.regions),
     ] {
         if !v.is_finite() || v < 1.0 {
-            return Err(format!("{name} must be 1 or more (got {v})"));
+            return Err(Invalid(format!("{name} must be 1 or more (got {v})")));
         }
     }
     Ok(())
@@ -174,7 +175,7 @@ fn usd(x: f64) -> String {
 }
 
 /// Computes the plan.
-pub fn plan(i: &PlanInput) -> Result<Plan, String> {
+pub fn plan(i: &PlanInput) -> Result<Plan, Invalid> {
     validate(i)?;
     let mut steps = Vec::new();
     let month_tokens = i.tokens_per_day * i.days;

@@ -18,97 +18,7 @@ use serde_json::{json, Value};
 use crate::config::RemoteConfig;
 use crate::types::{ChatRequest, FinishReason};
 
-/// Errors from the remote tier. None of them carries the API key.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RemoteError {
-    /// The `[remote]` section is unusable.
-    #[error("invalid [remote] config: {0}")]
-    Config(String),
-    /// No connection (refused, DNS, TLS, connect timeout).
-    #[error("cannot reach {url}: {detail}")]
-    Connect {
-        /// Endpoint.
-        url: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The server answered with an error status.
-    #[error("{url} answered HTTP {status}: {body}")]
-    Status {
-        /// Endpoint.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// Start of the error body.
-        body: String,
-    },
-    /// A timeout fired.
-    #[error("{url}: {phase} timeout after {seconds:.1} s")]
-    Timeout {
-        /// Endpoint.
-        url: String,
-        /// "first byte", "chunk gap" or "total".
-        phase: &'static str,
-        /// The limit.
-        seconds: f64,
-    },
-    /// The response is not what the protocol promises.
-    #[error("{url}: malformed response: {detail}")]
-    Malformed {
-        /// Endpoint.
-        url: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// The stream ended before it was complete.
-    #[error("{url}: stream cut off before completion ({detail})")]
-    Cut {
-        /// Endpoint.
-        url: String,
-        /// Where.
-        detail: String,
-    },
-    /// The breaker is open after repeated failures.
-    #[error("remote tier skipped for {seconds:.0} s more after {failures} consecutive failures")]
-    CircuitOpen {
-        /// Seconds until it is tried again.
-        seconds: f64,
-        /// Consecutive failures that opened it.
-        failures: u32,
-    },
-    /// The caller cancelled.
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl RemoteError {
-    /// Whether a retry might succeed (and nothing has been streamed yet).
-    fn retryable(&self) -> bool {
-        match self {
-            RemoteError::Connect { .. } | RemoteError::Timeout { .. } | RemoteError::Cut { .. } => {
-                true
-            }
-            RemoteError::Status { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-
-    /// Whether the error is a failure of the remote tier itself (unreachable, timing out,
-    /// cutting streams, sending garbage, overloaded or broken), which the breaker counts;
-    /// not a refusal of one request (4xx other than 429) or a cancel.
-    pub(crate) fn is_tier_fault(&self) -> bool {
-        match self {
-            RemoteError::Status { status, .. } => *status == 429 || *status >= 500,
-            RemoteError::Connect { .. }
-            | RemoteError::Timeout { .. }
-            | RemoteError::Cut { .. }
-            | RemoteError::Malformed { .. } => true,
-            RemoteError::Config(_) | RemoteError::CircuitOpen { .. } | RemoteError::Cancelled => {
-                false
-            }
-        }
-    }
-}
+pub use crate::error::{RemoteError, TimeoutPhase};
 
 /// What the remote tier produced.
 #[derive(Debug, Clone)]
@@ -362,7 +272,7 @@ impl RemoteEngine {
             if matches!(
                 e,
                 RemoteError::Timeout {
-                    phase: "first byte",
+                    phase: TimeoutPhase::FirstByte,
                     ..
                 }
             ) {
@@ -531,7 +441,7 @@ impl RemoteEngine {
                         return Err((
                             RemoteError::Timeout {
                                 url: url.clone(),
-                                phase: "chunk gap",
+                                phase: TimeoutPhase::ChunkGap,
                                 seconds: self.chunk_gap.as_secs_f64(),
                             },
                             None,
@@ -541,7 +451,7 @@ impl RemoteEngine {
                         return Err((
                             RemoteError::Timeout {
                                 url: url.clone(),
-                                phase: "total",
+                                phase: TimeoutPhase::Total,
                                 seconds: (until - t0).as_secs_f64(),
                             },
                             None,
@@ -670,8 +580,10 @@ impl RemoteEngine {
                             detail: format!("{t:?} timeout"),
                         }
                     }
-                    ureq::Timeout::RecvResponse => ("first byte", self.first_byte.min(global)),
-                    _ => ("total", global),
+                    ureq::Timeout::RecvResponse => {
+                        (TimeoutPhase::FirstByte, self.first_byte.min(global))
+                    }
+                    _ => (TimeoutPhase::Total, global),
                 };
                 RemoteError::Timeout {
                     url: self.url.clone(),
@@ -690,7 +602,7 @@ impl RemoteEngine {
         if e.kind() == std::io::ErrorKind::TimedOut {
             RemoteError::Timeout {
                 url: self.url.clone(),
-                phase: "total",
+                phase: TimeoutPhase::Total,
                 seconds: self.total.as_secs_f64(),
             }
         } else {

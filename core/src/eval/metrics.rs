@@ -13,6 +13,8 @@
 // Math reads best with math names; ties are exact float equality on purpose.
 #![allow(clippy::many_single_char_names, clippy::float_cmp)]
 
+pub use crate::stats::{ascending, auroc};
+
 /// What each tier got right on one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -29,21 +31,6 @@ pub fn accuracies(o: &[Outcome]) -> (f64, f64) {
         o.iter().filter(|x| x.small).count() as f64 / n,
         o.iter().filter(|x| x.large).count() as f64 / n,
     )
-}
-
-/// Item indices from the lowest score to the highest (ties in index order), NaN first.
-pub fn ascending(scores: &[f64]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| {
-        let (x, y) = (scores[a], scores[b]);
-        match (x.is_nan(), y.is_nan()) {
-            (true, true) => a.cmp(&b),
-            (true, false) => std::cmp::Ordering::Less,
-            (false, true) => std::cmp::Ordering::Greater,
-            _ => x.total_cmp(&y).then(a.cmp(&b)),
-        }
-    });
-    idx
 }
 
 /// acc(k/N) for k = 0..=N, escalating the lowest scores first, averaged across ties.
@@ -97,38 +84,6 @@ pub fn cpt(curve: &[f64], small: f64, large: f64, target: f64) -> Option<f64> {
     p.iter()
         .position(|&v| v >= target - 1e-12)
         .map(|k| k as f64 / n)
-}
-
-/// AUROC of `scores` for `labels` (true = positive): the probability that a random positive
-/// scores above a random negative, ties counting half. `None` without both classes.
-pub fn auroc(labels: &[bool], scores: &[f64]) -> Option<f64> {
-    assert_eq!(labels.len(), scores.len());
-    let pos = labels.iter().filter(|&&l| l).count();
-    let neg = labels.len() - pos;
-    if pos == 0 || neg == 0 {
-        return None;
-    }
-    // Average ranks (1-based) over ties.
-    let order = ascending(scores);
-    let mut rank = vec![0.0; scores.len()];
-    let mut s = 0;
-    while s < order.len() {
-        let mut e = s + 1;
-        while e < order.len() && scores[order[e]] == scores[order[s]] {
-            e += 1;
-        }
-        let r = (s + e + 1) as f64 / 2.0;
-        for &i in &order[s..e] {
-            rank[i] = r;
-        }
-        s = e;
-    }
-    let sum: f64 = (0..labels.len())
-        .filter(|&i| labels[i])
-        .map(|i| rank[i])
-        .sum();
-    let u = sum - (pos * (pos + 1)) as f64 / 2.0;
-    Some(u / (pos * neg) as f64)
 }
 
 /// The oracle's ranking: items the large model fixes first, those it breaks last.

@@ -1,12 +1,13 @@
 //! Evaluation and calibration: labelled items, prompt formats per answer kind, answer scoring,
 //! and the metrics that say what a cascade threshold is worth (APGR, CPT, AUROC, the oracle).
 //! `edgecascade eval` drives it; the calibrated decision model it fits lives in
-//! [`crate::policy::calibrated`].
+//! [`crate::signal::calibrated`].
 
 pub mod metrics;
 pub mod score;
 pub mod structured;
 
+use crate::error::Invalid;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{ChatMessage, ResponseFormat, Tool, ToolChoice};
@@ -109,71 +110,79 @@ impl Item {
     }
 
     /// Checks the item can be run and scored.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.id.is_empty() {
             return Err("an item has an empty id".into());
         }
         match (self.structured(), &self.expected) {
             (Some(_), None) => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "item {}: a structured item needs `expected`",
                     self.id
-                ))
+                )))
             }
             (None, Some(_)) => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "item {}: `expected` needs `response_format` or `tools`",
                     self.id
-                ))
+                )))
             }
             (Some(Structured::Json), Some(e)) if !e.is_object() => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "item {}: `expected` must be a JSON object",
                     self.id
-                ))
+                )))
             }
             (Some(Structured::Call), Some(e))
                 if e.get("name").and_then(serde_json::Value::as_str).is_none() =>
             {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "item {}: `expected` must name the call (`name`)",
                     self.id
-                ))
+                )))
             }
             (Some(_), Some(_)) => {
                 return if self.question.is_none() && self.messages.is_none() {
-                    Err(format!("item {}: needs question or messages", self.id))
+                    Err(Invalid(format!(
+                        "item {}: needs question or messages",
+                        self.id
+                    )))
                 } else {
                     Ok(())
                 };
             }
             (None, None) => {
                 if self.answer.trim().is_empty() {
-                    return Err(format!("item {}: needs an answer", self.id));
+                    return Err(Invalid(format!("item {}: needs an answer", self.id)));
                 }
             }
         }
         match (&self.question, &self.messages) {
-            (None, None) => return Err(format!("item {}: needs question or messages", self.id)),
+            (None, None) => {
+                return Err(Invalid(format!(
+                    "item {}: needs question or messages",
+                    self.id
+                )))
+            }
             (_, Some(m)) if m.is_empty() => {
-                return Err(format!("item {}: messages is empty", self.id))
+                return Err(Invalid(format!("item {}: messages is empty", self.id)))
             }
             _ => {}
         }
         if self.kind() == Kind::Choice && self.messages.is_none() && self.choices.len() < 2 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "item {}: a choice item needs two or more choices",
                 self.id
-            ));
+            )));
         }
         if self.choices.len() > 26 {
-            return Err(format!("item {}: more than 26 choices", self.id));
+            return Err(Invalid(format!("item {}: more than 26 choices", self.id)));
         }
         if self.kind() == Kind::Number && score::extract_number(&self.answer).is_none() {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "item {}: answer {:?} is not a number",
                 self.id, self.answer
-            ));
+            )));
         }
         Ok(())
     }
@@ -319,7 +328,7 @@ mod tests {
         let bad: Item =
             serde_json::from_str(r#"{"id":"2","question":"2+2","answer":"four","kind":"number"}"#)
                 .unwrap();
-        assert!(bad.validate().unwrap_err().contains("not a number"));
+        assert!(bad.validate().unwrap_err().0.contains("not a number"));
         let none: Item = serde_json::from_str(r#"{"id":"3","answer":"x"}"#).unwrap();
         assert!(none.validate().is_err());
         assert_eq!(Kind::parse("yesno"), Some(Kind::YesNo));

@@ -2,7 +2,7 @@
 //! short answer ("The answer is (B).", "1,234 apples", "Yes.").
 
 use super::Kind;
-pub use crate::policy::answer::{extract, extract_number, extract_yesno, normalize};
+pub use crate::signal::answer::{extract, extract_number, extract_yesno, normalize};
 
 /// One input of the `score` fuzz target, run as the fuzzer runs it: the first byte picks the
 /// kind; the rest, split at NUL bytes, is the gold answer, the model's text, `|`-separated

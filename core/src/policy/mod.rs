@@ -1,20 +1,19 @@
 //! Policy: the router decides before generation, the cascade during and after it. Both are pure
 //! functions of plain inputs, so every decision is testable and carries a stable reason code.
 
-pub mod answer;
-pub mod calibrated;
 pub mod device;
-#[cfg(feature = "eval")]
-mod fit;
 pub mod probe;
 #[cfg(feature = "eval")]
 pub mod probe_fit;
 
 use crate::config::{CascadeConfig, RouteTarget, RouterConfig};
-use crate::engine::local::TokenSignal;
+use crate::error::Invalid;
+use crate::signal::TokenSignal;
 use crate::types::{Confidence, PolicyOverride, Reason};
 
-pub use calibrated::{CalibratedModel, Evidence};
+pub use crate::signal::{
+    answer, calibrated, CalibratedModel, Evidence, Signal, STRUCTURED_DEFAULT,
+};
 pub use device::Shift;
 
 /// Where a request goes before generation.
@@ -187,92 +186,6 @@ pub fn route(i: &RouteInput<'_>) -> Decision {
     }
 }
 
-/// The confidence signals a threshold can be set on (`[cascade] signal`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
-pub enum Signal {
-    /// Mean token log-probability (escalate below).
-    #[default]
-    MeanLogprob,
-    /// Lowest token probability (escalate below).
-    MinProb,
-    /// 10th-percentile token probability (escalate below).
-    P10Prob,
-    /// Mean entropy (escalate above).
-    MeanEntropy,
-    /// The largest gap between the model's top-token probability and the written token's:
-    /// how hard a grammar forced a token the model did not want (escalate above).
-    MaxForced,
-    /// P(the small model is right) from the calibrated model (escalate below).
-    Calibrated,
-    /// P(small right) - P(large right) from the calibrated pair: the accuracy expected to be
-    /// lost by escalating (escalate below; a negative value means escalating should help).
-    CalibratedGain,
-    /// The hidden-state probe's P(small right) - P(large right) after the answer (escalate
-    /// below); with the probe's `pre_threshold`, it also routes before generation.
-    Probe,
-}
-
-impl Signal {
-    /// Parses a config name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "mean_logprob" => Signal::MeanLogprob,
-            "min_prob" => Signal::MinProb,
-            "p10_prob" => Signal::P10Prob,
-            "mean_entropy" => Signal::MeanEntropy,
-            "max_forced" => Signal::MaxForced,
-            "calibrated" => Signal::Calibrated,
-            "calibrated_gain" => Signal::CalibratedGain,
-            "probe" => Signal::Probe,
-            _ => return None,
-        })
-    }
-
-    /// The config name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::MeanLogprob => "mean_logprob",
-            Signal::MinProb => "min_prob",
-            Signal::P10Prob => "p10_prob",
-            Signal::MeanEntropy => "mean_entropy",
-            Signal::MaxForced => "max_forced",
-            Signal::Calibrated => "calibrated",
-            Signal::CalibratedGain => "calibrated_gain",
-            Signal::Probe => "probe",
-        }
-    }
-
-    /// The signal's value in a summary; `None` for the calibrated signal, which needs more
-    /// than the summary.
-    pub fn value(self, c: &Confidence) -> Option<f64> {
-        Some(match self {
-            Signal::MeanLogprob => c.mean_logprob,
-            Signal::MinProb => c.min_prob,
-            Signal::P10Prob => c.p10_prob,
-            Signal::MeanEntropy => c.mean_entropy,
-            Signal::MaxForced => c.max_forced,
-            Signal::Calibrated | Signal::CalibratedGain | Signal::Probe => return None,
-        })
-    }
-
-    /// Whether a higher value means less sure (entropy, forcing): these escalate above their
-    /// threshold, the others below.
-    pub fn escalates_above(self) -> bool {
-        matches!(self, Signal::MeanEntropy | Signal::MaxForced)
-    }
-
-    /// Whether `value` is on the unsure side of `threshold`.
-    pub fn unsure(self, value: f64, threshold: f64) -> bool {
-        if self.escalates_above() {
-            value > threshold
-        } else {
-            value < threshold
-        }
-    }
-}
-
 /// The cascade's decisions.
 #[derive(Debug, Clone)]
 pub struct Cascade {
@@ -287,17 +200,6 @@ pub struct Cascade {
     min_tokens: u32,
 }
 
-/// The default `[cascade] structured_signal` and `structured_threshold`: a grammar-constrained
-/// local answer escalates when its mean entropy is above 0.6 nats. `edgecascade eval` on BFCL
-/// calls under `tool_choice: required` and on JSON extraction (150 items each, SmolLM2 and
-/// Qwen2.5-0.5B against Qwen2.5-1.5B) found mean entropy the most consistent signal (held-in
-/// AUROC 0.66 to 0.74 on three of the four sets); the lowest token probability and the grammar's
-/// forcing were near random on most. 0.6 is the threshold that reached 95% of the large
-/// model's accuracy on Qwen2.5-0.5B's JSON extraction; the best threshold differs by model and
-/// task (0.25 to 0.82), so `eval --write-config` fits your own (README, "Structured output and
-/// the cascade").
-pub const STRUCTURED_DEFAULT: (Signal, f64) = (Signal::MeanEntropy, 0.6);
-
 /// The cascade's decision after the local answer, with its reason and detail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -308,22 +210,22 @@ pub enum Verdict {
 }
 
 /// `[cascade] structured_signal` and `structured_threshold`, checked, with their defaults.
-fn structured_rule(c: &CascadeConfig) -> Result<(Signal, f64), String> {
+fn structured_rule(c: &CascadeConfig) -> Result<(Signal, f64), Invalid> {
     let signal = c.structured_signal.unwrap_or(STRUCTURED_DEFAULT.0);
     if signal.value(&Confidence::default()).is_none() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "cascade.structured_signal = {:?}: only mean_logprob, min_prob, p10_prob, mean_entropy or max_forced (the calibrated signals are fitted on free text)",
             signal.name()
-        ));
+        )));
     }
     let threshold = match (c.structured_threshold, signal) {
         (Some(t), _) => t,
         (None, s) if s == STRUCTURED_DEFAULT.0 => STRUCTURED_DEFAULT.1,
         (None, s) => {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "cascade.structured_signal = {:?} needs cascade.structured_threshold",
                 s.name()
-            ))
+            )))
         }
     };
     let probability = matches!(
@@ -331,7 +233,7 @@ fn structured_rule(c: &CascadeConfig) -> Result<(Signal, f64), String> {
         Signal::MinProb | Signal::P10Prob | Signal::MaxForced
     );
     if !threshold.is_finite() || (probability && !(0.0..=1.0).contains(&threshold)) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "cascade.structured_threshold {threshold} must be {} for {}",
             if probability {
                 "a probability (0 to 1)"
@@ -339,7 +241,7 @@ fn structured_rule(c: &CascadeConfig) -> Result<(Signal, f64), String> {
                 "a finite number"
             },
             signal.name()
-        ));
+        )));
     }
     Ok((signal, threshold))
 }
@@ -349,7 +251,7 @@ const WINDOW: usize = 8;
 
 impl Cascade {
     /// From the `[cascade]` section.
-    pub fn new(c: &CascadeConfig) -> Result<Self, String> {
+    pub fn new(c: &CascadeConfig) -> Result<Self, Invalid> {
         let signal = c.signal;
         if let Some(m) = &c.calibrated {
             m.validate()?;
@@ -359,10 +261,10 @@ impl Cascade {
                 return Err("cascade.signal = \"probe\" needs cascade.probe = \"FILE\": fit one with `edgecascade eval --write-probe FILE`".into());
             }
             if !(-1.0..=1.0).contains(&c.threshold) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "cascade.threshold {} must be between -1 and 1 for the probe",
                     c.threshold
-                ));
+                )));
             }
         }
         if matches!(signal, Signal::Calibrated | Signal::CalibratedGain) && c.calibrated.is_none() {
@@ -371,10 +273,10 @@ impl Cascade {
             );
         }
         if signal == Signal::Calibrated && !(0.0..=1.0).contains(&c.threshold) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "cascade.threshold {} must be a probability (0 to 1) for the calibrated signal",
                 c.threshold
-            ));
+            )));
         }
         if signal == Signal::CalibratedGain {
             if c.calibrated
@@ -384,10 +286,10 @@ impl Cascade {
                 return Err("cascade.signal = \"calibrated_gain\" needs large_weights in [cascade.calibrated]: refit with `edgecascade eval --write-config`".into());
             }
             if !(-1.0..=1.0).contains(&c.threshold) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "cascade.threshold {} must be between -1 and 1 for calibrated_gain",
                     c.threshold
-                ));
+                )));
             }
         }
         let structured = structured_rule(c)?;
@@ -454,7 +356,7 @@ impl Cascade {
                 m.gain_score(&calibrated::features(e)).unwrap_or(f64::NAN)
             }
             (s, _) => s
-                .value(&crate::engine::local::confidence::summarize(e.signals))
+                .value(&crate::signal::summarize(e.signals))
                 .unwrap_or(f64::NAN),
         }
     }
@@ -484,7 +386,7 @@ impl Cascade {
         }
         let (signal, threshold) = self.structured;
         let v = signal
-            .value(&crate::engine::local::confidence::summarize(e.signals))
+            .value(&crate::signal::summarize(e.signals))
             .unwrap_or(f64::NAN);
         Self::verdict(
             signal,
@@ -971,7 +873,7 @@ mod tests {
             (Some(Signal::MeanEntropy), Some(f64::NAN), "a finite number"),
         ] {
             let err = with(signal, threshold).unwrap_err();
-            assert!(err.contains(says), "{err}");
+            assert!(err.0.contains(says), "{err}");
         }
     }
 
@@ -1017,6 +919,7 @@ mod tests {
             ..CascadeConfig::default()
         })
         .unwrap_err()
+        .0
         .contains("[cascade.calibrated]"));
         // The gain signal needs the large half, and a threshold in [-1, 1] (fitting is in the
         // `eval` feature).
@@ -1034,13 +937,14 @@ mod tests {
             };
             assert!(gain(&small_only, 0.0)
                 .unwrap_err()
+                .0
                 .contains("large_weights"));
             let pair = CalibratedModel::fit_pair(&xs, &[false, true], &[true, true], 1.0);
             assert!(gain(&pair, 0.0).is_ok());
             assert!(gain(&pair, 2.0).is_err());
         }
         // An unknown signal is a config error that names the choices.
-        let e = crate::Config::from_toml("[cascade]\nsignal = \"vibes\"")
+        let e = crate::config::Config::from_toml("[cascade]\nsignal = \"vibes\"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("mean_logprob"), "{e}");

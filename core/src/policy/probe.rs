@@ -9,11 +9,12 @@
 //! feature layout: a probe for another model, or from a build with other features, refuses to
 //! load.
 
+use crate::error::Invalid;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::calibrated::{self, sigmoid, Evidence};
+use crate::signal::calibrated::{self, sigmoid, Evidence};
 use crate::types::{ChatMessage, Kind};
 
 /// The probe file's format tag.
@@ -205,28 +206,28 @@ impl Probe {
 
     /// Checks the layout against this build's features and a model of width `n_embd` whose
     /// hidden states are read from `tensor`.
-    pub fn validate(&self, n_embd: usize, tensor: &str) -> Result<(), String> {
+    pub fn validate(&self, n_embd: usize, tensor: &str) -> Result<(), Invalid> {
         if self.format != FORMAT {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "format {:?}, this build reads {FORMAT:?}",
                 self.format
-            ));
+            )));
         }
         let (pre, post) = Self::names(&self.tasks);
         if self.pre_features != pre || self.post_features != post {
-            return Err(format!("fitted on features {:?} / {:?}, but this build computes {pre:?} / {post:?}: refit it with `edgecascade eval --write-probe`", self.pre_features, self.post_features));
+            return Err(Invalid(format!("fitted on features {:?} / {:?}, but this build computes {pre:?} / {post:?}: refit it with `edgecascade eval --write-probe`", self.pre_features, self.post_features)));
         }
         if self.hidden_tensor != tensor {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "fitted on the hidden states of {:?}, but this engine reads {tensor:?} (EDGECASCADE_HIDDEN_LAYER): refit it, or read the tensor it was fitted on",
                 self.hidden_tensor
-            ));
+            )));
         }
         if self.n_embd != n_embd {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "fitted on a hidden width of {}, the model has {n_embd}",
                 self.n_embd
-            ));
+            )));
         }
         for (what, head, scalars, hidden) in [
             ("pre.small", &self.pre.small, pre.len(), n_embd),
@@ -269,7 +270,10 @@ impl Probe {
         }
         probe
             .validate(n_embd, tensor)
-            .map_err(|detail| ProbeError::Layout { path: p, detail })?;
+            .map_err(|e| ProbeError::Layout {
+                path: p,
+                detail: e.0,
+            })?;
         Ok(probe)
     }
 
@@ -316,4 +320,33 @@ impl Probe {
 /// The prompt-only scalar features ([`PRE_FEATURES`]), as the calibrated features hold them.
 pub fn pre_features(messages: &[ChatMessage], hint: Option<Kind>, prompt_tokens: u32) -> [f64; 6] {
     calibrated::prompt_features(messages, hint, prompt_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PRE_FEATURES;
+    use crate::signal::calibrated::{features, prompt_features, Evidence, FEATURES};
+    use crate::types::{ChatMessage, FinishReason};
+
+    #[test]
+    fn the_prompt_features_sit_in_the_full_vector_under_their_names() {
+        let m = [ChatMessage::user("Calculate 12 + 30")];
+        let e = Evidence {
+            messages: &m,
+            hint: None,
+            prompt_tokens: 20,
+            signals: &[],
+            text: "42",
+            finish: FinishReason::Stop,
+            hidden: None,
+            task: None,
+        };
+        let full = features(&e);
+        let pre = prompt_features(&m, None, 20);
+        for (i, name) in PRE_FEATURES.iter().enumerate() {
+            let at = FEATURES.iter().position(|f| f == name).unwrap();
+            assert_eq!(full[at].to_bits(), pre[i].to_bits(), "{name}");
+        }
+        assert_eq!(pre[1], 1.0, "a number is asked for");
+    }
 }

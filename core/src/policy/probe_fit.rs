@@ -10,8 +10,8 @@
 
 use nalgebra::DMatrix;
 
-use super::fit::{assign_folds, fit_weights};
 use super::probe::{Head, HeadPair};
+use crate::signal::fit::{assign_folds, fit_weights};
 
 /// Principal components kept (0: the scalar features alone).
 pub const COMPONENTS: [usize; 5] = [0, 8, 16, 32, 64];
@@ -382,8 +382,8 @@ mod tests {
         let groups = vec![0; 300];
         let stage = Stage { x: &x, h: &h };
         let (ps, pl) = cross_validate_pair(stage, &small, &large, &groups, 5, 3);
-        let auc_s = crate::eval::metrics::auroc(&small, &ps).unwrap();
-        let auc_l = crate::eval::metrics::auroc(&large, &pl).unwrap();
+        let auc_s = crate::stats::auroc(&small, &ps).unwrap();
+        let auc_l = crate::stats::auroc(&large, &pl).unwrap();
         assert!(auc_s > 0.8, "held-out AUROC of P(small right) {auc_s}");
         assert!(auc_l > 0.8, "held-out AUROC of P(large right) {auc_l}");
         // The inner cross-validation keeps components: the scalar alone knows nothing.
@@ -411,7 +411,7 @@ mod tests {
         // Every item is still scored held out, by a model fitted on fewer items, which knows
         // less: the planted signal is recovered worse from a quarter of the items.
         assert!(quarter.0.iter().chain(&quarter.1).all(|p| p.is_finite()));
-        let auc = |y: &[bool], p: &[f64]| crate::eval::metrics::auroc(y, p).unwrap();
+        let auc = |y: &[bool], p: &[f64]| crate::stats::auroc(y, p).unwrap();
         assert!(
             auc(&small, &quarter.0) < auc(&small, &full.0),
             "a quarter {} against all {}",

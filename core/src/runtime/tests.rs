@@ -1160,7 +1160,7 @@ fn a_call_the_grammar_forced_against_the_model_escalates_on_its_own_rule() {
         ];
         let remote = ScriptedRemote::new(RemoteMode::Answer);
         let mut cfg = config(None, BudgetConfig::default());
-        cfg.cascade.structured_signal = Some(crate::policy::Signal::MinProb);
+        cfg.cascade.structured_signal = Some(crate::signal::Signal::MinProb);
         cfg.cascade.structured_threshold = Some(0.05);
         let rt = runtime(
             cfg,

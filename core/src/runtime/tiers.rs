@@ -86,7 +86,7 @@ impl LocalTier for LocalEngine {
         LocalEngine::count_request_tokens(self, req)
     }
     fn check_calls(&self, req: &ChatRequest, calls: &[ToolCall]) -> Result<(), String> {
-        LocalEngine::check_calls(self, req, calls)
+        LocalEngine::check_calls(self, req, calls).map_err(|e| e.0)
     }
     fn generate(
         &self,
@@ -128,7 +128,7 @@ impl LocalTier for LocalEngine {
         format: &crate::types::ResponseFormat,
         text: &str,
     ) -> Result<(), String> {
-        LocalEngine::check_format(self, format, text)
+        LocalEngine::check_format(self, format, text).map_err(|e| e.0)
     }
     fn engine(self: Arc<Self>) -> Option<Arc<LocalEngine>> {
         Some(self)

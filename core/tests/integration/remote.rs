@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use edgecascade::config::RemoteConfig;
-use edgecascade::engine::remote::{RemoteEngine, RemoteError};
+use edgecascade::engine::remote::{RemoteEngine, RemoteError, TimeoutPhase};
 use edgecascade::{ChatRequest, FinishReason};
 
 use crate::fault_server::{Behavior, FaultServer};
@@ -172,7 +172,7 @@ fn slow_first_byte_times_out() {
         matches!(
             e,
             RemoteError::Timeout {
-                phase: "first byte",
+                phase: TimeoutPhase::FirstByte,
                 ..
             }
         ),

@@ -173,7 +173,7 @@ fn every_local_answer_parses_and_matches_the_schema() {
         .unwrap();
     assert_eq!(cut.finish_reason, edgecascade::FinishReason::Length);
     let why = e.check_format(&person(), &cut.text).unwrap_err();
-    assert!(why.contains("not valid JSON"), "{why}: {}", cut.text);
+    assert!(why.0.contains("not valid JSON"), "{why}: {}", cut.text);
 }
 
 /// A long string value near `max_tokens` is closed, with the keys still required after it, so

@@ -28,6 +28,7 @@ pub fn smollm2() -> PathBuf {
 
 /// The binary with its default ledger in a temporary folder: tests never write the user's own
 /// ledger (a config's `[ledger] path` still wins where a test sets one).
+#[allow(dead_code)]
 pub fn edgecascade() -> Command {
     static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let data = DATA.get_or_init(|| tempfile::tempdir().expect("temporary folder"));

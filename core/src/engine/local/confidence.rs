@@ -9,28 +9,7 @@
 // Math kernels read best with math names.
 #![allow(clippy::many_single_char_names)]
 
-use crate::types::Confidence;
-
-/// Signals for one generated token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TokenSignal {
-    /// ln p(chosen token).
-    pub logprob: f32,
-    /// Entropy of the distribution, in nats.
-    pub entropy: f32,
-    /// p(top-1) - p(top-2).
-    pub margin: f32,
-    /// ln p(top-1): how sure the model was of its own distribution, whatever was sampled (equal
-    /// to `logprob` under greedy decoding).
-    pub top_logprob: f32,
-}
-
-impl TokenSignal {
-    /// p(chosen token).
-    pub fn prob(&self) -> f32 {
-        self.logprob.exp()
-    }
-}
+pub use crate::signal::{summarize, TokenSignal};
 
 // The portable kernel (the max and exp passes, `finish`) lives in `kernel.rs`, free of crate
 // dependencies, so scripts/check-neon.sh can compile it alone for aarch64 and check that it
@@ -323,34 +302,6 @@ pub fn stats_avx512(logits: &[f32]) -> Option<Stats> {
     }
     let _ = logits;
     None
-}
-
-/// Summarises a response's token signals.
-pub fn summarize(signals: &[TokenSignal]) -> Confidence {
-    if signals.is_empty() {
-        return Confidence::default();
-    }
-    let n = signals.len() as f64;
-    let mut probs: Vec<f64> = signals.iter().map(|s| f64::from(s.prob())).collect();
-    let first_prob = probs[0];
-    probs.sort_by(f64::total_cmp);
-    // Nearest-rank 10th percentile.
-    let p10 = probs[((0.1 * n).ceil() as usize)
-        .saturating_sub(1)
-        .min(probs.len() - 1)];
-    Confidence {
-        mean_logprob: signals.iter().map(|s| f64::from(s.logprob)).sum::<f64>() / n,
-        min_prob: probs[0],
-        p10_prob: p10,
-        mean_entropy: signals.iter().map(|s| f64::from(s.entropy)).sum::<f64>() / n,
-        mean_margin: signals.iter().map(|s| f64::from(s.margin)).sum::<f64>() / n,
-        first_prob,
-        tokens: signals.len() as u32,
-        max_forced: signals
-            .iter()
-            .map(|s| f64::from(s.top_logprob.exp() - s.prob()).max(0.0))
-            .fold(0.0, f64::max),
-    }
 }
 
 #[cfg(test)]

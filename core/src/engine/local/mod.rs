@@ -46,8 +46,8 @@ use decode::prefill;
 use pool::{common_prefix, Pool};
 use prompt::choose_template;
 
+pub use crate::signal::{HiddenStates, TokenSignal};
 pub use batch::BatchStats;
-pub use confidence::TokenSignal;
 pub use gguf::{GgufError, GgufInfo};
 pub use hidden::{tensor_name as hidden_tensor_name, FINAL as FINAL_HIDDEN_TENSOR};
 
@@ -99,15 +99,6 @@ pub struct LocalOutput {
     /// The gate stopped the generation after the prompt ([`GenerateOptions::gate`]): no token
     /// was decoded.
     pub gated: bool,
-}
-
-/// The local model's final hidden state (after its output norm, before the output head).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HiddenStates {
-    /// At the prompt's last token: what the model knows before it answers.
-    pub prompt: Vec<f32>,
-    /// At the answer's end: the state the last token (or end of turn) was predicted from.
-    pub answer: Vec<f32>,
 }
 
 /// What the prompt's hidden state (and its token count) decides before any token is decoded:
@@ -248,7 +239,7 @@ impl LocalEngine {
         &self,
         req: &ChatRequest,
         calls: &[crate::types::ToolCall],
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::error::Invalid> {
         crate::tools::check(req, calls)?;
         // Without the `structured` feature the argument types go unchecked (no grammar).
         if cfg!(not(feature = "structured")) {
@@ -275,7 +266,7 @@ impl LocalEngine {
         &self,
         format: &crate::types::ResponseFormat,
         text: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::error::Invalid> {
         constraint::check_json(format, text)?;
         // Without the `structured` feature: the JSON's shape only (no grammar).
         if !matches!(format, crate::types::ResponseFormat::JsonSchema { .. })
@@ -285,8 +276,9 @@ impl LocalEngine {
         }
         let tokens = self.grammar_tokens(text.trim());
         self.grammars()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::error::Invalid(e.to_string()))?
             .validate(format, &tokens)
+            .map_err(crate::error::Invalid)
     }
 }
 
@@ -531,6 +523,15 @@ fn thread_counts(cfg: &LocalConfig, cores: u32) -> (u32, u32) {
         cfg.threads.unwrap_or(share),
         cfg.threads_batch.unwrap_or(share),
     )
+}
+
+impl ChatRequest {
+    /// Checks the request as the runtime does before any tier sees it (messages, sampling
+    /// ranges, the response format's schema, the tools): `Err` is an `InvalidRequest` naming
+    /// what is wrong. Whether a schema can be enforced is known only to a loaded model.
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        Ok(validate_request(self)?)
+    }
 }
 
 /// Rejects requests llama.cpp would misbehave on.

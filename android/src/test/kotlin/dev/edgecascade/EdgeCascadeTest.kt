@@ -186,6 +186,85 @@ class EdgeCascadeTest {
     }
 
     @Test
+    fun aFailedEscalationFallsBackToTheLocalAnswer() = runBlocking<Unit> {
+        // The remote tier refuses every request (HTTP 400: not retried).
+        val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+        val calls = java.util.concurrent.atomic.AtomicInteger()
+        server.createContext("/v1/chat/completions") { ex ->
+            ex.requestBody.readBytes()
+            calls.incrementAndGet()
+            val body = """{"error":{"message":"no"}}""".toByteArray()
+            ex.sendResponseHeaders(400, body.size.toLong())
+            ex.responseBody.use { it.write(body) }
+        }
+        server.start()
+        try {
+            val remote = RemoteEndpoint("http://127.0.0.1:${server.address.port}", "remote-model")
+            // A threshold no answer reaches: every local answer escalates.
+            val config = EdgeCascadeConfig(localModel = model, remote = remote, cascadeThreshold = 0.0)
+            EdgeCascade(config).use { ai ->
+                val events = ai.stream(greedy("Name a colour.", maxTokens = 8)).toList()
+                val kinds = events.map { it::class.simpleName }
+                val escalating = kinds.indexOf("Escalating")
+                val fallingBack = kinds.indexOf("FallingBack")
+                assertTrue(escalating >= 0 && fallingBack > escalating, "$kinds")
+                assertTrue(events.none { it is ChatEvent.Token && it.tier == Tier.REMOTE }, "$events")
+                val detail = (events[fallingBack] as ChatEvent.FallingBack).detail
+                assertTrue(detail.contains("400"), detail)
+                val done = events.last()
+                assertIs<ChatEvent.Done>(done)
+                assertEquals(Route.DEGRADED_LOCAL, done.response.route)
+                assertEquals(1, calls.get())
+                // The text the caller keeps is the local answer: the tokens before Escalating
+                // and after FallingBack.
+                val kept = events.filterIsInstance<ChatEvent.Token>().joinToString("") { it.text }
+                assertEquals(done.response.text, kept)
+                assertTrue(kept.isNotEmpty())
+            }
+        } finally {
+            server.stop(0)
+        }
+    }
+
+    @Test
+    fun aPullThatRetriesSaysSoBeforeItSucceeds() = runBlocking<Unit> {
+        val bytes = ByteArray(100_000) { (it * 7 + 1).toByte() }
+        val sha = java.security.MessageDigest.getInstance("SHA-256").digest(bytes)
+            .joinToString("") { "%02x".format(it) }
+        val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+        val requests = java.util.concurrent.atomic.AtomicInteger()
+        server.createContext("/flaky.gguf") { ex ->
+            if (requests.incrementAndGet() == 1) {
+                ex.responseHeaders.add("Retry-After", "1")
+                ex.sendResponseHeaders(503, -1)
+                ex.close()
+            } else {
+                ex.sendResponseHeaders(200, bytes.size.toLong())
+                ex.responseBody.use { it.write(bytes) }
+            }
+        }
+        server.start()
+        val dir = java.nio.file.Files.createTempDirectory("pull").toFile()
+        try {
+            val dest = File(dir, "flaky.gguf")
+            val events = Models.pull("http://127.0.0.1:${server.address.port}/flaky.gguf", sha, dest.path).toList()
+            val retries = events.filterIsInstance<PullEvent.Retrying>()
+            assertEquals(1, retries.size, "$events")
+            assertEquals(1, retries[0].attempt)
+            assertTrue(retries[0].reason.contains("503"), retries[0].reason)
+            assertEquals(0L, retries[0].bytesDone)
+            val done = events.last()
+            assertIs<PullEvent.Done>(done)
+            assertEquals(sha, done.outcome.sha256)
+            assertEquals(2, requests.get())
+            assertTrue(bytes.contentEquals(dest.readBytes()))
+        } finally {
+            server.stop(0)
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
     fun androidReadingsMapOntoDeviceState() {
         assertEquals(
             listOf(Thermal.NOMINAL, Thermal.FAIR, Thermal.SERIOUS, Thermal.CRITICAL, Thermal.CRITICAL),

@@ -3,10 +3,21 @@
 //! [`ErrorKind`] the SDKs expose. The mapping from rich errors to kinds lives in one place,
 //! [`Error::kind`]. llama-cpp-2's types never leak out of `engine::local`.
 
+//!
+//! Every error type of the crate is defined here, below every other module, so that any layer
+//! can name any error without depending on the layer that raises it.
+
 use std::path::PathBuf;
 
-pub use crate::engine::local::gguf::GgufError;
-pub use crate::engine::remote::RemoteError;
+mod gguf;
+mod ledger;
+mod pull;
+mod remote;
+
+pub use gguf::GgufError;
+pub use ledger::LedgerError;
+pub use pull::PullError;
+pub use remote::{RemoteError, TimeoutPhase};
 
 /// Errors from the local (llama.cpp) tier.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -84,9 +95,35 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A value refused by a check: a fitted model or probe that does not fit this build, plan
+/// inputs out of range, an answer that does not match its format or tools. The message says
+/// what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(s: String) -> Self {
+        Invalid(s)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(s: &str) -> Self {
+        Invalid(s.to_owned())
+    }
+}
+
+impl From<Invalid> for ConfigError {
+    fn from(e: Invalid) -> Self {
+        ConfigError::Invalid(e.0)
+    }
+}
+
 /// The stable kind of an [`Error`]: what an app branches on. Its string form
-/// ([`ErrorKind::as_str`]) never changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// ([`ErrorKind::as_str`], and its serde form) never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The model file is not a valid GGUF file (or cannot be read).
     InvalidModelFile,
@@ -179,10 +216,10 @@ pub enum Error {
     DeviceState(String),
     /// From the model manager.
     #[error(transparent)]
-    Pull(#[from] crate::models::PullError),
+    Pull(#[from] PullError),
     /// The cost ledger could not be read or written.
     #[error("cost ledger: {0}")]
-    Ledger(String),
+    Ledger(#[from] LedgerError),
     /// A panic inside the runtime or a callback, caught before it could cross into the caller.
     #[error("internal error: {0}")]
     Internal(String),
@@ -223,7 +260,7 @@ impl Error {
             Error::Offline => ErrorKind::RemoteUnavailable,
             Error::DeviceState(_) => ErrorKind::DeviceState,
             Error::Pull(p) => {
-                use crate::models::PullError as P;
+                use PullError as P;
                 match p {
                     P::Invalid(_) => ErrorKind::InvalidRequest,
                     P::Status { .. }
@@ -250,6 +287,27 @@ impl From<GgufError> for Error {
 /// Result with the runtime's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A key or name as it appears in an error message: one line, at most 80 characters, control
+/// characters escaped.
+pub(crate) fn clip(s: &str) -> String {
+    let shown: String = s
+        .chars()
+        .take(80)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if s.chars().count() > 80 {
+        format!("{shown}...")
+    } else {
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +316,6 @@ mod tests {
     /// it (apps and the ledger match on these strings).
     #[test]
     fn kinds_are_stable() {
-        use crate::models::PullError;
         let path = || std::path::PathBuf::from("m.gguf");
         let remote = |status| RemoteError::Status {
             url: "u".into(),
@@ -354,5 +411,47 @@ mod tests {
             Error::BudgetExhausted("x".into()).to_string(),
             "remote budget exhausted: x"
         );
+    }
+
+    /// The ledger writes kinds through serde: the same strings as `as_str`, both ways.
+    #[test]
+    fn kinds_serialise_as_their_codes() {
+        use ErrorKind as K;
+        for k in [
+            K::InvalidModelFile,
+            K::ModelLoad,
+            K::ContextOverflow,
+            K::InvalidRequest,
+            K::InvalidConfig,
+            K::RemoteUnavailable,
+            K::RemoteRejected,
+            K::BudgetExhausted,
+            K::Cancelled,
+            K::Closed,
+            K::Download,
+            K::Storage,
+            K::DeviceState,
+            K::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(serde_json::from_value::<K>(k.as_str().into()).unwrap(), k);
+        }
+    }
+
+    #[test]
+    fn timeout_phases_read_as_before() {
+        for (p, s) in [
+            (TimeoutPhase::FirstByte, "first byte"),
+            (TimeoutPhase::ChunkGap, "chunk gap"),
+            (TimeoutPhase::Total, "total"),
+        ] {
+            assert_eq!(p.to_string(), s);
+            let e = RemoteError::Timeout {
+                url: "u".into(),
+                phase: p,
+                seconds: 2.0,
+            };
+            assert_eq!(e.to_string(), format!("u: {s} timeout after 2.0 s"));
+        }
     }
 }

@@ -10,10 +10,10 @@
 // Linear algebra reads best with math names.
 #![allow(clippy::many_single_char_names)]
 
+use crate::error::Invalid;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::local::TokenSignal;
-use crate::policy::answer;
+use super::{answer, TokenSignal};
 use crate::types::Kind;
 
 #[cfg(feature = "eval")]
@@ -68,7 +68,7 @@ pub struct Evidence<'a> {
     /// Why it ended.
     pub finish: FinishReason,
     /// The local model's hidden states, when they were read (for the probe).
-    pub hidden: Option<&'a crate::engine::local::HiddenStates>,
+    pub hidden: Option<&'a super::HiddenStates>,
     /// The request's task name, if any (for the probe's per-task terms).
     pub task: Option<&'a str>,
 }
@@ -135,7 +135,7 @@ pub fn prompt_features(
 
 /// The feature vector for `e`.
 pub fn features(e: &Evidence<'_>) -> [f64; N] {
-    let c = crate::engine::local::confidence::summarize(e.signals);
+    let c = super::summarize(e.signals);
     let kind = infer_kind(e.messages, e.hint);
     let ln = |p: f64| p.max(1e-6).ln();
     let [kc, kn, ky, ke, ln_prompt, digit_share] =
@@ -213,22 +213,22 @@ pub struct CalibratedModel {
 
 impl CalibratedModel {
     /// Checks the model matches this build's features.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.features.iter().map(String::as_str).ne(FEATURES) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "cascade.calibrated was fitted on features {:?}, but this version computes {:?}: refit it with `edgecascade eval --write-config`",
                 self.features, FEATURES
-            ));
+            )));
         }
         if [self.mean.len(), self.scale.len(), self.weights.len()] != [N; 3] {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "cascade.calibrated needs {N} means, scales and weights"
-            ));
+            )));
         }
         if !self.large_weights.is_empty() && self.large_weights.len() != N {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "cascade.calibrated.large_weights needs {N} weights"
-            ));
+            )));
         }
         if self
             .mean
@@ -282,28 +282,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_prompt_features_sit_in_the_full_vector_under_their_names() {
-        let m = [ChatMessage::user("Calculate 12 + 30")];
-        let e = Evidence {
-            messages: &m,
-            hint: None,
-            prompt_tokens: 20,
-            signals: &[],
-            text: "42",
-            finish: FinishReason::Stop,
-            hidden: None,
-            task: None,
-        };
-        let full = features(&e);
-        let pre = prompt_features(&m, None, 20);
-        for (i, name) in crate::policy::probe::PRE_FEATURES.iter().enumerate() {
-            let at = FEATURES.iter().position(|f| f == name).unwrap();
-            assert_eq!(full[at].to_bits(), pre[i].to_bits(), "{name}");
-        }
-        assert_eq!(pre[1], 1.0, "a number is asked for");
-    }
-
-    #[test]
     fn kinds_are_inferred_from_the_prompt() {
         let m = |t: &str| vec![ChatMessage::user(t)];
         assert_eq!(
@@ -351,7 +329,7 @@ mod tests {
         assert_eq!(strongest, Some(0));
         let groups = vec![0; xs.len()];
         let held_out = cross_validate(&xs, &ys, &groups, 5, 1, 1.0);
-        let auc = crate::eval::metrics::auroc(&ys, &held_out).unwrap();
+        let auc = crate::stats::auroc(&ys, &held_out).unwrap();
         assert!(auc > 0.8, "held-out AUROC {auc}");
         // A wrong feature list is refused.
         let mut bad = m.clone();
