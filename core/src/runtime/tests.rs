@@ -1,15 +1,20 @@
 //! The request flow driven by scripted tiers: routing, the cascade, cancellation and failure in
 //! each leg, budgets and their reservations, terminal events, panics, closing. Fast, no model.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::route::WORST_CASE_COMPLETION;
 use super::*;
 use crate::config::BudgetConfig;
+use crate::cost;
 use crate::engine::local::{LocalOutput, TokenEvent, TokenSignal};
 use crate::engine::remote::{RemoteError, RemoteOutput};
-use crate::error::ErrorKind;
-use crate::types::{ChatMessage, Event, FinishReason, NullSink};
+use crate::error::{ErrorKind, LocalError};
+use crate::types::{
+    ChatMessage, Event, FinishReason, NullSink, PolicyOverride, Reason, ResponseFormat, Route, Tier,
+};
 
 /// A local tier that "generates" a fixed list of tokens, each with a given probability.
 struct ScriptedLocal {
