@@ -1633,3 +1633,37 @@ fn a_cut_escalation_serves_the_local_answer_and_no_remote_text() {
         .collect();
     assert_eq!(routes, ["degraded_local", "degraded_local"], "{ledger}");
 }
+
+#[test]
+fn a_server_that_would_be_its_own_remote_tier_refuses_to_start() {
+    // A config read from the working directory can point [remote] at the server being started;
+    // every escalation would then come back to it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecascade.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[local]\nmodel = {:?}\n[remote]\nbase_url = \"http://localhost:{port}/v1\"\nmodel = \"m\"\n",
+            model()
+        ),
+    )
+    .unwrap();
+    let o = edgecascade()
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is this server itself"), "{err}");
+}

@@ -162,6 +162,36 @@ pub fn run(args: Args) -> Result<(), Failure> {
     tokio.block_on(serve(state, &args.host, args.port, limits))
 }
 
+/// Whether `base_url` names the address this server listens on (a config read from the working
+/// directory can make a server its own remote tier). Host names other than `localhost` are not
+/// resolved: this catches the loop a config file makes by accident, not every alias.
+fn remote_is_self(base_url: &str, addr: SocketAddr) -> bool {
+    let Ok(uri) = base_url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    if uri.port_u16().unwrap_or(default_port) != addr.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.parse::<std::net::IpAddr>().ok()
+    };
+    ip.is_some_and(|ip| {
+        ip == addr.ip()
+            || (ip.is_loopback() && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
+    })
+}
+
 /// A positive, finite number of seconds.
 fn seconds(s: f64, flag: &str) -> Result<std::time::Duration, Failure> {
     if s.is_finite() && s > 0.0 && s < 1e6 {
@@ -189,6 +219,15 @@ async fn serve(state: Arc<AppState>, host: &str, port: u16, limits: Limits) -> R
         .await
         .map_err(|e| Failure::Runtime(format!("cannot listen on {host}:{port}: {e}")))?;
     let addr: SocketAddr = listener.local_addr()?;
+    if let Some(r) = &state.runtime.config().remote {
+        if remote_is_self(&r.base_url, addr) {
+            return Err(Failure::Runtime(format!(
+                "[remote] base_url {} is this server itself: every escalation would come back \
+                 to it; point it at another server, or give serve a config of its own (--config FILE)",
+                r.base_url
+            )));
+        }
+    }
     let app = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -710,5 +749,38 @@ fn runtime_error(e: &edgecascade::Error) -> ApiError {
         ErrorKind::Closed => api(503, "server_error", "overloaded"),
         ErrorKind::RemoteRejected => api(502, "server_error", "remote_rejected"),
         _ => internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remote_is_self;
+
+    #[test]
+    fn a_remote_tier_on_our_own_address_is_seen() {
+        let local = "127.0.0.1:8091".parse().unwrap();
+        let any = "0.0.0.0:8091".parse().unwrap();
+        for url in [
+            "http://127.0.0.1:8091",
+            "http://127.0.0.1:8091/v1",
+            "http://localhost:8091/v1/",
+        ] {
+            assert!(remote_is_self(url, local), "{url}");
+            assert!(remote_is_self(url, any), "{url} (bound to every address)");
+        }
+        // Another port, another host, or the default port are other servers.
+        for url in [
+            "http://127.0.0.1:8092",
+            "http://192.0.2.7:8091",
+            "https://api.openai.com/v1",
+            "http://127.0.0.1",
+            "not a url",
+        ] {
+            assert!(!remote_is_self(url, local), "{url}");
+        }
+        assert!(remote_is_self(
+            "http://[::1]:8091",
+            "[::1]:8091".parse().unwrap()
+        ));
     }
 }
