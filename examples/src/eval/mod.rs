@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use clap::Args as ClapArgs;
+use edgecascade::config::RemoteConfig;
 use edgecascade::engine::remote::RemoteEngine;
 use edgecascade::eval::{default_max_tokens, Item, Kind, Prompts};
-use edgecascade::ChatRequest;
+use edgecascade::{ChatRequest, Config, LocalEngine, ModelInfo};
 use sha2::{Digest, Sha256};
 
 use crate::common::{load_config, load_runtime, Interrupt, ModelArgs};
@@ -178,8 +179,63 @@ fn default_cache_dir() -> PathBuf {
         .join("edgecascade/eval")
 }
 
-#[allow(clippy::too_many_lines)]
+/// Runs `eval`: checks the flags, sends every item through both tiers (cached) and reports
+/// what each signal is worth.
 pub fn run(args: Args) -> Result<(), Failure> {
+    check_args(&args)?;
+    let prompts = load_prompts(&args)?;
+    let (cfg, remote_cfg) = eval_config(&args)?;
+    let remote = RemoteEngine::new(&remote_cfg)?;
+    let prepared = prepare(&args, &prompts)?;
+
+    let quiet = args.json;
+    let interrupt = Interrupt::install();
+    let rt = load_runtime(cfg.clone(), quiet)?;
+    let engine = crate::common::local_engine(&rt)?;
+    let info = engine.info().clone();
+    // The report names the model by the first word of `general.name`.
+    let small_name = info.name.split(' ').next().unwrap_or_default().to_owned();
+    let model_id = model_id(&engine, &info);
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let mut cache = collect::Cache::open(&cache_dir)?;
+    let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
+    let options = scoring_options(&args, &prepared);
+    interrupt.busy.store(true, Ordering::SeqCst);
+    let local = collect::run_local(
+        &mut cache,
+        &engine,
+        &model_id,
+        &reqs,
+        &options,
+        &interrupt.cancel,
+        quiet,
+        args.probe(),
+    )?;
+    // Reread: another eval sharing the cache may have finished remote items meanwhile.
+    let mut cache = collect::Cache::open(&cache_dir)?;
+    let remote_out = collect::run_remote(&mut cache, &remote, &reqs, &interrupt.cancel, quiet)?;
+    interrupt.busy.store(false, Ordering::SeqCst);
+    let validity = check_validity(&engine, &prepared, &local, &remote_out);
+    drop(engine);
+    drop(rt);
+
+    report::report(
+        &args,
+        &cfg,
+        &report::Collected {
+            items: &prepared,
+            local: &local,
+            remote: &remote_out,
+            validity: &validity,
+            small_name: &small_name,
+            large_name: &remote_cfg.model,
+            model_path: &info.path,
+        },
+    )
+}
+
+/// Rejects flags out of range or at odds with each other.
+fn check_args(args: &Args) -> Result<(), Failure> {
     if !(0.0..=1.0).contains(&args.target_quality) {
         return Err(Failure::Usage(
             "--target-quality must be between 0 and 1".into(),
@@ -202,14 +258,23 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let prompts: Prompts = match &args.prompts {
+    Ok(())
+}
+
+/// The prompt templates of `--prompts`, else the defaults.
+fn load_prompts(args: &Args) -> Result<Prompts, Failure> {
+    Ok(match &args.prompts {
         Some(p) => toml::from_str(
             &std::fs::read_to_string(p)
                 .map_err(|e| Failure::Runtime(format!("prompts {}: {e}", p.display())))?,
         )
         .map_err(|e| Failure::Runtime(format!("prompts {}: {e}", p.display())))?,
         None => Prompts::default(),
-    };
+    })
+}
+
+/// The config with the flags' overrides, and its remote tier (which `eval` needs).
+fn eval_config(args: &Args) -> Result<(Config, RemoteConfig), Failure> {
     let mut cfg = load_config(&args.model)?;
     if args.model.prefix_cache.is_none() {
         // Reproducible: every item's answer equals a cold run's.
@@ -228,8 +293,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
             "eval needs a remote tier: set [remote] in the config, or pass --remote-url".into(),
         ));
     };
-    let remote = RemoteEngine::new(&remote_cfg)?;
+    Ok((cfg, remote_cfg))
+}
 
+/// Every dataset's (sampled) items with the request both tiers get.
+fn prepare(args: &Args, prompts: &Prompts) -> Result<Vec<Prepared>, Failure> {
     let mut prepared = Vec::new();
     for path in &args.dataset {
         let name = path
@@ -257,14 +325,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
             });
         }
     }
+    Ok(prepared)
+}
 
-    let quiet = args.json;
-    let interrupt = Interrupt::install();
-    let rt = load_runtime(cfg.clone(), quiet)?;
-    let engine = crate::common::local_engine(&rt)?;
-    let info = engine.info().clone();
-    // The report names the model by the first word of `general.name`.
-    let small_name = info.name.split(' ').next().unwrap_or_default().to_owned();
+/// The cache's key for the local model: its name, size and file.
+fn model_id(engine: &LocalEngine, info: &ModelInfo) -> String {
     let mut model_id = format!(
         "{} {} {}",
         info.name,
@@ -275,10 +340,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if engine.hidden_tensor() != edgecascade::engine::local::FINAL_HIDDEN_TENSOR {
         model_id.push_str(&format!(" hidden={}", engine.hidden_tensor()));
     }
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let mut cache = collect::Cache::open(&cache_dir)?;
-    let reqs: Vec<ChatRequest> = prepared.iter().map(|p| p.request.clone()).collect();
-    let options: Vec<Option<collect::Scoring>> = prepared
+    model_id
+}
+
+/// Per item, the options the local tier scores instead of generating (`--local-answers score`
+/// or `cloze`, choice and yes/no items without their own messages); `None` to generate.
+fn scoring_options(args: &Args, prepared: &[Prepared]) -> Vec<Option<collect::Scoring>> {
+    prepared
         .iter()
         .map(|p| {
             let i = &p.item;
@@ -302,73 +370,62 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 })
                 .flatten()
         })
-        .collect();
-    interrupt.busy.store(true, Ordering::SeqCst);
-    let local = collect::run_local(
-        &mut cache,
-        &engine,
-        &model_id,
-        &reqs,
-        &options,
-        &interrupt.cancel,
-        quiet,
-        args.probe(),
-    )?;
-    // Reread: another eval sharing the cache may have finished remote items meanwhile.
-    let mut cache = collect::Cache::open(&cache_dir)?;
-    let remote_out = collect::run_remote(&mut cache, &remote, &reqs, &interrupt.cancel, quiet)?;
-    interrupt.busy.store(false, Ordering::SeqCst);
-    let check = |p: &Prepared, text: &str, calls: Option<&[edgecascade::ToolCall]>| {
-        p.item.structured().map(|kind| match kind {
-            edgecascade::eval::Structured::Call => {
-                let parsed;
-                let calls = if let Some(c) = calls {
-                    c
-                } else {
-                    parsed = edgecascade::tools::parse(text, "eval");
-                    if parsed.error.is_some() {
-                        return false;
-                    }
-                    &parsed.calls
-                };
-                !calls.is_empty() && engine.check_calls(&p.request, calls).is_ok()
-            }
-            edgecascade::eval::Structured::Json => {
-                let t = edgecascade::eval::structured::parse_json(text)
-                    .map_or_else(|| text.to_owned(), |v| v.to_string());
-                engine.check_format(&p.request.response_format, &t).is_ok()
-            }
-        })
-    };
-    let validity = Validity {
+        .collect()
+}
+
+/// Whether each tier's answer to each structured item is valid, and which local ones
+/// `max_tokens` cut short.
+fn check_validity(
+    engine: &LocalEngine,
+    prepared: &[Prepared],
+    local: &[collect::LocalResult],
+    remote: &[collect::RemoteResult],
+) -> Validity {
+    Validity {
         local: prepared
             .iter()
-            .zip(&local)
-            .map(|(p, l)| check(p, &l.text, None))
+            .zip(local)
+            .map(|(p, l)| is_valid(engine, p, &l.text, None))
             .collect(),
         remote: prepared
             .iter()
-            .zip(&remote_out)
-            .map(|(p, r)| check(p, &r.text, Some(&r.tool_calls)))
+            .zip(remote)
+            .map(|(p, r)| is_valid(engine, p, &r.text, Some(&r.tool_calls)))
             .collect(),
         cut: prepared
             .iter()
-            .zip(&local)
+            .zip(local)
             .map(|(p, l)| p.item.structured().is_some() && l.finish == "length")
             .collect(),
-    };
-    drop(engine);
-    drop(rt);
+    }
+}
 
-    report::report(
-        &args,
-        &cfg,
-        &prepared,
-        &local,
-        &remote_out,
-        &validity,
-        &small_name,
-        &remote_cfg.model,
-        &info.path,
-    )
+/// Whether one answer to a structured item parses and fits its schema or tools (`calls`: the
+/// remote tier's parsed calls, else they are parsed from `text`); `None` for other items.
+fn is_valid(
+    engine: &LocalEngine,
+    p: &Prepared,
+    text: &str,
+    calls: Option<&[edgecascade::ToolCall]>,
+) -> Option<bool> {
+    p.item.structured().map(|kind| match kind {
+        edgecascade::eval::Structured::Call => {
+            let parsed;
+            let calls = if let Some(c) = calls {
+                c
+            } else {
+                parsed = edgecascade::tools::parse(text, "eval");
+                if parsed.error.is_some() {
+                    return false;
+                }
+                &parsed.calls
+            };
+            !calls.is_empty() && engine.check_calls(&p.request, calls).is_ok()
+        }
+        edgecascade::eval::Structured::Json => {
+            let t = edgecascade::eval::structured::parse_json(text)
+                .map_or_else(|| text.to_owned(), |v| v.to_string());
+            engine.check_format(&p.request.response_format, &t).is_ok()
+        }
+    })
 }
