@@ -87,13 +87,22 @@ struct AppState {
     max_body: usize,
     read_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
-    /// Cancel flags of running requests, for shutdown.
-    active: Mutex<Vec<Weak<AtomicBool>>>,
-    shutting_down: AtomicBool,
+    inflight: Inflight,
     next_id: AtomicU64,
 }
 
-impl AppState {
+/// The cancel flags of running requests, for shutdown.
+#[derive(Default)]
+struct Inflight {
+    active: Mutex<Vec<Weak<AtomicBool>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Inflight {
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Registers a request's cancel flag; `false` once shutdown has begun. Checked under the
     /// same lock `cancel_all` takes, so no request slips in after the cancel and runs on.
     fn register(&self, flag: &Arc<AtomicBool>) -> bool {
@@ -146,8 +155,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         max_body: args.max_body_bytes,
         read_timeout: seconds(args.read_timeout, "--read-timeout")?,
         write_timeout: seconds(args.write_timeout, "--write-timeout")?,
-        active: Mutex::new(Vec::new()),
-        shutting_down: AtomicBool::new(false),
+        inflight: Inflight::default(),
         next_id: AtomicU64::new(1),
     });
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -314,7 +322,7 @@ async fn accept_loop(
         });
     }
     eprintln!("shutting down: cancelling in-flight requests");
-    state.cancel_all();
+    state.inflight.cancel_all();
     drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }
@@ -363,7 +371,7 @@ async fn not_found() -> HttpResponse {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> HttpResponse {
-    if state.shutting_down.load(Ordering::SeqCst) {
+    if state.inflight.shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "shutting_down"})),
@@ -544,7 +552,7 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
     let parsed: openai::CompletionRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}"), None))?;
     let (chat, stream, include_usage) = parsed.into_chat()?;
-    if state.shutting_down.load(Ordering::SeqCst) {
+    if state.inflight.shutting_down() {
         return Err(overloaded("the server is shutting down"));
     }
     let Ok(permit) = Arc::clone(&state.admission).try_acquire_owned() else {
@@ -554,7 +562,7 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
         ));
     };
     let cancel = Arc::new(AtomicBool::new(false));
-    if !state.register(&cancel) {
+    if !state.inflight.register(&cancel) {
         return Err(overloaded("the server is shutting down"));
     }
     state.metrics.in_flight.inc();
@@ -625,8 +633,7 @@ async fn handle(state: &Arc<AppState>, req: Request) -> Result<HttpResponse, Api
             .map_err(|e| internal(format!("generation task failed: {e}")))?;
         guard.disarm();
         let r = result.map_err(|e| runtime_error(&e))?;
-        if state.shutting_down.load(Ordering::SeqCst)
-            && r.finish_reason == edgecascade::FinishReason::Cancelled
+        if state.inflight.shutting_down() && r.finish_reason == edgecascade::FinishReason::Cancelled
         {
             return Err(overloaded("the server is shutting down"));
         }
@@ -754,7 +761,43 @@ fn runtime_error(e: &edgecascade::Error) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::remote_is_self;
+    use super::{remote_is_self, Inflight};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn no_request_registers_after_shutdown_and_runs_on() {
+        // Threads register while shutdown begins: each request is either refused or cancelled,
+        // none is registered and left running.
+        for _ in 0..50 {
+            let inflight = Inflight::default();
+            let flags: Vec<_> = (0..8).map(|_| Arc::new(AtomicBool::new(false))).collect();
+            let registered: Vec<bool> = std::thread::scope(|s| {
+                let joins: Vec<_> = flags
+                    .iter()
+                    .map(|f| s.spawn(|| inflight.register(f)))
+                    .collect();
+                s.spawn(|| inflight.cancel_all());
+                joins.into_iter().map(|j| j.join().unwrap()).collect()
+            });
+            for (f, r) in flags.iter().zip(&registered) {
+                assert!(
+                    !r || f.load(Ordering::SeqCst),
+                    "registered and never cancelled"
+                );
+                assert!(*r || !f.load(Ordering::SeqCst), "refused yet flagged");
+            }
+            let late = Arc::new(AtomicBool::new(false));
+            assert!(!inflight.register(&late), "registered after shutdown");
+        }
+        // The control: before shutdown, a request registers and is not cancelled until then.
+        let inflight = Inflight::default();
+        let f = Arc::new(AtomicBool::new(false));
+        assert!(inflight.register(&f));
+        assert!(!f.load(Ordering::SeqCst));
+        inflight.cancel_all();
+        assert!(f.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn a_remote_tier_on_our_own_address_is_seen() {
