@@ -6,8 +6,13 @@
 #   alderlake  AVX2 + AVX-VNNI (Intel desktop and laptop CPUs without AVX-512)
 #   skylakex   AVX-512 (F, CD, BW, DQ, VL)
 #   zen4       AVX-512 with VBMI, VNNI and BF16 (AMD Zen 4+, Intel Cooper Lake and newer Xeons)
-# Others run the best of these that they support. ARM lists are untouched. Without variants
-# (a static build, mobile) ggml calls the implementation with an empty tag: passed through.
+# Others run the best of these that they support. On 64-bit ARM (Linux and Android lists):
+#   armv8.0_1  the baseline every arm64 CPU runs (NEON)
+#   armv8.2_2  + the int8 dot product and FP16 arithmetic (most phones since 2018)
+#   armv8.6_1  + the int8 matrix multiply (i8mm) and SVE (recent phones and servers)
+# (Android's lists carry the same names with an android_ prefix; Apple's are all kept.)
+# Without variants (a static build, mobile) ggml calls the implementation with an empty tag:
+# passed through.
 #
 # How: ggml defines ggml_add_cpu_backend_variant_impl in ggml-cpu/CMakeLists.txt and calls it
 # for each variant afterwards. Every add_subdirectory in ggml goes through the macro below;
@@ -16,6 +21,10 @@
 if(NOT DEFINED EDGECASCADE_CPU_VARIANTS)
   set(EDGECASCADE_CPU_VARIANTS x64 haswell alderlake skylakex zen4)
 endif()
+if(NOT DEFINED EDGECASCADE_ARM_CPU_VARIANTS)
+  set(EDGECASCADE_ARM_CPU_VARIANTS armv8.0_1 armv8.2_2 armv8.6_1
+      android_armv8.0_1 android_armv8.2_2 android_armv8.6_1 apple_m1 apple_m2_m3 apple_m4)
+endif()
 
 macro(add_subdirectory)
   _add_subdirectory(${ARGV})
@@ -23,8 +32,13 @@ macro(add_subdirectory)
   if(NOT _ec_wrapped AND COMMAND ggml_add_cpu_backend_variant_impl)
     set_property(GLOBAL PROPERTY EDGECASCADE_CPU_VARIANTS_WRAPPED TRUE)
     function(ggml_add_cpu_backend_variant_impl tag_name)
-      if(tag_name STREQUAL "" OR NOT GGML_SYSTEM_ARCH STREQUAL "x86"
-         OR tag_name IN_LIST EDGECASCADE_CPU_VARIANTS)
+      if(GGML_SYSTEM_ARCH STREQUAL "ARM")
+        set(_ec_keep ${EDGECASCADE_ARM_CPU_VARIANTS})
+      else()
+        set(_ec_keep ${EDGECASCADE_CPU_VARIANTS})
+      endif()
+      if(tag_name STREQUAL "" OR NOT GGML_SYSTEM_ARCH MATCHES "^(x86|ARM)$"
+         OR tag_name IN_LIST _ec_keep)
         _ggml_add_cpu_backend_variant_impl("${tag_name}")
       else()
         message(STATUS "edgecascade: skipping the ${tag_name} CPU variant")

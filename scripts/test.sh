@@ -2,8 +2,8 @@
 # Every test: installs what the build needs, fetches the test model(s), then runs the Rust unit
 # and integration tests (real models through real llama.cpp) in release mode, then the Kotlin
 # SDK's tests on the JVM and the Python bindings' tests against the same native library, and the
-# Swift SDK's checks against its generated bindings, and the core without structured output
-# (the smaller mobile build). llama.cpp is built
+# Swift SDK's checks against its generated bindings, the core without structured output
+# (the smaller mobile build), and the arm64 build run under qemu-aarch64. llama.cpp is built
 # once, optimised, and shared by the tests and the binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +47,7 @@ if [ $# -eq 0 ]; then
   suite swift scripts/check-swift.sh
   suite neon scripts/check-neon.sh
   suite lean scripts/test-lean.sh
+  suite arm64 scripts/test-arm64.sh
 fi
 set -e
 # One closing line over every suite (cargo's own last lines are doc-test runs with 0 tests).

@@ -16,8 +16,8 @@ pub use crate::signal::{summarize, TokenSignal};
 // vectorises to NEON.
 #[path = "kernel.rs"]
 mod kernel;
+use kernel::stats_impl;
 pub use kernel::Stats;
-use kernel::{exp_tail, finish, stats_impl, top_two, LANES};
 
 /// The portable kernel that runs where AVX2 does not (ARM phones, older x86), exposed so the
 /// bench can time it beside the AVX2 one.
@@ -67,7 +67,7 @@ mod avx2 {
         _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps,
     };
 
-    use super::{exp_tail, finish, top_two, LANES};
+    use super::kernel::{exp_tail, finish, top_two, LANES};
 
     /// Eight lanes of `exp_neg`.
     #[inline]
@@ -151,7 +151,7 @@ mod avx512 {
         _mm512_slli_epi32, _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_ps,
     };
 
-    use super::{exp_tail, finish, top_two};
+    use super::kernel::{exp_tail, finish, top_two};
 
     const W: usize = 16;
 
