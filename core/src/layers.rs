@@ -1,5 +1,5 @@
 //! The one-way rule, checked: every top-level module sits in a layer and may name only modules
-//! in layers below its own (or in its own layer when the table says they are peers). A new
+//! in layers below its own (modules of one row are peers and do not name each other). A new
 //! module must be placed in the table; a `crate::` path that climbs fails this test with the
 //! file and the line.
 

@@ -251,7 +251,7 @@ impl Runtime {
         })
     }
 
-    /// Reserves (or, with `dry_run`, only checks) `usd` of remote budget for request `id`.
+    /// Reserves (with `reserve`; otherwise only checks) `usd` of remote budget for request `id`.
     pub(super) fn budget(&self, id: &str, usd: f64, reserve: bool) -> Result<(), Refusal> {
         let b = &self.config.budget;
         if b.per_request_usd.is_none() && b.daily_usd.is_none() && b.monthly_usd.is_none() {
