@@ -7,7 +7,7 @@ Swift toolchain (none can be had on our Linux CI):
 3. every method it calls on the generated `Runtime` and `GenerationHandle`, and every free
    function, exists there with the argument labels used;
 4. every generated initialiser it calls gets exactly the generated labels, in order;
-5. the `ChatListener` methods it implements match the generated protocol;
+5. the listener methods it implements (chat, pull, log) match the generated protocol;
 6. every `.member` it uses is declared in the SDK itself, in the bindings, or on the short list
    of Apple and Swift APIs below.
 
@@ -31,6 +31,7 @@ PLATFORM = set("""
     willEnterForegroundNotification default addObserver removeObserver main pathUpdateHandler
     append init status satisfied isExpensive isConstrained start cancel forEach assumeIsolated Name
     nominal fair serious critical none
+    warning error info debug public
 """.split())
 
 
@@ -147,7 +148,7 @@ def main():
 
     # 5. The listener protocols.
     norm = lambda s: re.sub(r"\s+", " ", s.replace("EdgeCascadeBindings.", "")).strip()
-    for listener in ("ChatListener", "PullListener"):
+    for listener in ("ChatListener", "PullListener", "LogListener"):
         proto = {norm(s) for s in re.findall(r"func on\w+\([^)]*\)", block(f"public protocol {listener}"))}
         if not proto:
             errors += fail(f"the bindings have no {listener} protocol")

@@ -261,6 +261,45 @@ pub fn verify_model(path: String) -> Result<core::engine::local::GgufInfo, EdgeC
         .map_err(|e| core::Error::from(e).into())
 }
 
+/// Receives the runtime's log lines (llama.cpp's own under the target `llama.cpp`), on any
+/// thread. An exception thrown here loses that line, nothing else (it is returned as an error
+/// and dropped, so a broken logger costs no panic per line).
+#[uniffi::export(with_foreign)]
+pub trait LogListener: Send + Sync {
+    /// One line: its level, its target and the message.
+    fn on_log(
+        &self,
+        level: core::LogLevel,
+        target: String,
+        message: String,
+    ) -> Result<(), EdgeCascadeError>;
+}
+
+struct LogForward(Arc<dyn LogListener>);
+
+impl core::LogSink for LogForward {
+    fn log(&self, level: core::LogLevel, target: &str, message: &str) {
+        // Nowhere to report a logger's own failure: the line is lost, as documented.
+        let _ = self.0.on_log(level, target.to_owned(), message.to_owned());
+    }
+}
+
+/// Sends log lines at `level` and above to `listener`, replacing the one installed before.
+#[uniffi::export]
+pub fn set_log_listener(
+    listener: Arc<dyn LogListener>,
+    level: core::LogLevel,
+) -> Result<(), EdgeCascadeError> {
+    core::set_log_sink(Arc::new(LogForward(listener)), level)
+        .map_err(|e| EdgeCascadeError::InvalidConfig(e.to_string()))
+}
+
+/// Stops sending log lines to the listener.
+#[uniffi::export]
+pub fn clear_log_listener() {
+    core::clear_log_sink();
+}
+
 /// The version of the native library.
 #[uniffi::export]
 pub fn edgecascade_version() -> String {

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Bottom to top. Modules in one row are peers that do not name each other.
 const LAYERS: &[&[&str]] = &[
     // Leaves: shared helpers that import nothing of the crate.
-    &["panics", "net", "stats"],
+    &["panics", "net", "stats", "logging"],
     // Every error type, as data.
     &["error"],
     // Plain data: requests, responses, events.

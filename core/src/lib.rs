@@ -26,6 +26,7 @@ pub mod error;
 pub mod eval;
 #[cfg(test)]
 mod layers;
+pub mod logging;
 pub mod models;
 pub(crate) mod net;
 mod panics;
@@ -41,5 +42,6 @@ pub mod types;
 pub use config::Config;
 pub use engine::local::{LocalEngine, LocalOutput, ModelInfo, TokenEvent, TokenSignal};
 pub use error::{ConfigError, Error, ErrorKind, LocalError, RemoteError, Result};
+pub use logging::{clear_log_sink, set_log_sink, LogLevel, LogSink};
 pub use runtime::{GenerationHandle, Runtime, RuntimeStats};
 pub use types::*;

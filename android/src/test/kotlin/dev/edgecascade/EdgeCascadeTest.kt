@@ -359,4 +359,33 @@ class EdgeCascadeTest {
             assertTrue(after.text.isNotBlank())
         }
     }
+
+    @Test
+    fun logsReachTheAppsLoggerLlamaCppIncluded() = runBlocking<Unit> {
+        val lines = java.util.concurrent.ConcurrentLinkedQueue<Triple<LogLevel, String, String>>()
+        fun answer() = EdgeCascade(EdgeCascadeConfig(localModel = model)).use {
+            runBlocking { it.complete(greedy("Hi", 2)) }
+        }
+        try {
+            EdgeCascadeLog.install(LogLevel.DEBUG) { l, t, m -> lines.add(Triple(l, t, m)) }
+            answer()
+            val llama = lines.filter { it.second == "llama.cpp" }
+            assertTrue(llama.isNotEmpty(), "no llama.cpp line among ${lines.size}")
+            assertTrue(llama.any { it.third.contains("llama_model_loader") }, "${llama.take(5)}")
+            assertTrue(lines.all { it.first <= LogLevel.DEBUG }, "a line above the level asked for")
+            // At WARN the load's detail is left out.
+            lines.clear()
+            EdgeCascadeLog.install(LogLevel.WARN) { l, t, m -> lines.add(Triple(l, t, m)) }
+            answer()
+            assertTrue(lines.none { it.first > LogLevel.WARN }, "${lines.take(5)}")
+            // A logger that throws loses its lines, never the request.
+            EdgeCascadeLog.install(LogLevel.TRACE) { _, _, _ -> throw IllegalStateException("broken logger") }
+            assertTrue(answer().text.isNotEmpty())
+        } finally {
+            EdgeCascadeLog.uninstall()
+        }
+        lines.clear()
+        answer()
+        assertTrue(lines.isEmpty(), "lines after uninstall: ${lines.take(3)}")
+    }
 }
