@@ -60,6 +60,9 @@ pub enum EdgeCascadeError {
     /// A bug: a panic inside the runtime or a callback.
     #[error("{0}")]
     Internal(String),
+    /// The model needs more memory than the device may give it; nothing was loaded.
+    #[error("{0}")]
+    InsufficientMemory(String),
 }
 
 impl From<core::Error> for EdgeCascadeError {
@@ -81,6 +84,7 @@ impl From<core::Error> for EdgeCascadeError {
             K::Download => Self::Download(m),
             K::Storage => Self::Storage(m),
             K::Internal => Self::Internal(m),
+            K::InsufficientMemory => Self::InsufficientMemory(m),
         }
     }
 }

@@ -85,6 +85,10 @@ pub struct LocalConfig {
     pub n_batch: u32,
     /// Layers to offload to a GPU backend (needs a GPU cargo feature).
     pub n_gpu_layers: u32,
+    /// Most memory the model may take, in MB (weights, KV cache, compute buffers, estimated
+    /// before loading); default: the memory the system reports available (Linux and Android),
+    /// no check elsewhere. A model that does not fit is refused with `insufficient_memory`.
+    pub memory_limit_mb: Option<u64>,
     /// Requests served in parallel; further requests queue.
     pub parallel: u32,
     /// With `parallel` > 1: decode all running requests together in one context, one
@@ -112,6 +116,7 @@ impl Default for LocalConfig {
             n_ctx: None,
             n_batch: 512,
             n_gpu_layers: 0,
+            memory_limit_mb: None,
             parallel: 1,
             batching: true,
             context_policy: ContextPolicy::Error,

@@ -69,6 +69,27 @@ pub enum LocalError {
     /// The llama.cpp backend could not start.
     #[error("llama.cpp backend failed to initialise: {0}")]
     Backend(String),
+    /// The model, its KV cache and compute buffers need more memory than may be used; checked
+    /// before llama.cpp sees the file, so an app gets this error instead of being killed.
+    #[error("{path}: needs about {need_mb} MB ({weights_mb} MB of weights, {kv_mb} MB of KV cache for {kv_tokens} tokens, {compute_mb} MB of compute buffers) but {limit_mb} MB may be used ({limit_from}); use a smaller model, a smaller n_ctx or parallel, or raise [local] memory_limit_mb")]
+    InsufficientMemory {
+        /// The model file.
+        path: PathBuf,
+        /// The whole estimate, MB.
+        need_mb: u64,
+        /// Tensor data, MB.
+        weights_mb: u64,
+        /// KV cache, MB.
+        kv_mb: u64,
+        /// KV cells (context times sequences).
+        kv_tokens: u64,
+        /// Compute buffers, MB.
+        compute_mb: u64,
+        /// What may be used, MB.
+        limit_mb: u64,
+        /// Where the limit comes from (`[local] memory_limit_mb`, or the system's available memory).
+        limit_from: &'static str,
+    },
 }
 
 /// Errors reading the configuration.
@@ -156,6 +177,8 @@ pub enum ErrorKind {
     DeviceState,
     /// A bug: a panic inside the runtime or a callback, or llama.cpp failing mid-decode.
     Internal,
+    /// The model needs more memory than the device may give it (checked before loading).
+    InsufficientMemory,
 }
 
 impl ErrorKind {
@@ -176,6 +199,7 @@ impl ErrorKind {
             ErrorKind::Download => "download",
             ErrorKind::Storage => "storage",
             ErrorKind::Internal => "internal",
+            ErrorKind::InsufficientMemory => "insufficient_memory",
         }
     }
 }
@@ -239,6 +263,7 @@ impl Error {
                 LocalError::InvalidRequest(_) => ErrorKind::InvalidRequest,
                 LocalError::Cancelled => ErrorKind::Cancelled,
                 LocalError::Decode { .. } => ErrorKind::Internal,
+                LocalError::InsufficientMemory { .. } => ErrorKind::InsufficientMemory,
             },
             Error::Config(_) => ErrorKind::InvalidConfig,
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
@@ -367,6 +392,20 @@ mod tests {
             (Error::DeviceState("x".into()), "device_state"),
             (Error::Internal("x".into()), "internal"),
             (PullError::Panicked("x".into()).into(), "internal"),
+            (
+                LocalError::InsufficientMemory {
+                    path: path(),
+                    need_mb: 2,
+                    weights_mb: 1,
+                    kv_mb: 1,
+                    kv_tokens: 8,
+                    compute_mb: 0,
+                    limit_mb: 1,
+                    limit_from: "test",
+                }
+                .into(),
+                "insufficient_memory",
+            ),
         ];
         for (e, want) in &table {
             assert_eq!(e.kind().as_str(), *want, "{e:?}");
@@ -389,6 +428,7 @@ mod tests {
             ErrorKind::Storage,
             ErrorKind::DeviceState,
             ErrorKind::Internal,
+            ErrorKind::InsufficientMemory,
         ] {
             match k {
                 ErrorKind::InvalidModelFile
@@ -404,7 +444,8 @@ mod tests {
                 | ErrorKind::Download
                 | ErrorKind::Storage
                 | ErrorKind::DeviceState
-                | ErrorKind::Internal => assert!(covered(k), "{k:?} is never produced"),
+                | ErrorKind::Internal
+                | ErrorKind::InsufficientMemory => assert!(covered(k), "{k:?} is never produced"),
             }
         }
         assert_eq!(
@@ -432,6 +473,7 @@ mod tests {
             K::Storage,
             K::DeviceState,
             K::Internal,
+            K::InsufficientMemory,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
             assert_eq!(serde_json::from_value::<K>(k.as_str().into()).unwrap(), k);

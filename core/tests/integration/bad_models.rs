@@ -121,3 +121,39 @@ fn a_panicking_load_progress_callback_fails_the_load_instead_of_aborting() {
     // The process is alive and the model still loads.
     assert!(Runtime::new(config_for(smollm2())).is_ok());
 }
+
+#[test]
+fn a_model_too_big_for_the_stated_memory_is_refused_before_llama_cpp_sees_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicU32::new(0));
+    let load = |limit_mb: u64| {
+        let mut cfg = config_for(smollm2());
+        cfg.local.memory_limit_mb = Some(limit_mb);
+        let seen = Arc::clone(&calls);
+        Runtime::with_progress(
+            cfg,
+            Some(Box::new(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+    };
+    // SmolLM2 at its default context needs about 300 MB (97 weights, 94 KV, 110 compute).
+    let err = load(150).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        edgecascade::ErrorKind::InsufficientMemory,
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("150 MB may be used") && msg.contains("smollm2"),
+        "{msg}"
+    );
+    // llama.cpp never started loading: its progress callback was never called.
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The control: with room, the same model loads (and llama.cpp reports progress).
+    let rt = load(2000).expect("fits in 2 GB");
+    assert!(rt.local_model().is_some());
+    assert!(calls.load(Ordering::SeqCst) > 0);
+}

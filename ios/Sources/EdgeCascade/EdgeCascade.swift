@@ -4,6 +4,7 @@
 // scripts/check-swift.sh parses this file and checks every generated name it uses (README).
 import EdgeCascadeBindings
 import Foundation
+import os
 
 /// Where an answer came from: local, remote, escalated, degradedLocal.
 public typealias Route = EdgeCascadeBindings.Route
@@ -70,6 +71,11 @@ public struct EdgeCascadeConfig: Sendable, Equatable {
     public var parallel: Int
     /// Where cost records go (a JSONL file); none by default.
     public var ledgerPath: String?
+    /// Most memory the model may take, in MB (weights, KV cache, compute buffers, estimated
+    /// before loading). `nil`: what `os_proc_available_memory()` reports when the runtime is
+    /// created. A model that does not fit throws `.InsufficientMemory` instead of getting the
+    /// app killed.
+    public var memoryLimitMb: Int?
     public var toml: String?
 
     public init(
@@ -80,6 +86,7 @@ public struct EdgeCascadeConfig: Sendable, Equatable {
         contextSize: Int? = nil,
         parallel: Int = 1,
         ledgerPath: String? = nil,
+        memoryLimitMb: Int? = nil,
         toml: String? = nil
     ) {
         self.localModel = localModel
@@ -89,6 +96,7 @@ public struct EdgeCascadeConfig: Sendable, Equatable {
         self.contextSize = contextSize
         self.parallel = parallel
         self.ledgerPath = ledgerPath
+        self.memoryLimitMb = memoryLimitMb
         self.toml = toml
     }
 }
@@ -387,6 +395,14 @@ extension EdgeCascadeConfig {
         if let threads { config.local.threads = UInt32(threads) }
         if let contextSize { config.local.nCtx = UInt32(contextSize) }
         config.local.parallel = UInt32(max(parallel, 1))
+        if let memoryLimitMb {
+            config.local.memoryLimitMb = UInt64(max(memoryLimitMb, 0))
+        } else if config.local.memoryLimitMb == nil {
+            #if os(iOS)
+            // iOS gives each app its own limit, below the device's free memory.
+            config.local.memoryLimitMb = UInt64(os_proc_available_memory() / 1_000_000)
+            #endif
+        }
         if let remote {
             var r = defaultRemoteConfig(baseUrl: remote.baseUrl, model: remote.model)
             r.apiKey = remote.apiKey

@@ -32,6 +32,17 @@ pub struct GgufInfo {
     pub context_length: Option<u64>,
     /// Whether `tokenizer.chat_template` is present.
     pub has_chat_template: bool,
+    /// `<arch>.block_count` (layers), if present.
+    pub block_count: Option<u64>,
+    /// `<arch>.embedding_length`, if present.
+    pub embedding_length: Option<u64>,
+    /// `<arch>.attention.head_count_kv` (else `head_count`), if present.
+    pub head_count_kv: Option<u64>,
+    /// Width of one attention head's key plus value: `<arch>.attention.key_length` and
+    /// `value_length`, else twice `embedding_length / head_count`.
+    pub kv_width: Option<u64>,
+    /// Tokens in the vocabulary (`tokenizer.ggml.tokens`), if present.
+    pub n_vocab: Option<u64>,
     /// Bytes of tensor data.
     pub data_bytes: u64,
     /// Length of the file.
@@ -402,6 +413,8 @@ fn walk<R: Source>(mut r: Reader<'_, R>) -> Result<GgufInfo, GgufError> {
             || key.starts_with("tokenizer.")
             || key.ends_with(".context_length")
             || key.ends_with(".block_count")
+            || key.ends_with(".embedding_length")
+            || key.contains(".attention.")
         {
             kept.push((key, value));
         }
@@ -578,7 +591,26 @@ fn walk<R: Source>(mut r: Reader<'_, R>) -> Result<GgufInfo, GgufError> {
         });
     }
 
+    let uint = |k: &str| match architecture.as_ref().and_then(|a| get(&format!("{a}.{k}"))) {
+        Some(Kept::Uint(n)) => Some(*n),
+        _ => None,
+    };
+    let head_count = uint("attention.head_count").filter(|&n| n > 0);
+    let embedding_length = uint("embedding_length");
+    let kv_width = match (uint("attention.key_length"), uint("attention.value_length")) {
+        (Some(k), Some(v)) => Some(k + v),
+        _ => embedding_length.zip(head_count).map(|(e, h)| 2 * (e / h)),
+    };
+    let n_vocab = match get("tokenizer.ggml.tokens") {
+        Some(Kept::Array { len, .. }) => Some(*len),
+        _ => None,
+    };
     Ok(GgufInfo {
+        block_count: uint("block_count"),
+        embedding_length,
+        head_count_kv: uint("attention.head_count_kv").or(head_count),
+        kv_width,
+        n_vocab,
         version,
         tensor_count,
         kv_count,

@@ -17,6 +17,7 @@ pub mod gguf;
 mod governor;
 mod hidden;
 mod jinja;
+mod memory;
 mod pool;
 mod prompt;
 mod scoring;
@@ -302,6 +303,8 @@ impl LocalEngine {
             )
         })?;
         let gguf = gguf::validate(&path)?;
+        // Before llama.cpp sees the file: a model that does not fit is an error, not an OOM kill.
+        memory::check(&gguf, cfg)?;
         let backend = backend::backend()?;
         let t0 = Instant::now();
         let mut params = LlamaModelParams::default()

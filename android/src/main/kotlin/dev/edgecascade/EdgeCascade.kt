@@ -87,6 +87,13 @@ data class EdgeCascadeConfig(
     val parallel: Int = 1,
     /** Where cost records go (a JSONL file); none by default. */
     val ledgerPath: String? = null,
+    /**
+     * Most memory the model may take, in MB (weights, KV cache, compute buffers, estimated
+     * before loading); by default the memory the system reports available. A model that does
+     * not fit fails with [EdgeCascadeException.InsufficientMemory] instead of getting the app
+     * killed.
+     */
+    val memoryLimitMb: Long? = null,
     val toml: String? = null,
 )
 
@@ -323,6 +330,7 @@ internal fun EdgeCascadeConfig.toFfi(): uniffi.edgecascade.Config {
         threads = threads?.toUInt() ?: base.local.threads,
         nCtx = contextSize?.toUInt() ?: base.local.nCtx,
         parallel = parallel.toUInt(),
+        memoryLimitMb = memoryLimitMb?.toULong() ?: base.local.memoryLimitMb,
     )
     val remoteConfig = remote?.let {
         defaultRemoteConfig(it.baseUrl, it.model).copy(apiKey = it.apiKey, deadlineS = it.deadlineSeconds)

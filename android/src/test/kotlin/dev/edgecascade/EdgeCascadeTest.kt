@@ -388,4 +388,18 @@ class EdgeCascadeTest {
         answer()
         assertTrue(lines.isEmpty(), "lines after uninstall: ${lines.take(3)}")
     }
+
+    @Test
+    fun aModelTooBigForTheStatedMemoryIsRefusedNotLoaded() = runBlocking<Unit> {
+        val e = assertFailsWith<EdgeCascadeException> {
+            EdgeCascade(EdgeCascadeConfig(localModel = model, memoryLimitMb = 150))
+        }
+        assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.InsufficientMemory>(e)
+        val text = e.toString()
+        assertTrue(text.contains("150 MB may be used"), text)
+        // The control: with room, it loads and answers.
+        EdgeCascade(EdgeCascadeConfig(localModel = model, memoryLimitMb = 2000)).use {
+            assertTrue(it.complete(greedy("Hi", 2)).text.isNotEmpty())
+        }
+    }
 }
