@@ -305,6 +305,12 @@ public final class EdgeCascade: @unchecked Sendable {
     }
 
     /// Cancels requests in flight, waits for them, frees the model. Idempotent.
+    /// `close()` off the caller's thread: suspends while requests in flight end and the model
+    /// is freed (call it from the main actor).
+    public func closeAsync() async {
+        await Task.detached(priority: .userInitiated) { self.close() }.value
+    }
+
     public func close() {
         let first: Bool = lock.sync {
             defer { closed = true }

@@ -7,9 +7,11 @@ import android.app.Activity
 import android.app.ActivityManager
 import android.app.Application
 import android.content.BroadcastReceiver
+import android.content.ComponentCallbacks2
 import android.content.Context
 import android.content.Intent
 import android.content.IntentFilter
+import android.content.res.Configuration
 import android.net.ConnectivityManager
 import android.net.NetworkCapabilities
 import android.os.BatteryManager
@@ -21,7 +23,9 @@ import android.os.PowerManager
  * Keeps an [EdgeCascade]'s [DeviceState] current from the platform: battery level and charging
  * (`ACTION_BATTERY_CHANGED`), battery saver (`PowerManager`), thermal status
  * (`PowerManager.addThermalStatusListener`, API 29+), the default network and whether it is
- * metered (`ConnectivityManager`), and whether any activity is started (background).
+ * metered (`ConnectivityManager`), and whether the app is in the background (its activities'
+ * start and stop, rotations not counted: [ForegroundTracker]). Memory pressure
+ * (`ComponentCallbacks2.onTrimMemory`) frees the runtime's caches ([EdgeCascade.trimMemory]).
  *
  * ```
  * val monitor = AndroidDeviceMonitor(application, ai).also { it.start() }
@@ -39,8 +43,8 @@ class AndroidDeviceMonitor(
     private val connectivity = app.getSystemService(ConnectivityManager::class.java)
     private val lock = Any()
     private var state = DeviceState()
-    private var startedActivities = 0
     private var running = false
+    private var tracker: ForegroundTracker? = null
 
     private fun update(change: (DeviceState) -> DeviceState) {
         val next = synchronized(lock) {
@@ -93,13 +97,11 @@ class AndroidDeviceMonitor(
 
     private val activities = object : Application.ActivityLifecycleCallbacks {
         override fun onActivityStarted(activity: Activity) {
-            val first = synchronized(lock) { ++startedActivities == 1 }
-            if (first) update { it.copy(background = false) }
+            tracker?.activityStarted(System.identityHashCode(activity))
         }
 
         override fun onActivityStopped(activity: Activity) {
-            val last = synchronized(lock) { --startedActivities <= 0 }
-            if (last) update { it.copy(background = true) }
+            tracker?.activityStopped(System.identityHashCode(activity), activity.isChangingConfigurations)
         }
 
         override fun onActivityCreated(activity: Activity, savedInstanceState: Bundle?) {}
@@ -107,6 +109,23 @@ class AndroidDeviceMonitor(
         override fun onActivityPaused(activity: Activity) {}
         override fun onActivitySaveInstanceState(activity: Activity, outState: Bundle) {}
         override fun onActivityDestroyed(activity: Activity) {}
+    }
+
+    private val memory = object : ComponentCallbacks2 {
+        override fun onTrimMemory(level: Int) {
+            // Background or running low: give the caches back before the OS takes the process.
+            if (level >= ComponentCallbacks2.TRIM_MEMORY_RUNNING_LOW) {
+                try {
+                    target.trimMemory()
+                } catch (_: EdgeCascadeException) {
+                }
+            }
+        }
+
+        override fun onConfigurationChanged(newConfig: Configuration) {}
+
+        @Deprecated("Deprecated in Java")
+        override fun onLowMemory() = onTrimMemory(ComponentCallbacks2.TRIM_MEMORY_COMPLETE)
     }
 
     /** Reads the current state, then follows its changes. Idempotent. */
@@ -119,6 +138,7 @@ class AndroidDeviceMonitor(
         ActivityManager.getMyMemoryState(info)
         val foreground =
             info.importance <= ActivityManager.RunningAppProcessInfo.IMPORTANCE_FOREGROUND
+        tracker = ForegroundTracker(foreground) { fg -> update { it.copy(background = !fg) } }
         update {
             it.copy(
                 lowPower = power.isPowerSaveMode,
@@ -136,6 +156,7 @@ class AndroidDeviceMonitor(
         if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.Q) power.addThermalStatusListener(thermal!!)
         connectivity.registerDefaultNetworkCallback(network)
         app.registerActivityLifecycleCallbacks(activities)
+        app.registerComponentCallbacks(memory)
     }
 
     /** Stops following changes; the last state stays with the runtime. Idempotent. */
@@ -149,6 +170,7 @@ class AndroidDeviceMonitor(
         if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.Q) power.removeThermalStatusListener(thermal!!)
         connectivity.unregisterNetworkCallback(network)
         app.unregisterActivityLifecycleCallbacks(activities)
+        app.unregisterComponentCallbacks(memory)
     }
 
     private fun register(receiver: BroadcastReceiver, filter: IntentFilter) {

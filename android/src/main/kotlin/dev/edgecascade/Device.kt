@@ -67,3 +67,49 @@ internal fun uniffi.edgecascade.DeviceState.toSdk() = DeviceState(
     network = network,
     background = background,
 )
+
+/**
+ * Whether the app is in the foreground, from its activities' start and stop events: the rule
+ * [AndroidDeviceMonitor] applies, in plain Kotlin so it is tested on the JVM. Activities are
+ * told apart by identity, not counted, so a tracker started while an activity is already
+ * visible (`initiallyForeground`, from the process importance) still sees the app leave; an
+ * activity stopped for a configuration change (a rotation) keeps the app in the foreground
+ * until its new instance starts. [onChange] is called with each new state, not repeats.
+ */
+class ForegroundTracker(
+    initiallyForeground: Boolean,
+    private val onChange: (foreground: Boolean) -> Unit,
+) {
+    private val started = HashSet<Int>()
+    private var recreating = 0
+
+    /** The current state. */
+    var foreground: Boolean = initiallyForeground
+        private set
+
+    /** An activity (by [System.identityHashCode]) became visible. */
+    @Synchronized
+    fun activityStarted(id: Int) {
+        started.add(id)
+        if (recreating > 0) recreating--
+        set(true)
+    }
+
+    /** An activity stopped; [changingConfigurations] is `Activity.isChangingConfigurations`. */
+    @Synchronized
+    fun activityStopped(id: Int, changingConfigurations: Boolean) {
+        started.remove(id)
+        if (changingConfigurations) {
+            recreating++
+        } else if (started.isEmpty() && recreating == 0) {
+            set(false)
+        }
+    }
+
+    private fun set(value: Boolean) {
+        if (value != foreground) {
+            foreground = value
+            onChange(value)
+        }
+    }
+}

@@ -310,7 +310,14 @@ class EdgeCascade(
         if (!closed.get()) runtime.trimMemory()
     }
 
-    /** Cancels requests in flight, waits for them, frees the model. Idempotent. */
+    /**
+     * [close] on the runtime's dispatcher: suspends while requests in flight end and the model is
+     * freed, never blocking the caller's thread (call it from the main thread, e.g. in
+     * `ViewModel.onCleared` through a scope that outlives it).
+     */
+    suspend fun closeAsync() = withContext(dispatcher) { close() }
+
+    /** Cancels requests in flight, waits for them, frees the model; blocks. Idempotent. */
     override fun close() {
         if (closed.compareAndSet(false, true)) {
             runtime.shutdown()

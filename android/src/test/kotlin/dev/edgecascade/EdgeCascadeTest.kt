@@ -10,6 +10,7 @@ import kotlin.test.assertFailsWith
 import kotlin.test.assertIs
 import kotlin.test.assertTrue
 import kotlinx.coroutines.async
+import kotlinx.coroutines.asCoroutineDispatcher
 import kotlinx.coroutines.awaitAll
 import kotlinx.coroutines.flow.take
 import kotlinx.coroutines.flow.toList
@@ -400,6 +401,53 @@ class EdgeCascadeTest {
         // The control: with room, it loads and answers.
         EdgeCascade(EdgeCascadeConfig(localModel = model, memoryLimitMb = 2000)).use {
             assertTrue(it.complete(greedy("Hi", 2)).text.isNotEmpty())
+        }
+    }
+
+    @Test
+    fun theForegroundStateFollowsActivitiesNotCountsAndIgnoresRotations() {
+        val seen = mutableListOf<Boolean>()
+        // Started while an activity (1) is already visible: its stop must still mean background
+        // (a count from 0 reached -1 there and stayed "background" for good).
+        val late = ForegroundTracker(initiallyForeground = true) { seen.add(it) }
+        late.activityStopped(1, changingConfigurations = false)
+        assertEquals(listOf(false), seen)
+        late.activityStarted(1)
+        assertEquals(listOf(false, true), seen)
+        // A rotation: the old instance stops for a configuration change, the new one starts;
+        // no background in between.
+        late.activityStopped(1, changingConfigurations = true)
+        late.activityStarted(2)
+        assertEquals(listOf(false, true), seen)
+        assertTrue(late.foreground)
+        // Two activities: leaving one keeps the app in the foreground, leaving both does not.
+        late.activityStarted(3)
+        late.activityStopped(2, changingConfigurations = false)
+        assertEquals(listOf(false, true), seen)
+        late.activityStopped(3, changingConfigurations = false)
+        assertEquals(listOf(false, true, false), seen)
+        // Repeated events are not repeated changes.
+        late.activityStopped(3, changingConfigurations = false)
+        assertEquals(listOf(false, true, false), seen)
+    }
+
+    @Test
+    fun closeAsyncEndsTheRuntimeOnItsDispatcher() = runBlocking<Unit> {
+        // The runtime's dispatcher counts the work it is given: closeAsync must hand it the close.
+        val pool = java.util.concurrent.Executors.newSingleThreadExecutor()
+        val tasks = java.util.concurrent.atomic.AtomicInteger()
+        val counting = java.util.concurrent.Executor { tasks.incrementAndGet(); pool.execute(it) }
+        try {
+            val ai = EdgeCascade(EdgeCascadeConfig(localModel = model), counting.asCoroutineDispatcher())
+            val before = tasks.get()
+            ai.closeAsync()
+            assertTrue(tasks.get() > before, "close did not run on the runtime's dispatcher")
+            // Closed: calls fail with Closed, and closing again is a no-op.
+            val e = assertFailsWith<EdgeCascadeException> { runBlocking { ai.complete(greedy("Hi")) } }
+            assertIs<uniffi.edgecascade_ffi.EdgeCascadeException.Closed>(e)
+            ai.closeAsync()
+        } finally {
+            pool.shutdown()
         }
     }
 }
