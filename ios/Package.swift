@@ -31,7 +31,10 @@ let package = Package(
         .target(
             name: "EdgeCascade",
             dependencies: ["EdgeCascadeBindings"],
-            path: "Sources/EdgeCascade"
+            path: "Sources/EdgeCascade",
+            // The privacy manifest: the required-reason APIs the library calls (statvfs, file
+            // modification times, mach_absolute_time) and why.
+            resources: [.copy("PrivacyInfo.xcprivacy")]
         ),
     ]
 )

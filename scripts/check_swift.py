@@ -9,10 +9,12 @@ Swift toolchain (none can be had on our Linux CI):
 4. every generated initialiser it calls gets exactly the generated labels, in order;
 5. the listener methods it implements (chat, pull, log) match the generated protocol;
 6. every `.member` it uses is declared in the SDK itself, in the bindings, or on the short list
-   of Apple and Swift APIs below.
+   of Apple and Swift APIs below;
+7. the privacy manifest parses and gives a reason for each required-reason API we call.
 
 Usage: check_swift.py GENERATED_DIR SWIFT_FILE...  Prints one line per check; exit 1 on failure.
 """
+import plistlib
 import re
 import sys
 from pathlib import Path
@@ -32,6 +34,7 @@ PLATFORM = set("""
     append init status satisfied isExpensive isConstrained start cancel forEach assumeIsolated Name
     nominal fair serious critical none
     warning error info debug public
+    deletingLastPathComponent createDirectory isExcludedFromBackup setResourceValues
 """.split())
 
 
@@ -170,6 +173,24 @@ def main():
     for n in unknown:
         errors += fail(f".{n} is declared neither in the SDK, nor in the bindings, nor on the platform list")
     print(f"check-swift: {len(members)} member names resolved")
+
+    # 7. The privacy manifest: a valid plist, declared as a resource, with a reason for each
+    #    required-reason API the library calls.
+    manifest = Path("ios/Sources/EdgeCascade/PrivacyInfo.xcprivacy")
+    try:
+        plist = plistlib.loads(manifest.read_bytes())
+        declared = {a["NSPrivacyAccessedAPIType"]: a["NSPrivacyAccessedAPITypeReasons"]
+                    for a in plist["NSPrivacyAccessedAPITypes"]}
+        for api in ("DiskSpace", "FileTimestamp", "SystemBootTime"):
+            if not declared.get(f"NSPrivacyAccessedAPICategory{api}"):
+                errors += fail(f"{manifest} gives no reason for {api}")
+        if plist.get("NSPrivacyTracking") is not False:
+            errors += fail(f"{manifest}: NSPrivacyTracking must be false")
+        if "PrivacyInfo.xcprivacy" not in Path("ios/Package.swift").read_text():
+            errors += fail("ios/Package.swift does not ship the privacy manifest as a resource")
+        print(f"check-swift: privacy manifest: {len(declared)} API categories with reasons")
+    except (OSError, plistlib.InvalidFileException, KeyError, TypeError) as e:
+        errors += fail(f"{manifest}: {e}")
     return 1 if errors else 0
 
 

@@ -23,6 +23,16 @@ public enum Models {
     /// The built-in catalog of known models.
     public static var catalog: [CatalogModel] { modelCatalog() }
 
+    /// Marks the folder that will hold `dest` (and the partial download beside it) as excluded
+    /// from iCloud and device backups, creating it if needed. `pull` does this itself.
+    public static func excludeFromBackup(folderOf dest: String) {
+        var folder = URL(fileURLWithPath: dest).deletingLastPathComponent()
+        try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        var values = URLResourceValues()
+        values.isExcludedFromBackup = true
+        try? folder.setResourceValues(values)
+    }
+
     /// Downloads `url` to `dest`, resuming a partial download left by an earlier attempt and
     /// checking the whole file's `sha256` before it appears at `dest`. Ending the iteration
     /// early cancels the download (the partial file stays for a later resume); failures end the
@@ -47,6 +57,8 @@ public enum Models {
                 quotaBytes: quotaBytes,
                 keep: keep
             )
+            // Models are large and can be downloaded again: never in the user's iCloud backup.
+            Models.excludeFromBackup(folderOf: dest)
             let handle = pullModel(request: request, listener: PullStreamListener(continuation))
             continuation.onTermination = { _ in handle.cancel() }
         }
