@@ -35,6 +35,7 @@ PLATFORM = set("""
     nominal fair serious critical none
     warning error info debug public
     deletingLastPathComponent createDirectory isExcludedFromBackup setResourceValues
+    checkCancellation filter isEmpty
 """.split())
 
 

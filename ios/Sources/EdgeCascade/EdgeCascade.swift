@@ -193,6 +193,9 @@ public struct Usage: Sendable, Equatable {
     public var completionTokens: Int
     /// Counted by us, not reported by the remote server.
     public var estimated: Bool
+    /// Prompt tokens the local model actually evaluated: fewer than `promptTokens` when the
+    /// prefix cache reused earlier turns.
+    public var promptTokensEvaluated: Int
 }
 
 /// A finished answer with its route, usage, cost, timings and confidence.
@@ -477,7 +480,8 @@ extension ChatResponse {
             usage: Usage(
                 promptTokens: Int(r.usage.promptTokens),
                 completionTokens: Int(r.usage.completionTokens),
-                estimated: r.usage.estimated
+                estimated: r.usage.estimated,
+                promptTokensEvaluated: Int(r.usage.promptTokensEvaluated)
             ),
             cost: r.cost,
             timings: r.timings,

@@ -173,7 +173,13 @@ data class ChatRequest(
 }
 
 /** Token counts of one answer. */
-data class Usage(val promptTokens: Int, val completionTokens: Int, val estimated: Boolean)
+data class Usage(
+    val promptTokens: Int,
+    val completionTokens: Int,
+    val estimated: Boolean,
+    /** Prompt tokens the local model actually evaluated: fewer than [promptTokens] when the prefix cache reused earlier turns. */
+    val promptTokensEvaluated: Int = promptTokens,
+)
 
 /** A finished answer with its route, usage, cost, timings and confidence. */
 data class ChatResponse(
@@ -393,7 +399,7 @@ internal fun FfiResponse.toSdk() = ChatResponse(
     reasonDetail = reasonDetail,
     remoteError = remoteError,
     finishReason = finishReason,
-    usage = Usage(usage.promptTokens.toInt(), usage.completionTokens.toInt(), usage.estimated),
+    usage = Usage(usage.promptTokens.toInt(), usage.completionTokens.toInt(), usage.estimated, usage.promptTokensEvaluated.toInt()),
     cost = cost,
     timings = timings,
     confidence = confidence,

@@ -450,4 +450,82 @@ class EdgeCascadeTest {
             pool.shutdown()
         }
     }
+
+    private val weather = Tool(
+        "get_weather", "Current weather in a city",
+        """{"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+           "required": ["city"], "additionalProperties": false}""",
+    )
+
+    @Test
+    fun aSessionKeepsItsHistoryAndReusesTheEarlierTurnsKv() = runBlocking<Unit> {
+        EdgeCascade(EdgeCascadeConfig(localModel = model)).use { ai ->
+            val chat = ChatSession(ai, system = "You are brief.", settings = greedy("", 12))
+            val first = chat.send("What is the capital of France?")
+            val second = chat.send("And of Japan?")
+            assertEquals(
+                listOf(Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT),
+                chat.history.map { it.role },
+            )
+            assertEquals(first.text, chat.history[2].content)
+            assertEquals(second.text, chat.history[4].content)
+            // The second turn re-reads the first from the prefix cache: only its new tokens run.
+            assertTrue(second.usage.promptTokens > first.usage.promptTokens, "${second.usage}")
+            assertTrue(second.usage.promptTokensEvaluated < second.usage.promptTokens - first.usage.promptTokens / 2, "${second.usage}")
+            chat.clear()
+            assertEquals(listOf(Role.SYSTEM), chat.history.map { it.role })
+        }
+    }
+
+    @Test
+    fun aSessionRunsTheAppsToolHandlersAndEndsInText() = runBlocking<Unit> {
+        EdgeCascade(EdgeCascadeConfig(localModel = model)).use { ai ->
+            val calls = mutableListOf<String>()
+            val chat = ChatSession(
+                ai,
+                tools = mapOf(weather to { args -> calls.add(args); """{"temperature": 18}""" }),
+                settings = greedy("", 60).copy(toolChoice = ToolChoice.Required),
+                maxToolRounds = 2,
+            )
+            val r = chat.send("What is the weather in Paris?")
+            assertTrue(calls.isNotEmpty() && calls.all { it.contains("city") }, "$calls")
+            assertTrue(r.toolCalls.isEmpty(), "${r.toolCalls}")
+            val roles = chat.history.map { it.role }
+            assertEquals(Role.USER, roles.first())
+            assertEquals(Role.ASSISTANT, roles.last())
+            assertEquals(calls.size, roles.count { it == Role.TOOL })
+            assertTrue(chat.history.filter { it.role == Role.TOOL }.all { it.content == """{"temperature": 18}""" })
+        }
+    }
+
+    @Test
+    fun aCancelledTurnLeavesTheHistoryAsItWas() = runBlocking<Unit> {
+        EdgeCascade(EdgeCascadeConfig(localModel = model)).use { ai ->
+            val entered = kotlinx.coroutines.CompletableDeferred<Unit>()
+            var block = true
+            val chat = ChatSession(
+                ai,
+                system = "You are brief.",
+                tools = mapOf(weather to { _ ->
+                    if (block) {
+                        entered.complete(Unit)
+                        kotlinx.coroutines.awaitCancellation()
+                    }
+                    """{"temperature": 18}"""
+                }),
+                settings = greedy("", 60).copy(toolChoice = ToolChoice.Required),
+                maxToolRounds = 1,
+            )
+            val turn = async { chat.send("What is the weather in Paris?") }
+            entered.await()
+            turn.cancel()
+            turn.join()
+            assertTrue(turn.isCancelled)
+            assertEquals(listOf(Role.SYSTEM), chat.history.map { it.role })
+            // The session is still usable.
+            block = false
+            chat.send("What is the weather in Rome?")
+            assertEquals(Role.ASSISTANT, chat.history.last().role)
+        }
+    }
 }
