@@ -35,7 +35,7 @@ PLATFORM = set("""
     nominal fair serious critical none
     warning error info debug public
     deletingLastPathComponent createDirectory isExcludedFromBackup setResourceValues
-    checkCancellation filter isEmpty
+    checkCancellation filter isEmpty didReceiveMemoryWarningNotification
 """.split())
 
 

@@ -81,7 +81,8 @@ import UIKit
 /// Keeps an `EdgeCascade`'s device state current: `ProcessInfo.thermalState` and
 /// `isLowPowerModeEnabled`, `UIDevice` battery level and state, `NWPathMonitor` (no path is
 /// offline; an expensive or constrained one is metered), and the app entering the background
-/// or foreground. SwiftUI apps may also call `setBackground(scenePhase == .background)`.
+/// or foreground; memory warnings call `trimMemory()`. SwiftUI apps may also call
+/// `setBackground(scenePhase == .background)`.
 ///
 /// ```
 /// let monitor = DeviceMonitor(ai)
@@ -136,6 +137,10 @@ public final class DeviceMonitor: @unchecked Sendable {
         })
         tokens.append(center.addObserver(forName: UIApplication.willEnterForegroundNotification, object: nil, queue: main) { [weak self] _ in
             self?.setBackground(false)
+        })
+        // Memory warnings: give the runtime's caches and idle contexts back before iOS ends the app.
+        tokens.append(center.addObserver(forName: UIApplication.didReceiveMemoryWarningNotification, object: nil, queue: main) { [weak self] _ in
+            self?.target.trimMemory()
         })
         let monitor = NWPathMonitor()
         monitor.pathUpdateHandler = { [weak self] p in
