@@ -187,6 +187,21 @@ public struct ChatRequest: Sendable, Equatable {
     }
 }
 
+/// The ledger's totals over a period (`EdgeCascade.costReport`).
+public struct CostReport: Sendable, Equatable {
+    public var requests: Int
+    /// Requests per route name ("local", "escalated", "degraded_local", ...).
+    public var byRoute: [String: Int]
+    public var escalationRate: Double
+    public var localUsd: Double
+    public var remoteUsd: Double
+    public var totalUsd: Double
+    /// What the same requests would have cost all-remote.
+    public var allRemoteUsd: Double
+    /// `allRemoteUsd - totalUsd`.
+    public var savingsUsd: Double
+}
+
 /// Token counts of one answer.
 public struct Usage: Sendable, Equatable {
     public var promptTokens: Int
@@ -250,11 +265,11 @@ public final class EdgeCascade: @unchecked Sendable {
     public static var version: String { edgecascadeVersion() }
 
     /// Answers `request`. Never blocks the caller's thread; cancelling the task stops the
-    /// generation (it then ends with `finishReason == .cancelled`).
+    /// generation and throws `CancellationError`, as Swift's own async APIs do.
     public func complete(_ request: ChatRequest) async throws -> ChatResponse {
         try checkOpen()
         let handle = HandleBox()
-        return try await withTaskCancellationHandler {
+        let response = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ChatResponse, Error>) in
                 let listener = CompletionListener(continuation)
                 handle.set(runtime.startChat(request: request.toFfi(), listener: listener))
@@ -262,6 +277,8 @@ public final class EdgeCascade: @unchecked Sendable {
         } onCancel: {
             handle.cancel()
         }
+        try Task.checkCancellation()
+        return response
     }
 
     /// Streams `request`'s events; the generation starts at once. Ending the iteration early
@@ -303,6 +320,24 @@ public final class EdgeCascade: @unchecked Sendable {
     }
 
     /// Frees caches and idle contexts; call it on memory warnings.
+    /// The ledger's totals since `sinceUnixSeconds` (all time when `nil`): requests by route,
+    /// the spend per tier and the saving against sending everything remote. Empty without
+    /// `ledgerPath`. Reads the ledger file: call it off the main actor.
+    public func costReport(sinceUnixSeconds: Double? = nil) throws -> CostReport {
+        try checkOpen()
+        let r = try runtime.costReport(sinceUnixS: sinceUnixSeconds)
+        return CostReport(
+            requests: Int(r.requests),
+            byRoute: r.byRoute.mapValues { Int($0) },
+            escalationRate: r.escalationRate,
+            localUsd: r.localUsd,
+            remoteUsd: r.remoteUsd,
+            totalUsd: r.totalUsd,
+            allRemoteUsd: r.allRemoteUsd,
+            savingsUsd: r.savingsUsd
+        )
+    }
+
     public func trimMemory() {
         if !isClosed { runtime.trimMemory() }
     }

@@ -591,26 +591,13 @@ fn walk<R: Source>(mut r: Reader<'_, R>) -> Result<GgufInfo, GgufError> {
         });
     }
 
-    let uint = |k: &str| match architecture.as_ref().and_then(|a| get(&format!("{a}.{k}"))) {
-        Some(Kept::Uint(n)) => Some(*n),
-        _ => None,
-    };
-    let head_count = uint("attention.head_count").filter(|&n| n > 0);
-    let embedding_length = uint("embedding_length");
-    let kv_width = match (uint("attention.key_length"), uint("attention.value_length")) {
-        (Some(k), Some(v)) => Some(k + v),
-        _ => embedding_length.zip(head_count).map(|(e, h)| 2 * (e / h)),
-    };
-    let n_vocab = match get("tokenizer.ggml.tokens") {
-        Some(Kept::Array { len, .. }) => Some(*len),
-        _ => None,
-    };
+    let shape = shape(&kept, architecture.as_deref());
     Ok(GgufInfo {
-        block_count: uint("block_count"),
-        embedding_length,
-        head_count_kv: uint("attention.head_count_kv").or(head_count),
-        kv_width,
-        n_vocab,
+        block_count: shape.block_count,
+        embedding_length: shape.embedding_length,
+        head_count_kv: shape.head_count_kv,
+        kv_width: shape.kv_width,
+        n_vocab: shape.n_vocab,
         version,
         tensor_count,
         kv_count,
@@ -621,6 +608,39 @@ fn walk<R: Source>(mut r: Reader<'_, R>) -> Result<GgufInfo, GgufError> {
         data_bytes,
         file_len: len,
     })
+}
+
+/// What the header says of the model's shape, for the memory estimate (each `None` when absent).
+struct Shape {
+    block_count: Option<u64>,
+    embedding_length: Option<u64>,
+    head_count_kv: Option<u64>,
+    kv_width: Option<u64>,
+    n_vocab: Option<u64>,
+}
+
+fn shape(kept: &[(String, Kept)], architecture: Option<&str>) -> Shape {
+    let get = |k: &str| kept.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let uint = |k: &str| match architecture.and_then(|a| get(&format!("{a}.{k}"))) {
+        Some(Kept::Uint(n)) => Some(*n),
+        _ => None,
+    };
+    let head_count = uint("attention.head_count").filter(|&n| n > 0);
+    let embedding_length = uint("embedding_length");
+    let kv_width = match (uint("attention.key_length"), uint("attention.value_length")) {
+        (Some(k), Some(v)) => Some(k + v),
+        _ => embedding_length.zip(head_count).map(|(e, h)| 2 * (e / h)),
+    };
+    Shape {
+        block_count: uint("block_count"),
+        embedding_length,
+        head_count_kv: uint("attention.head_count_kv").or(head_count),
+        kv_width,
+        n_vocab: match get("tokenizer.ggml.tokens") {
+            Some(Kept::Array { len, .. }) => Some(*len),
+            _ => None,
+        },
+    }
 }
 
 #[cfg(test)]

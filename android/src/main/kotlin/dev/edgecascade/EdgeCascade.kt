@@ -172,6 +172,21 @@ data class ChatRequest(
     }
 }
 
+/** The ledger's totals over a period ([EdgeCascade.costReport]). */
+data class CostReport(
+    val requests: Long,
+    /** Requests per route name ("local", "escalated", "degraded_local", ...). */
+    val byRoute: Map<String, Long>,
+    val escalationRate: Double,
+    val localUsd: Double,
+    val remoteUsd: Double,
+    val totalUsd: Double,
+    /** What the same requests would have cost all-remote. */
+    val allRemoteUsd: Double,
+    /** allRemoteUsd - totalUsd. */
+    val savingsUsd: Double,
+)
+
 /** Token counts of one answer. */
 data class Usage(
     val promptTokens: Int,
@@ -310,6 +325,26 @@ class EdgeCascade(
             checkOpen()
             return runtime.deviceState().toSdk()
         }
+
+    /**
+     * The ledger's totals since [sinceUnixSeconds] (all time when null): requests by route, the
+     * spend per tier and the saving against sending everything remote. Empty without
+     * [EdgeCascadeConfig.ledgerPath]. Reads the ledger file: call it off the main thread.
+     */
+    fun costReport(sinceUnixSeconds: Double? = null): CostReport {
+        checkOpen()
+        val r = runtime.costReport(sinceUnixSeconds)
+        return CostReport(
+            requests = r.requests.toLong(),
+            byRoute = r.byRoute.mapValues { it.value.toLong() },
+            escalationRate = r.escalationRate,
+            localUsd = r.localUsd,
+            remoteUsd = r.remoteUsd,
+            totalUsd = r.totalUsd,
+            allRemoteUsd = r.allRemoteUsd,
+            savingsUsd = r.savingsUsd,
+        )
+    }
 
     /** Frees caches and idle contexts; call it on the platform's memory warnings. */
     fun trimMemory() {

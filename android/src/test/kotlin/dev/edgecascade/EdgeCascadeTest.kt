@@ -528,4 +528,25 @@ class EdgeCascadeTest {
             assertEquals(Role.ASSISTANT, chat.history.last().role)
         }
     }
+
+    @Test
+    fun theCostReportSumsTheLedgerOfThisRuntime() = runBlocking<Unit> {
+        val ledger = File.createTempFile("ledger", ".jsonl").apply { delete() }
+        try {
+            EdgeCascade(EdgeCascadeConfig(localModel = model, ledgerPath = ledger.path)).use { ai ->
+                assertEquals(0L, ai.costReport().requests)
+                val a = ai.complete(greedy("Hi", 4))
+                val b = ai.complete(greedy("What is the capital of France?", 8))
+                val r = ai.costReport()
+                assertEquals(2L, r.requests)
+                assertEquals(mapOf("local" to 2L), r.byRoute)
+                assertEquals(a.cost.totalUsd + b.cost.totalUsd, r.totalUsd, 1e-9)
+                assertTrue(r.savingsUsd > 0.0 && r.allRemoteUsd > r.totalUsd, "$r")
+                // A period after both answers holds none of them.
+                assertEquals(0L, ai.costReport(sinceUnixSeconds = System.currentTimeMillis() / 1000.0 + 60).requests)
+            }
+        } finally {
+            ledger.delete()
+        }
+    }
 }
