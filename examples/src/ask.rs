@@ -243,15 +243,21 @@ pub fn summary_line(r: &Response) -> String {
             c.mean_logprob, c.p10_prob, c.min_prob
         )
     });
+    // A remote answer has no prefill time of its own to report: no figure rather than a 0.
+    let prefill = if r.timings.prefill_tok_s > 0.0 {
+        format!(" · prefill {:.0} tok/s", r.timings.prefill_tok_s)
+    } else {
+        String::new()
+    };
     format!(
-        "[{} · {}] {} prompt + {} completion tokens ({}) · TTFT {:.0} ms · prefill {:.0} tok/s · decode {:.1} tok/s{} · ${:.6}",
+        "[{} · {}] {} prompt + {} completion tokens ({}) · TTFT {:.0} ms{} · decode {:.1} tok/s{} · ${:.6}",
         r.route.name(),
         r.reason,
         r.usage.prompt_tokens,
         r.usage.completion_tokens,
         serde_json::to_value(r.finish_reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         r.timings.ttft_ms,
-        r.timings.prefill_tok_s,
+        prefill,
         r.timings.decode_tok_s,
         conf,
         r.cost.total_usd
