@@ -263,17 +263,9 @@ fn slug(heading: &str) -> String {
 }
 
 fn anchors(page: &Path) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(page).unwrap();
-    let mut fenced = false;
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced {
-            continue;
-        }
+    for (_, line) in prose(page) {
         if let Some(h) = line.strip_prefix('#') {
             let h = h.trim_start_matches('#');
             if h.starts_with(' ') {
@@ -291,8 +283,8 @@ fn anchors(page: &Path) -> BTreeSet<String> {
     out
 }
 
-/// `](target)` links outside code, with their line.
-fn links(page: &Path) -> Vec<(usize, String)> {
+/// The lines of `page` outside fenced code, numbered from 1.
+fn prose(page: &Path) -> Vec<(usize, String)> {
     let text = std::fs::read_to_string(page).unwrap();
     let mut fenced = false;
     let mut out = Vec::new();
@@ -300,14 +292,22 @@ fn links(page: &Path) -> Vec<(usize, String)> {
         if line.starts_with("```") {
             fenced = !fenced;
         }
-        if fenced {
-            continue;
+        if !fenced {
+            out.push((i + 1, line.to_owned()));
         }
+    }
+    out
+}
+
+/// `](target)` links outside code, with their line.
+fn links(page: &Path) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in prose(page) {
         // Inline code can hold `](` of its own.
         let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
         for part in prose.split("](").skip(1) {
             if let Some(end) = part.find(')') {
-                out.push((i + 1, part[..end].to_owned()));
+                out.push((n, part[..end].to_owned()));
             }
         }
     }

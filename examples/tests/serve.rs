@@ -23,7 +23,7 @@ impl Server {
     }
 
     pub fn start_model(m: &std::path::Path, extra: &[&str]) -> Self {
-        let mut child = edgecascade()
+        let child = edgecascade()
             .args([
                 "serve",
                 "--model",
@@ -38,6 +38,11 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn serve");
+        Self::from_child(child)
+    }
+
+    /// A started `serve`, once it says where it listens.
+    fn from_child(mut child: Child) -> Self {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -1357,7 +1362,7 @@ fn private_requests_never_connect_and_keys_never_show() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::escalating_config(dir.path(), &model(), &url, remote_key);
     let log = dir.path().join("serve.log");
-    let mut child = edgecascade()
+    let child = edgecascade()
         .args([
             "-vv",
             "serve",
@@ -1371,17 +1376,7 @@ fn private_requests_never_connect_and_keys_never_show() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server {
-        child,
-        addr: line
-            .trim()
-            .trim_start_matches("listening on http://")
-            .to_owned(),
-    };
+    let server = Server::from_child(child);
     let a = &server.addr;
     let auth = format!("Authorization: Bearer {serve_key}");
     let body = |private: bool| {
@@ -1546,36 +1541,16 @@ fn concurrent_streams_are_decoded_together_and_answer_as_they_would_alone() {
 /// A remote tier on 127.0.0.1 that starts a streamed answer and cuts the connection after its
 /// first chunk; counts the requests it got.
 fn cutting_remote() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = std::sync::Arc::new(AtomicUsize::new(0));
-    let c = std::sync::Arc::clone(&count);
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let (mut line, mut body_len) = (String::new(), 0);
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    body_len = n.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut request_body = vec![0; body_len];
-            let _ = reader.read_exact(&mut request_body);
-            let chunk = r#"{"choices":[{"index":0,"delta":{"content":"REMOTE-BEGINNING"},"finish_reason":null}]}"#;
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {chunk}\n\n"
-            );
-            let _ = s.flush();
-            // Cut: no finish_reason, no [DONE].
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    });
-    (url, count)
+    common::counting_server_answering(|s, _| {
+        let chunk = r#"{"choices":[{"index":0,"delta":{"content":"REMOTE-BEGINNING"},"finish_reason":null}]}"#;
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {chunk}\n\n"
+        );
+        let _ = s.flush();
+        // Cut: no finish_reason, no [DONE].
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    })
 }
 
 /// An escalation whose remote stream is cut after it began: the client of `serve` (which holds
@@ -1587,23 +1562,13 @@ fn a_cut_escalation_serves_the_local_answer_and_no_remote_text() {
     let (url, requests) = cutting_remote();
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::escalating_config(dir.path(), &model(), &url, "sk-cut");
-    let mut child = edgecascade()
+    let child = edgecascade()
         .args(["serve", "--config", cfg.to_str().unwrap(), "--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server {
-        child,
-        addr: line
-            .trim()
-            .trim_start_matches("listening on http://")
-            .to_owned(),
-    };
+    let server = Server::from_child(child);
     let prompt = "Name a colour.";
     let plain = post(&server.addr, &chat_json(prompt, 12, false));
     assert_eq!(plain.status, 200, "{}", plain.body);

@@ -5,7 +5,23 @@
 /// the request's Authorization header in its error body (as a careless proxy might), so a test
 /// can prove both that a request never connected and that a key sent was never shown.
 pub fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
+    counting_server_answering(|s, auth| {
+        let body = format!(r#"{{"error":{{"message":"rejected {auth}"}}}}"#);
+        let _ = write!(
+            s,
+            "HTTP/1.1 401 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+/// A listener on 127.0.0.1 that counts connections, reads each request whole and lets `answer`
+/// write the response (it is given the request's Authorization line, empty if none).
+pub fn counting_server_answering(
+    answer: impl Fn(&mut std::net::TcpStream, &str) + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -32,12 +48,7 @@ pub fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
             // a reset, and the client may then lose the answer (seen once in CI on a slow VM).
             let mut request_body = vec![0; body_len];
             let _ = std::io::Read::read_exact(&mut reader, &mut request_body);
-            let body = format!(r#"{{"error":{{"message":"rejected {auth}"}}}}"#);
-            let _ = write!(
-                s,
-                "HTTP/1.1 401 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            answer(&mut s, &auth);
         }
     });
     (url, count)

@@ -41,7 +41,7 @@ pub fn edgecascade() -> Command {
 #[allow(dead_code)]
 mod counting_server;
 #[allow(unused_imports)]
-pub use counting_server::counting_server;
+pub use counting_server::{counting_server, counting_server_answering};
 
 /// A config file (in `dir`) with SmolLM2 local, the remote tier at `url` with `key`, every
 /// answer escalating unless private, and the ledger in `dir`.

@@ -37,11 +37,11 @@ pub fn need(info: &GgufInfo, cfg: &LocalConfig) -> Option<MemoryNeed> {
     let kv_width = info.kv_width?;
     let embd = info.embedding_length?;
     let vocab = info.n_vocab?;
-    // As the engine resolves it: the config's, else the training context up to 4096.
-    let n_ctx = cfg.n_ctx.map_or_else(
-        || info.context_length.unwrap_or(4096).clamp(16, 4096),
-        u64::from,
-    );
+    // As the engine resolves it: the config's, else the default from the training context.
+    let n_ctx = u64::from(cfg.n_ctx.unwrap_or_else(|| {
+        let train = info.context_length.unwrap_or(4096);
+        super::default_n_ctx(u32::try_from(train).unwrap_or(u32::MAX))
+    }));
     let seqs = u64::from(cfg.parallel.max(1));
     let kv_tokens = n_ctx * seqs;
     // Keys and values in f16: heads_kv x (key width + value width) x 2 bytes per cell and layer.

@@ -283,6 +283,12 @@ impl LocalEngine {
     }
 }
 
+/// The context a model gets without `[local] n_ctx`: its training context, at most 4096 (and
+/// at least 16). The memory check estimates with the same rule.
+pub(super) fn default_n_ctx(n_ctx_train: u32) -> u32 {
+    n_ctx_train.clamp(16, 4096)
+}
+
 enum Prompt<'a> {
     /// A conversation and the tools offered.
     Chat(&'a [ChatMessage], &'a [crate::types::Tool]),
@@ -339,7 +345,7 @@ impl LocalEngine {
             .then(|| jinja::Jinja::for_model(&model))
             .flatten();
         let n_ctx_train = model.n_ctx_train();
-        let n_ctx = cfg.n_ctx.unwrap_or_else(|| n_ctx_train.clamp(16, 4096));
+        let n_ctx = cfg.n_ctx.unwrap_or_else(|| default_n_ctx(n_ctx_train));
         if n_ctx > n_ctx_train && n_ctx_train > 0 {
             log::warn!("n_ctx {n_ctx} exceeds the model's training context {n_ctx_train}; quality may suffer");
         }

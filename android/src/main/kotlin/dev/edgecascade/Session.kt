@@ -42,7 +42,7 @@ class ChatSession(
                 else -> ToolChoice.Auto
             }
             val r = ai.complete(
-                settings.copy(messages = sent, tools = if (offered.isEmpty()) emptyList() else offered, toolChoice = choice),
+                settings.copy(messages = sent, tools = offered, toolChoice = choice),
             )
             if (r.toolCalls.isEmpty()) {
                 synchronized(messages) {
